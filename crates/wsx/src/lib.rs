@@ -1,0 +1,1 @@
+//! `wsx`: async WebSocket over tokio (not yet implemented; see issue 3).
