@@ -129,7 +129,9 @@ mod tests {
 
     #[test]
     fn close_codes_allowed_on_the_wire() {
-        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014] {
+        for code in [
+            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 1014,
+        ] {
             assert!(CloseCode(code).is_allowed_on_wire(), "{code}");
         }
         for code in [3000, 3999, 4000, 4999] {
@@ -139,7 +141,9 @@ mod tests {
 
     #[test]
     fn close_code_1005_is_invalid_on_the_wire() {
-        for code in [0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
             assert!(!CloseCode(code).is_allowed_on_wire(), "{code}");
             let payload = code.to_be_bytes();
             assert_eq!(

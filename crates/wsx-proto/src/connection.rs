@@ -210,7 +210,8 @@ impl Connection {
                     deflate,
                     ..
                 } = self;
-                let mut check = |h: &FrameHeader| check_header(h, *role, cfg, msg.as_ref(), deflate.is_some());
+                let mut check =
+                    |h: &FrameHeader| check_header(h, *role, cfg, msg.as_ref(), deflate.is_some());
                 input.next_frame(&mut check, utf8)
             };
             match step {
@@ -263,7 +264,9 @@ impl Connection {
                 let mut out = Vec::new();
                 self.inflate(&payload, h.fin, &mut out, limit)?;
                 if kind == DataKind::Text {
-                    self.utf8.feed(&out).map_err(|_| ProtocolError::InvalidUtf8)?;
+                    self.utf8
+                        .feed(&out)
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
                 }
                 Bytes::from(out)
             } else {
@@ -328,7 +331,13 @@ impl Connection {
         Ok(Some(Event::Message(data_message(m.kind, data))))
     }
 
-    fn inflate(&mut self, input: &[u8], fin: bool, out: &mut Vec<u8>, limit: usize) -> Result<(), Error> {
+    fn inflate(
+        &mut self,
+        input: &[u8],
+        fin: bool,
+        out: &mut Vec<u8>,
+        limit: usize,
+    ) -> Result<(), Error> {
         match self.deflate.as_mut() {
             Some(d) => d.decompress(input, fin, out, limit),
             // check_header refuses RSV1 without deflate.
@@ -420,14 +429,30 @@ impl Connection {
                     let part = rest.split_to(size.min(rest.len()));
                     let fin = rest.is_empty();
                     let key = self.mask_key();
-                    write_frame(&mut self.output, op, fin, rsv, key, &part, self.cfg.copy_threshold);
+                    write_frame(
+                        &mut self.output,
+                        op,
+                        fin,
+                        rsv,
+                        key,
+                        &part,
+                        self.cfg.copy_threshold,
+                    );
                     op = OpCode::Continuation;
                     rsv = false;
                 }
             }
             _ => {
                 let key = self.mask_key();
-                write_frame(&mut self.output, opcode, true, rsv1, key, &payload, self.cfg.copy_threshold);
+                write_frame(
+                    &mut self.output,
+                    opcode,
+                    true,
+                    rsv1,
+                    key,
+                    &payload,
+                    self.cfg.copy_threshold,
+                );
             }
         }
         Ok(())
@@ -445,7 +470,11 @@ impl Connection {
                 DataKind::Binary => OpCode::Binary,
             },
             Some(k) if k == kind => OpCode::Continuation,
-            Some(_) => return Err(Error::InvalidInput("fragment kind differs from its message")),
+            Some(_) => {
+                return Err(Error::InvalidInput(
+                    "fragment kind differs from its message",
+                ))
+            }
         };
         if kind == DataKind::Text {
             if opcode == OpCode::Text {
@@ -459,7 +488,15 @@ impl Connection {
             }
         }
         let key = self.mask_key();
-        write_frame(&mut self.output, opcode, fin, false, key, &payload, self.cfg.copy_threshold);
+        write_frame(
+            &mut self.output,
+            opcode,
+            fin,
+            false,
+            key,
+            &payload,
+            self.cfg.copy_threshold,
+        );
         self.out_msg = if fin { None } else { Some(kind) };
         Ok(())
     }
@@ -488,7 +525,15 @@ impl Connection {
 
     fn write_control(&mut self, opcode: OpCode, payload: &Bytes) {
         let key = self.mask_key();
-        write_frame(&mut self.output, opcode, true, false, key, payload, usize::MAX);
+        write_frame(
+            &mut self.output,
+            opcode,
+            true,
+            false,
+            key,
+            payload,
+            usize::MAX,
+        );
     }
 
     fn write_close(&mut self, frame: Option<&CloseFrame>) {
@@ -538,7 +583,9 @@ impl Connection {
             return self.close_deadline;
         }
         let ping = match (self.cfg.ping_interval, self.pong_deadline) {
-            (Some(iv), None) => Some(self.last_recv.max(self.last_ping.unwrap_or(self.last_recv)) + iv),
+            (Some(iv), None) => {
+                Some(self.last_recv.max(self.last_ping.unwrap_or(self.last_recv)) + iv)
+            }
             _ => None,
         };
         let idle = self.cfg.idle_timeout.map(|t| self.last_recv + t);
@@ -565,7 +612,11 @@ impl Connection {
             self.pending_error = Some(err);
             return;
         }
-        if self.cfg.idle_timeout.is_some_and(|t| now >= self.last_recv + t) {
+        if self
+            .cfg
+            .idle_timeout
+            .is_some_and(|t| now >= self.last_recv + t)
+        {
             let err = self.fail(Error::Timeout(TimeoutKind::Idle));
             self.pending_error = Some(err);
             return;
@@ -631,7 +682,10 @@ fn check_header(
         (OpCode::Text | OpCode::Binary, Some(_)) => Err(ProtocolError::ExpectedContinuation.into()),
         (OpCode::Continuation, Some(m)) => {
             let so_far = m.plain.len() as u64;
-            if !cfg.frame_mode && !m.compressed && so_far + h.payload_len > cfg.max_message_size as u64 {
+            if !cfg.frame_mode
+                && !m.compressed
+                && so_far + h.payload_len > cfg.max_message_size as u64
+            {
                 return Err(CapacityError {
                     kind: CapacityKind::Message,
                     size: so_far + h.payload_len,

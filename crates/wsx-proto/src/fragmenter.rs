@@ -196,7 +196,15 @@ mod tests {
     fn small_frames_coalesce_into_one_chunk() {
         let mut out = OutBuffer::default();
         for _ in 0..10 {
-            write_frame(&mut out, OpCode::Text, true, false, None, &Bytes::from_static(b"hi"), 4096);
+            write_frame(
+                &mut out,
+                OpCode::Text,
+                true,
+                false,
+                None,
+                &Bytes::from_static(b"hi"),
+                4096,
+            );
         }
         assert_eq!(out.len(), 40);
         assert_eq!(out.chunk().len(), 40);

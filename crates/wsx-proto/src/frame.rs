@@ -206,7 +206,9 @@ mod tests {
 
     #[test]
     fn rfc_5_7_masked_hello_header() {
-        let bytes = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let bytes = [
+            0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (h, n) = FrameHeader::parse(&bytes).unwrap().unwrap();
         assert_eq!(n, 6);
         assert_eq!(h.mask, Some([0x37, 0xfa, 0x21, 0x3d]));
@@ -228,14 +230,18 @@ mod tests {
         let ping = [0x89, 0x05, 0x48, 0x65, 0x6c, 0x6c, 0x6f];
         let (h, _) = FrameHeader::parse(&ping).unwrap().unwrap();
         assert_eq!(h.opcode, OpCode::Ping);
-        let pong = [0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+        let pong = [
+            0x8a, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+        ];
         let (h, _) = FrameHeader::parse(&pong).unwrap().unwrap();
         assert_eq!(h.opcode, OpCode::Pong);
     }
 
     #[test]
     fn rfc_5_7_256_bytes_and_64_kib_lengths() {
-        let (h, n) = FrameHeader::parse(&[0x82, 0x7e, 0x01, 0x00]).unwrap().unwrap();
+        let (h, n) = FrameHeader::parse(&[0x82, 0x7e, 0x01, 0x00])
+            .unwrap()
+            .unwrap();
         assert_eq!((h.payload_len, n), (256, 4));
         let b = [0x82, 0x7f, 0, 0, 0, 0, 0, 0x01, 0x00, 0x00];
         let (h, n) = FrameHeader::parse(&b).unwrap().unwrap();

@@ -53,7 +53,9 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Connection, Role, State};
-pub use error::{CapacityError, CapacityKind, Error, HandshakeError, Initiator, ProtocolError, TimeoutKind};
+pub use error::{
+    CapacityError, CapacityKind, Error, HandshakeError, Initiator, ProtocolError, TimeoutKind,
+};
 pub use extensions::permessage_deflate::{DeflateConfig, DeflateParams};
 pub use fragmenter::{OutBuffer, SharedFrame};
 pub use message::{DataFrame, DataKind, Event, Message, Text};

@@ -1,5 +1,7 @@
 //! Client core ↔ server core over in-memory buffers with a virtual clock.
 
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
@@ -7,7 +9,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{Pair, PairConfig};
 use wsx_proto::{
-    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, Error, Event, Message, State, TimeoutKind,
+    CloseCode, CloseFrame, Config, DataKind, DeflateConfig, Error, Event, Message, State,
+    TimeoutKind,
 };
 
 fn messages(events: &[Event]) -> Vec<Message> {
@@ -21,7 +24,9 @@ fn messages(events: &[Event]) -> Vec<Message> {
 }
 
 fn big_config() -> Config {
-    Config::default().max_frame_size(20 << 20).max_message_size(20 << 20)
+    Config::default()
+        .max_frame_size(20 << 20)
+        .max_message_size(20 << 20)
 }
 
 #[test]
@@ -31,14 +36,36 @@ fn messages_of_every_size_class_cross_both_ways() {
         server: big_config(),
         ..Default::default()
     });
-    for len in [0usize, 1, 125, 126, 127, 65535, 65536, 65537, 1 << 20, 16 << 20] {
+    for len in [
+        0usize,
+        1,
+        125,
+        126,
+        127,
+        65535,
+        65536,
+        65537,
+        1 << 20,
+        16 << 20,
+    ] {
         let data = Bytes::from((0..len).map(|i| (i % 251) as u8).collect::<Vec<_>>());
-        let text: String = (0..len).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let text: String = (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         p.client.send(Message::Binary(data.clone())).unwrap();
         p.server.send(Message::text(text.clone())).unwrap();
         let (c, s) = p.drive();
-        assert!(c.errors.is_empty() && s.errors.is_empty(), "{:?} {:?}", c.errors, s.errors);
-        assert_eq!(messages(&s.events), vec![Message::Binary(data)], "len {len}");
+        assert!(
+            c.errors.is_empty() && s.errors.is_empty(),
+            "{:?} {:?}",
+            c.errors,
+            s.errors
+        );
+        assert_eq!(
+            messages(&s.events),
+            vec![Message::Binary(data)],
+            "len {len}"
+        );
         assert_eq!(messages(&c.events), vec![Message::text(text)], "len {len}");
     }
 }
@@ -53,7 +80,10 @@ fn any_chunking_of_the_stream_is_parsed_the_same() {
         let (_, s) = p.drive();
         assert_eq!(
             messages(&s.events),
-            vec![Message::text("κόσμε 𝄞 ".repeat(20)), Message::binary(vec![1u8; 300])]
+            vec![
+                Message::text("κόσμε 𝄞 ".repeat(20)),
+                Message::binary(vec![1u8; 300])
+            ]
         );
     }
 }
@@ -73,16 +103,28 @@ fn fragmented_messages_are_reassembled() {
 #[test]
 fn control_frames_between_fragments_are_delivered_in_order() {
     let mut p = Pair::new();
-    p.client.send_frame(DataKind::Text, Bytes::from_static(b"Hel"), false).unwrap();
-    p.client.send(Message::Ping(Bytes::from_static(b"p"))).unwrap();
-    p.client.send_frame(DataKind::Text, Bytes::from_static(b"lo"), true).unwrap();
+    p.client
+        .send_frame(DataKind::Text, Bytes::from_static(b"Hel"), false)
+        .unwrap();
+    p.client
+        .send(Message::Ping(Bytes::from_static(b"p")))
+        .unwrap();
+    p.client
+        .send_frame(DataKind::Text, Bytes::from_static(b"lo"), true)
+        .unwrap();
     let (c, s) = p.drive();
     assert_eq!(
         messages(&s.events),
-        vec![Message::Ping(Bytes::from_static(b"p")), Message::text("Hello")]
+        vec![
+            Message::Ping(Bytes::from_static(b"p")),
+            Message::text("Hello")
+        ]
     );
     // The server answered the ping by itself.
-    assert_eq!(messages(&c.events), vec![Message::Pong(Bytes::from_static(b"p"))]);
+    assert_eq!(
+        messages(&c.events),
+        vec![Message::Pong(Bytes::from_static(b"p"))]
+    );
 }
 
 #[test]
@@ -92,7 +134,9 @@ fn frame_mode_streams_large_messages_frame_by_frame() {
         ..Default::default()
     });
     for i in 0..10 {
-        p.client.send_frame(DataKind::Binary, Bytes::from(vec![i as u8; 1000]), i == 9).unwrap();
+        p.client
+            .send_frame(DataKind::Binary, Bytes::from(vec![i as u8; 1000]), i == 9)
+            .unwrap();
     }
     let (_, s) = p.drive();
     assert!(s.errors.is_empty(), "{:?}", s.errors);
@@ -103,14 +147,22 @@ fn frame_mode_streams_large_messages_frame_by_frame() {
         assert_eq!((f.first, f.fin, f.kind), (i == 0, i == 9, DataKind::Binary));
         total += f.payload.len();
     }
-    assert_eq!(total, 10_000, "a message ten times max_message_size streamed through");
+    assert_eq!(
+        total, 10_000,
+        "a message ten times max_message_size streamed through"
+    );
 }
 
 #[test]
 fn streaming_send_refuses_bad_sequences() {
     let mut p = Pair::new();
-    p.client.send_frame(DataKind::Text, Bytes::from_static(&[0xce]), false).unwrap();
-    assert!(matches!(p.client.send(Message::text("x")), Err(Error::InvalidInput(_))));
+    p.client
+        .send_frame(DataKind::Text, Bytes::from_static(&[0xce]), false)
+        .unwrap();
+    assert!(matches!(
+        p.client.send(Message::text("x")),
+        Err(Error::InvalidInput(_))
+    ));
     assert!(matches!(
         p.client.send_frame(DataKind::Binary, Bytes::new(), true),
         Err(Error::InvalidInput(_))
@@ -119,7 +171,9 @@ fn streaming_send_refuses_bad_sequences() {
         p.client.send_frame(DataKind::Text, Bytes::new(), true),
         Err(Error::InvalidInput("text message ends inside a code point"))
     ));
-    p.client.send_frame(DataKind::Text, Bytes::from_static(&[0xba]), true).unwrap();
+    p.client
+        .send_frame(DataKind::Text, Bytes::from_static(&[0xba]), true)
+        .unwrap();
     let (_, s) = p.drive();
     assert_eq!(messages(&s.events), vec![Message::text("κ")]);
 }
@@ -127,28 +181,50 @@ fn streaming_send_refuses_bad_sequences() {
 #[test]
 fn ping_is_answered_with_the_same_payload() {
     let mut p = Pair::new();
-    p.server.send(Message::Ping(Bytes::from_static(b"hello"))).unwrap();
+    p.server
+        .send(Message::Ping(Bytes::from_static(b"hello")))
+        .unwrap();
     let (c, s) = p.drive();
-    assert_eq!(messages(&c.events), vec![Message::Ping(Bytes::from_static(b"hello"))]);
-    assert_eq!(messages(&s.events), vec![Message::Pong(Bytes::from_static(b"hello"))]);
+    assert_eq!(
+        messages(&c.events),
+        vec![Message::Ping(Bytes::from_static(b"hello"))]
+    );
+    assert_eq!(
+        messages(&s.events),
+        vec![Message::Pong(Bytes::from_static(b"hello"))]
+    );
 }
 
 #[test]
 fn close_started_by_the_client() {
     let mut p = Pair::new();
-    p.client.close(p.now, Some(CloseFrame::new(CloseCode(4000), "bye"))).unwrap();
+    p.client
+        .close(p.now, Some(CloseFrame::new(CloseCode(4000), "bye")))
+        .unwrap();
     assert_eq!(p.client.state(), State::Closing);
-    assert_eq!(p.client.send(Message::text("late")), Err(Error::AlreadyClosed));
+    assert_eq!(
+        p.client.send(Message::text("late")),
+        Err(Error::AlreadyClosed)
+    );
     let (c, s) = p.drive();
     assert_eq!(
         messages(&s.events),
-        vec![Message::Close(Some(CloseFrame::new(CloseCode(4000), "bye")))]
+        vec![Message::Close(Some(CloseFrame::new(
+            CloseCode(4000),
+            "bye"
+        )))]
     );
     // The server echoed the code.
-    assert_eq!(messages(&c.events), vec![Message::Close(Some(CloseFrame::new(CloseCode(4000), "")))]);
+    assert_eq!(
+        messages(&c.events),
+        vec![Message::Close(Some(CloseFrame::new(CloseCode(4000), "")))]
+    );
     assert_eq!(p.client.state(), State::Closed);
     assert_eq!(p.server.state(), State::Closed);
-    assert_eq!(p.server.send(Message::text("late")), Err(Error::AlreadyClosed));
+    assert_eq!(
+        p.server.send(Message::text("late")),
+        Err(Error::AlreadyClosed)
+    );
 }
 
 #[test]
@@ -158,14 +234,19 @@ fn close_started_by_the_server_without_status() {
     let (c, s) = p.drive();
     assert_eq!(messages(&c.events), vec![Message::Close(None)]);
     assert_eq!(messages(&s.events), vec![Message::Close(None)]);
-    assert_eq!((p.client.state(), p.server.state()), (State::Closed, State::Closed));
+    assert_eq!(
+        (p.client.state(), p.server.state()),
+        (State::Closed, State::Closed)
+    );
 }
 
 #[test]
 fn messages_still_arrive_while_closing() {
     let mut p = Pair::new();
     p.server.send(Message::text("in flight")).unwrap();
-    p.client.close(p.now, Some(CloseFrame::new(CloseCode::NORMAL, ""))).unwrap();
+    p.client
+        .close(p.now, Some(CloseFrame::new(CloseCode::NORMAL, "")))
+        .unwrap();
     let (c, _) = p.drive();
     assert_eq!(messages(&c.events)[0], Message::text("in flight"));
 }
@@ -175,7 +256,8 @@ fn close_code_not_allowed_on_the_wire_is_refused_locally() {
     let mut p = Pair::new();
     for code in [1005, 1006, 1015, 999] {
         assert!(matches!(
-            p.client.close(p.now, Some(CloseFrame::new(CloseCode(code), ""))),
+            p.client
+                .close(p.now, Some(CloseFrame::new(CloseCode(code), ""))),
             Err(Error::InvalidInput(_))
         ));
     }
@@ -188,9 +270,14 @@ fn close_timeout_when_the_peer_never_answers() {
         client: Config::default().close_timeout(Duration::from_secs(3)),
         ..Default::default()
     });
-    p.client.close(p.now, Some(CloseFrame::new(CloseCode::NORMAL, ""))).unwrap();
+    p.client
+        .close(p.now, Some(CloseFrame::new(CloseCode::NORMAL, "")))
+        .unwrap();
     Pair::drop_output(&mut p.client);
-    assert_eq!(p.client.poll_timeout(), Some(p.now + Duration::from_secs(3)));
+    assert_eq!(
+        p.client.poll_timeout(),
+        Some(p.now + Duration::from_secs(3))
+    );
     let (c, _) = p.advance(Duration::from_millis(2999));
     assert!(c.errors.is_empty());
     let (c, _) = p.advance(Duration::from_millis(1));
@@ -211,7 +298,11 @@ fn keepalive_ping_then_pong_keeps_the_connection() {
         let (_, s) = p.advance(Duration::from_secs(10));
         assert!(s.errors.is_empty());
         let (c, s) = p.drive();
-        assert_eq!(messages(&c.events).len(), 1, "one keepalive ping per interval");
+        assert_eq!(
+            messages(&c.events).len(),
+            1,
+            "one keepalive ping per interval"
+        );
         assert!(matches!(messages(&c.events)[0], Message::Ping(_)));
         assert!(matches!(messages(&s.events)[0], Message::Pong(_)));
     }
@@ -271,7 +362,10 @@ fn idle_timeout_closes_with_1001() {
     let (c, _) = p.drive();
     assert_eq!(
         messages(&c.events),
-        vec![Message::Close(Some(CloseFrame::new(CloseCode::GOING_AWAY, "idle timeout")))]
+        vec![Message::Close(Some(CloseFrame::new(
+            CloseCode::GOING_AWAY,
+            "idle timeout"
+        )))]
     );
 }
 
@@ -287,13 +381,36 @@ fn deflate_pair(client: DeflateConfig, server: DeflateConfig) -> Pair {
 fn compression_with_each_parameter_set() {
     let sets = [
         (DeflateConfig::default(), DeflateConfig::default()),
-        (DeflateConfig::default().server_no_context_takeover(true), DeflateConfig::default()),
-        (DeflateConfig::default().client_no_context_takeover(true), DeflateConfig::default()),
-        (DeflateConfig::default(), DeflateConfig::default().client_no_context_takeover(true)),
-        (DeflateConfig::default().server_max_window_bits(9), DeflateConfig::default()),
-        (DeflateConfig::default().client_max_window_bits(9), DeflateConfig::default()),
-        (DeflateConfig::default(), DeflateConfig::default().client_max_window_bits(10)),
-        (DeflateConfig::default().server_max_window_bits(8).client_max_window_bits(8), DeflateConfig::default()),
+        (
+            DeflateConfig::default().server_no_context_takeover(true),
+            DeflateConfig::default(),
+        ),
+        (
+            DeflateConfig::default().client_no_context_takeover(true),
+            DeflateConfig::default(),
+        ),
+        (
+            DeflateConfig::default(),
+            DeflateConfig::default().client_no_context_takeover(true),
+        ),
+        (
+            DeflateConfig::default().server_max_window_bits(9),
+            DeflateConfig::default(),
+        ),
+        (
+            DeflateConfig::default().client_max_window_bits(9),
+            DeflateConfig::default(),
+        ),
+        (
+            DeflateConfig::default(),
+            DeflateConfig::default().client_max_window_bits(10),
+        ),
+        (
+            DeflateConfig::default()
+                .server_max_window_bits(8)
+                .client_max_window_bits(8),
+            DeflateConfig::default(),
+        ),
         (
             DeflateConfig::default()
                 .server_no_context_takeover(true)
@@ -303,7 +420,8 @@ fn compression_with_each_parameter_set() {
             DeflateConfig::default(),
         ),
     ];
-    let text = "{\"channel\":\"prices\",\"data\":{\"symbol\":\"ACME\",\"price\":101.25}} ".repeat(20);
+    let text =
+        "{\"channel\":\"prices\",\"data\":{\"symbol\":\"ACME\",\"price\":101.25}} ".repeat(20);
     for (ccfg, scfg) in sets {
         let mut p = deflate_pair(ccfg.clone(), scfg.clone());
         assert!(p.client.is_compressed() && p.server.is_compressed());
@@ -312,10 +430,21 @@ fn compression_with_each_parameter_set() {
             p.server.send(Message::text(text.clone())).unwrap();
             let wire_to_server = p.client.output_len();
             let (c, s) = p.drive();
-            assert_eq!(messages(&s.events), vec![Message::text(text.clone())], "{ccfg:?}");
-            assert_eq!(messages(&c.events), vec![Message::text(text.clone())], "{ccfg:?}");
+            assert_eq!(
+                messages(&s.events),
+                vec![Message::text(text.clone())],
+                "{ccfg:?}"
+            );
+            assert_eq!(
+                messages(&c.events),
+                vec![Message::text(text.clone())],
+                "{ccfg:?}"
+            );
             if ccfg.client_max_window_bits > 8 {
-                assert!(wire_to_server < text.len() / 2, "compressed: {wire_to_server}");
+                assert!(
+                    wire_to_server < text.len() / 2,
+                    "compressed: {wire_to_server}"
+                );
             }
         }
     }
@@ -323,7 +452,10 @@ fn compression_with_each_parameter_set() {
 
 #[test]
 fn small_messages_skip_compression_below_the_threshold() {
-    let mut p = deflate_pair(DeflateConfig::default().threshold(100), DeflateConfig::default());
+    let mut p = deflate_pair(
+        DeflateConfig::default().threshold(100),
+        DeflateConfig::default(),
+    );
     p.client.send(Message::text("short")).unwrap();
     let frames = common::written_frames(&mut p.client);
     assert_eq!(frames[0].0, 0x81, "no RSV1");
@@ -354,7 +486,9 @@ fn compressed_fragmented_messages_set_rsv1_on_the_first_frame_only() {
     }
     assert!(first_bytes.len() > 2);
     assert_eq!(first_bytes[0], 0x41, "text, RSV1, not FIN");
-    assert!(first_bytes[1..first_bytes.len() - 1].iter().all(|b| *b == 0x00));
+    assert!(first_bytes[1..first_bytes.len() - 1]
+        .iter()
+        .all(|b| *b == 0x00));
     assert_eq!(*first_bytes.last().unwrap(), 0x80);
     p.to_server.append(&mut q);
     let (_, s) = p.drive();
@@ -380,5 +514,8 @@ fn shared_frames_reach_many_connections_from_one_encoding() {
         let (c, _) = p.drive();
         assert_eq!(messages(&c.events), vec![Message::text("broadcast")]);
     }
-    assert!(matches!(pairs[0].client.send_shared(&frame), Err(Error::InvalidInput(_))));
+    assert!(matches!(
+        pairs[0].client.send_shared(&frame),
+        Err(Error::InvalidInput(_))
+    ));
 }

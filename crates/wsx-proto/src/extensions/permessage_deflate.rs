@@ -215,7 +215,10 @@ pub fn client_offer(cfg: &DeflateConfig) -> String {
 
 /// Client side: check the server's accepted parameters against what we offered
 /// (RFC 7692 §7.1: the response never holds what the offer did not allow).
-pub fn client_accept(ext: &ExtensionOffer, cfg: &DeflateConfig) -> Result<DeflateParams, &'static str> {
+pub fn client_accept(
+    ext: &ExtensionOffer,
+    cfg: &DeflateConfig,
+) -> Result<DeflateParams, &'static str> {
     let o = parse_params(ext).ok_or("invalid permessage-deflate parameters in response")?;
     if cfg.server_no_context_takeover && !o.snct {
         return Err("server ignored server_no_context_takeover");
@@ -317,11 +320,11 @@ impl DeflateCodec {
             // zlib cannot honour an 8-bit window: stored blocks honour every window.
             (9, 0)
         } else {
-            (self.send_bits, self.level)
+            (self.send_bits.min(15), self.level.min(9))
         };
-        let c = self
-            .compressor
-            .get_or_insert_with(|| Compress::new_with_window_bits(Compression::new(level), false, bits));
+        let c = self.compressor.get_or_insert_with(|| {
+            Compress::new_with_window_bits(Compression::new(level), false, bits)
+        });
         let mut out: Vec<u8> = Vec::with_capacity(payload.len() / 2 + 64);
         let mut input = payload;
         loop {
@@ -355,7 +358,8 @@ impl DeflateCodec {
         out: &mut Vec<u8>,
         limit: usize,
     ) -> Result<(), Error> {
-        let bits = self.recv_bits.max(9);
+        // Inflating with a larger window than the peer's is always correct.
+        let bits = self.recv_bits.clamp(9, 15);
         let d = self
             .decompressor
             .get_or_insert_with(|| Decompress::new_with_window_bits(false, bits));
@@ -377,11 +381,16 @@ impl DeflateCodec {
 
 /// Feed `input` to the inflater, appending to `out`. Returns whether the deflate stream
 /// ended (a final block was seen).
-fn inflate(d: &mut Decompress, mut input: &[u8], out: &mut Vec<u8>, limit: usize) -> Result<bool, Error> {
+fn inflate(
+    d: &mut Decompress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    limit: usize,
+) -> Result<bool, Error> {
     loop {
         if out.len() == out.capacity() {
             let grow = out.len().clamp(4096, 1 << 20);
-            out.reserve(grow.min(limit + 1 - out.len().min(limit)).max(1));
+            out.reserve_exact(grow.min(limit + 1 - out.len().min(limit)).max(1));
         }
         let (before_in, before_out) = (d.total_in(), out.len());
         let status = d
@@ -427,7 +436,8 @@ mod tests {
 
     #[test]
     fn server_accepts_plain_offer() {
-        let (p, resp) = server_negotiate(&offers("permessage-deflate"), &DeflateConfig::default()).unwrap();
+        let (p, resp) =
+            server_negotiate(&offers("permessage-deflate"), &DeflateConfig::default()).unwrap();
         assert_eq!(resp, "permessage-deflate");
         assert_eq!(p.server_max_window_bits, 15);
         assert_eq!(p.client_max_window_bits, 15);
@@ -442,7 +452,10 @@ mod tests {
         .unwrap();
         assert_eq!(resp, "permessage-deflate; server_no_context_takeover; client_no_context_takeover; server_max_window_bits=10; client_max_window_bits=9");
         assert!(p.server_no_context_takeover && p.client_no_context_takeover);
-        assert_eq!((p.server_max_window_bits, p.client_max_window_bits), (10, 9));
+        assert_eq!(
+            (p.server_max_window_bits, p.client_max_window_bits),
+            (10, 9)
+        );
     }
 
     #[test]
@@ -450,7 +463,8 @@ mod tests {
         let cfg = DeflateConfig::default().client_max_window_bits(10);
         let (_, resp) = server_negotiate(&offers("permessage-deflate"), &cfg).unwrap();
         assert_eq!(resp, "permessage-deflate");
-        let (p, resp) = server_negotiate(&offers("permessage-deflate; client_max_window_bits"), &cfg).unwrap();
+        let (p, resp) =
+            server_negotiate(&offers("permessage-deflate; client_max_window_bits"), &cfg).unwrap();
         assert_eq!(resp, "permessage-deflate; client_max_window_bits=10");
         assert_eq!(p.client_max_window_bits, 10);
     }
@@ -467,7 +481,10 @@ mod tests {
             "permessage-deflate; server_no_context_takeover; server_no_context_takeover",
             "permessage-deflate; foo",
         ] {
-            assert!(server_negotiate(&offers(bad), &DeflateConfig::default()).is_none(), "{bad}");
+            assert!(
+                server_negotiate(&offers(bad), &DeflateConfig::default()).is_none(),
+                "{bad}"
+            );
             let two = format!("{bad}, permessage-deflate; client_max_window_bits=12");
             let (p, _) = server_negotiate(&offers(&two), &DeflateConfig::default()).unwrap();
             assert_eq!(p.client_max_window_bits, 12, "{bad}");
@@ -484,17 +501,22 @@ mod tests {
         let (sp, resp) = server_negotiate(&offers(&offer), &DeflateConfig::default()).unwrap();
         let cp = client_accept(&offers(&resp)[0], &cfg).unwrap();
         assert_eq!(sp, cp);
-        assert_eq!((cp.server_max_window_bits, cp.client_max_window_bits), (12, 11));
+        assert_eq!(
+            (cp.server_max_window_bits, cp.client_max_window_bits),
+            (12, 11)
+        );
     }
 
     #[test]
     fn client_rejects_responses_the_offer_did_not_allow() {
-        let cfg = DeflateConfig::default().server_max_window_bits(10).client_max_window_bits(10);
+        let cfg = DeflateConfig::default()
+            .server_max_window_bits(10)
+            .client_max_window_bits(10);
         for bad in [
-            "permessage-deflate",                                                     // dropped smwb
-            "permessage-deflate; server_max_window_bits=12",                          // above offer
+            "permessage-deflate",                            // dropped smwb
+            "permessage-deflate; server_max_window_bits=12", // above offer
             "permessage-deflate; server_max_window_bits=10; client_max_window_bits=11", // above offer
-            "permessage-deflate; server_max_window_bits=10; client_max_window_bits",  // no value
+            "permessage-deflate; server_max_window_bits=10; client_max_window_bits",    // no value
             "permessage-deflate; server_max_window_bits=10; x=1",
         ] {
             assert!(client_accept(&offers(bad)[0], &cfg).is_err(), "{bad}");
@@ -517,7 +539,12 @@ mod tests {
         let mut codec = DeflateCodec::new(params(false, false, 15, 15), true, 1, 0);
         let mut out = Vec::new();
         codec
-            .decompress(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true, &mut out, 1024)
+            .decompress(
+                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+                true,
+                &mut out,
+                1024,
+            )
             .unwrap();
         assert_eq!(out, b"Hello");
     }
@@ -527,9 +554,18 @@ mod tests {
         // Two "Hello" messages; the second references the first.
         let mut codec = DeflateCodec::new(params(false, false, 15, 15), true, 1, 0);
         let mut out = Vec::new();
-        codec.decompress(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true, &mut out, 1024).unwrap();
+        codec
+            .decompress(
+                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+                true,
+                &mut out,
+                1024,
+            )
+            .unwrap();
         out.clear();
-        codec.decompress(&[0xf2, 0x00, 0x11, 0x00, 0x00], true, &mut out, 1024).unwrap();
+        codec
+            .decompress(&[0xf2, 0x00, 0x11, 0x00, 0x00], true, &mut out, 1024)
+            .unwrap();
         assert_eq!(out, b"Hello");
         // Our compressor does the same: the second message is shorter than the first.
         let mut tx = DeflateCodec::new(params(false, false, 15, 15), true, 6, 0);
@@ -544,7 +580,14 @@ mod tests {
         let mut codec = DeflateCodec::new(params(false, false, 15, 15), true, 1, 0);
         let mut out = Vec::new();
         codec
-            .decompress(&[0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00], true, &mut out, 1024)
+            .decompress(
+                &[
+                    0x00, 0x05, 0x00, 0xfa, 0xff, 0x48, 0x65, 0x6c, 0x6c, 0x6f, 0x00,
+                ],
+                true,
+                &mut out,
+                1024,
+            )
             .unwrap();
         assert_eq!(out, b"Hello");
     }
@@ -553,10 +596,24 @@ mod tests {
     fn rfc_7692_7_2_3_4_bfinal_block_then_new_stream() {
         let mut codec = DeflateCodec::new(params(false, false, 15, 15), true, 1, 0);
         let mut out = Vec::new();
-        codec.decompress(&[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00], true, &mut out, 1024).unwrap();
+        codec
+            .decompress(
+                &[0xf3, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00, 0x00],
+                true,
+                &mut out,
+                1024,
+            )
+            .unwrap();
         assert_eq!(out, b"Hello");
         out.clear();
-        codec.decompress(&[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00], true, &mut out, 1024).unwrap();
+        codec
+            .decompress(
+                &[0xf2, 0x48, 0xcd, 0xc9, 0xc9, 0x07, 0x00],
+                true,
+                &mut out,
+                1024,
+            )
+            .unwrap();
         assert_eq!(out, b"Hello");
     }
 
@@ -570,7 +627,9 @@ mod tests {
 
     #[test]
     fn every_window_size_round_trips_with_and_without_takeover() {
-        let text: Vec<u8> = (0..20_000u32).map(|i| b"abcdefghij klmnop"[(i * i % 17) as usize]).collect();
+        let text: Vec<u8> = (0..20_000u32)
+            .map(|i| b"abcdefghij klmnop"[(i * i % 17) as usize])
+            .collect();
         for bits in 8..=15u8 {
             for reset in [false, true] {
                 let p = params(reset, reset, bits, bits);
@@ -601,7 +660,8 @@ mod tests {
         let mut out = Vec::with_capacity(2000);
         let mut input = c.to_vec();
         input.extend_from_slice(&TRAILER);
-        d.decompress_vec(&input, &mut out, FlushDecompress::Sync).unwrap();
+        d.decompress_vec(&input, &mut out, FlushDecompress::Sync)
+            .unwrap();
         assert_eq!(out, data);
     }
 
@@ -613,7 +673,14 @@ mod tests {
         let mut rx = DeflateCodec::new(params(false, false, 15, 15), false, 1, 0);
         let mut out = Vec::new();
         let err = rx.decompress(&bomb, true, &mut out, 1 << 20).unwrap_err();
-        assert!(matches!(err, Error::Capacity(CapacityError { kind: CapacityKind::Message, max: 1048576, .. })));
+        assert!(matches!(
+            err,
+            Error::Capacity(CapacityError {
+                kind: CapacityKind::Message,
+                max: 1048576,
+                ..
+            })
+        ));
         assert!(out.capacity() < 3 << 20, "capacity {}", out.capacity());
     }
 
@@ -621,7 +688,9 @@ mod tests {
     fn garbage_fails_with_inflate_error() {
         let mut rx = DeflateCodec::new(params(false, false, 15, 15), false, 1, 0);
         let mut out = Vec::new();
-        let err = rx.decompress(&[0xff, 0xff, 0xff, 0xff, 0x00], true, &mut out, 1024).unwrap_err();
+        let err = rx
+            .decompress(&[0xff, 0xff, 0xff, 0xff, 0x00], true, &mut out, 1024)
+            .unwrap_err();
         assert_eq!(err, Error::Protocol(ProtocolError::Inflate));
     }
 

@@ -117,7 +117,10 @@ impl ClientHandshake {
             req.push_str(&format!("Origin: {o}\r\n"));
         }
         if !cfg.subprotocols.is_empty() {
-            req.push_str(&format!("Sec-WebSocket-Protocol: {}\r\n", cfg.subprotocols.join(", ")));
+            req.push_str(&format!(
+                "Sec-WebSocket-Protocol: {}\r\n",
+                cfg.subprotocols.join(", ")
+            ));
         }
         if let Some(d) = &cfg.deflate {
             req.push_str(&format!(
@@ -163,7 +166,9 @@ impl ClientHandshake {
                     return Err(HandshakeError::TooLarge);
                 }
                 if eof {
-                    return Err(HandshakeError::Malformed("connection closed during the handshake"));
+                    return Err(HandshakeError::Malformed(
+                        "connection closed during the handshake",
+                    ));
                 }
                 return Ok(None);
             }
@@ -195,15 +200,23 @@ impl ClientHandshake {
 
     fn check(&self, h: &Headers) -> Result<ClientAccepted, HandshakeError> {
         if !h.has_token("upgrade", "websocket") {
-            return Err(HandshakeError::InvalidResponse("missing Upgrade: websocket"));
+            return Err(HandshakeError::InvalidResponse(
+                "missing Upgrade: websocket",
+            ));
         }
         if !h.has_token("connection", "upgrade") {
-            return Err(HandshakeError::InvalidResponse("missing Connection: Upgrade"));
+            return Err(HandshakeError::InvalidResponse(
+                "missing Connection: Upgrade",
+            ));
         }
         let expected = accept_key(self.key.as_bytes());
         match h.get("sec-websocket-accept") {
             Some(v) if h.count("sec-websocket-accept") == 1 && v == expected.as_bytes() => {}
-            _ => return Err(HandshakeError::InvalidResponse("wrong Sec-WebSocket-Accept")),
+            _ => {
+                return Err(HandshakeError::InvalidResponse(
+                    "wrong Sec-WebSocket-Accept",
+                ))
+            }
         }
         let protos: Vec<&str> = h.tokens("sec-websocket-protocol").collect();
         let subprotocol = match protos.as_slice() {
@@ -214,9 +227,10 @@ impl ClientHandshake {
         let exts = parse_extensions(h).map_err(HandshakeError::InvalidResponse)?;
         let deflate = match (exts.as_slice(), &self.deflate) {
             ([], _) => None,
-            ([ext], Some(cfg)) if ext.name == permessage_deflate::NAME => {
-                Some(permessage_deflate::client_accept(ext, cfg).map_err(HandshakeError::InvalidResponse)?)
-            }
+            ([ext], Some(cfg)) if ext.name == permessage_deflate::NAME => Some(
+                permessage_deflate::client_accept(ext, cfg)
+                    .map_err(HandshakeError::InvalidResponse)?,
+            ),
             _ => return Err(HandshakeError::InvalidResponse("extension not offered")),
         };
         Ok(ClientAccepted {
@@ -248,7 +262,8 @@ mod tests {
             .origin("http://example.com")
             .header("Authorization", "Bearer x")
             .deflate(Some(DeflateConfig::default()));
-        let (h, req) = ClientHandshake::with_key(*b"the sample nonce", "server.example.com", "/chat", &cfg);
+        let (h, req) =
+            ClientHandshake::with_key(*b"the sample nonce", "server.example.com", "/chat", &cfg);
         let req = String::from_utf8(req).unwrap();
         assert_eq!(h.key(), "dGhlIHNhbXBsZSBub25jZQ==");
         for line in [
@@ -273,7 +288,13 @@ mod tests {
         let (a, _) = ClientHandshake::new("h", "/", &Default::default());
         let (b, _) = ClientHandshake::new("h", "/", &Default::default());
         assert_ne!(a.key(), b.key());
-        assert_eq!(base64::engine::general_purpose::STANDARD.decode(a.key()).unwrap().len(), 16);
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(a.key())
+                .unwrap()
+                .len(),
+            16
+        );
     }
 
     #[test]
@@ -281,20 +302,31 @@ mod tests {
         let r = ok_response("");
         let mut buf = r.clone().into_bytes();
         buf.extend_from_slice(&[0x81, 0x00]);
-        let (a, n) = hs(&Default::default()).parse_response(&buf, false).unwrap().unwrap();
+        let (a, n) = hs(&Default::default())
+            .parse_response(&buf, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(n, r.len());
         assert_eq!(a.subprotocol, None);
         for cut in 0..r.len() {
-            assert_eq!(hs(&Default::default()).parse_response(&buf[..cut], false), Ok(None));
+            assert_eq!(
+                hs(&Default::default()).parse_response(&buf[..cut], false),
+                Ok(None)
+            );
         }
     }
 
     #[test]
     fn rejects_a_wrong_accept_value() {
-        let r = ok_response("").replace("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", "s3pPLMBiTxaQ9kYGzzhZRbK+xOp=");
+        let r = ok_response("").replace(
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=",
+            "s3pPLMBiTxaQ9kYGzzhZRbK+xOp=",
+        );
         assert_eq!(
             hs(&Default::default()).parse_response(r.as_bytes(), false),
-            Err(HandshakeError::InvalidResponse("wrong Sec-WebSocket-Accept"))
+            Err(HandshakeError::InvalidResponse(
+                "wrong Sec-WebSocket-Accept"
+            ))
         );
     }
 
@@ -302,19 +334,32 @@ mod tests {
     fn rejects_a_subprotocol_it_did_not_offer() {
         let cfg = ClientHandshakeConfig::default().subprotocols(["chat"]);
         let r = ok_response("Sec-WebSocket-Protocol: chat\r\n");
-        let (a, _) = hs(&cfg).parse_response(r.as_bytes(), false).unwrap().unwrap();
+        let (a, _) = hs(&cfg)
+            .parse_response(r.as_bytes(), false)
+            .unwrap()
+            .unwrap();
         assert_eq!(a.subprotocol.as_deref(), Some("chat"));
         let r = ok_response("Sec-WebSocket-Protocol: other\r\n");
         assert!(hs(&cfg).parse_response(r.as_bytes(), false).is_err());
-        assert!(hs(&Default::default()).parse_response(ok_response("Sec-WebSocket-Protocol: chat\r\n").as_bytes(), false).is_err());
+        assert!(hs(&Default::default())
+            .parse_response(
+                ok_response("Sec-WebSocket-Protocol: chat\r\n").as_bytes(),
+                false
+            )
+            .is_err());
     }
 
     #[test]
     fn rejects_extensions_it_did_not_offer() {
         let r = ok_response("Sec-WebSocket-Extensions: permessage-deflate\r\n");
-        assert!(hs(&Default::default()).parse_response(r.as_bytes(), false).is_err());
+        assert!(hs(&Default::default())
+            .parse_response(r.as_bytes(), false)
+            .is_err());
         let cfg = ClientHandshakeConfig::default().deflate(Some(DeflateConfig::default()));
-        let (a, _) = hs(&cfg).parse_response(r.as_bytes(), false).unwrap().unwrap();
+        let (a, _) = hs(&cfg)
+            .parse_response(r.as_bytes(), false)
+            .unwrap()
+            .unwrap();
         assert!(a.deflate.is_some());
         let r = ok_response("Sec-WebSocket-Extensions: x-webkit-deflate-frame\r\n");
         assert!(hs(&cfg).parse_response(r.as_bytes(), false).is_err());
@@ -327,16 +372,25 @@ mod tests {
         let r = b"HTTP/1.1 403 Forbidden\r\nContent-Length: 19\r\n\r\nOrigin not allowed\n";
         assert_eq!(
             hs(&Default::default()).parse_response(r, false),
-            Err(HandshakeError::Refused { status: 403, reason: "Origin not allowed".into() })
+            Err(HandshakeError::Refused {
+                status: 403,
+                reason: "Origin not allowed".into()
+            })
         );
         // Body not complete yet.
-        assert_eq!(hs(&Default::default()).parse_response(&r[..r.len() - 3], false), Ok(None));
+        assert_eq!(
+            hs(&Default::default()).parse_response(&r[..r.len() - 3], false),
+            Ok(None)
+        );
         // No Content-Length: the body runs to EOF.
         let r = b"HTTP/1.1 500 Oops\r\n\r\nbroken";
         assert_eq!(hs(&Default::default()).parse_response(r, false), Ok(None));
         assert_eq!(
             hs(&Default::default()).parse_response(r, true),
-            Err(HandshakeError::Refused { status: 500, reason: "broken".into() })
+            Err(HandshakeError::Refused {
+                status: 500,
+                reason: "broken".into()
+            })
         );
     }
 }

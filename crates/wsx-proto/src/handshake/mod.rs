@@ -161,9 +161,8 @@ fn unquote(v: &str) -> Result<String, &'static str> {
 /// RFC 9110 §5.6.2 token characters.
 pub(crate) fn is_token(s: &str) -> bool {
     !s.is_empty()
-        && s.bytes().all(|b| {
-            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-        })
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 #[cfg(test)]
@@ -189,7 +188,10 @@ mod tests {
         ]);
         let exts = parse_extensions(&h).unwrap();
         assert_eq!(exts.len(), 3);
-        assert_eq!(exts[0].params, vec![("client_max_window_bits".into(), None)]);
+        assert_eq!(
+            exts[0].params,
+            vec![("client_max_window_bits".into(), None)]
+        );
         assert_eq!(
             exts[1].params,
             vec![("server_max_window_bits".into(), Some("10".into()))]
@@ -199,8 +201,16 @@ mod tests {
 
     #[test]
     fn malformed_extension_list_is_an_error() {
-        for bad in ["permessage-deflate; a=\"1", "; x", "a b", "permessage-deflate; x=\"a b\""] {
-            let h = Headers(vec![("Sec-WebSocket-Extensions".into(), bad.as_bytes().to_vec())]);
+        for bad in [
+            "permessage-deflate; a=\"1",
+            "; x",
+            "a b",
+            "permessage-deflate; x=\"a b\"",
+        ] {
+            let h = Headers(vec![(
+                "Sec-WebSocket-Extensions".into(),
+                bad.as_bytes().to_vec(),
+            )]);
             assert!(parse_extensions(&h).is_err(), "{bad}");
         }
     }

@@ -56,9 +56,11 @@ impl OriginPolicy {
                 authority.eq_ignore_ascii_case(host)
             }
             (OriginPolicy::AllowList { require, .. }, None) => !require,
-            (OriginPolicy::AllowList { origins, .. }, Some(o)) => origins
-                .iter()
-                .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(o.trim_end_matches('/'))),
+            (OriginPolicy::AllowList { origins, .. }, Some(o)) => origins.iter().any(|a| {
+                a == "*"
+                    || a.trim_end_matches('/')
+                        .eq_ignore_ascii_case(o.trim_end_matches('/'))
+            }),
         }
     }
 }
@@ -236,7 +238,9 @@ pub fn parse_request(
             }
         }
         Err(httparse::Error::TooManyHeaders) => Err(Refusal::new(431, "too many request headers")),
-        Err(httparse::Error::Version) => Err(Refusal::new(505, "only HTTP/1.1 can upgrade to WebSocket")),
+        Err(httparse::Error::Version) => {
+            Err(Refusal::new(505, "only HTTP/1.1 can upgrade to WebSocket"))
+        }
         Err(_) => Err(Refusal::new(400, "malformed HTTP request")),
     }
 }
@@ -272,7 +276,12 @@ pub fn respond_with(
     match h.get_str("sec-websocket-version").map(str::trim) {
         None => return Err(Refusal::new(400, "missing Sec-WebSocket-Version")),
         Some("13") if h.count("sec-websocket-version") == 1 => {}
-        Some(_) => return Err(Refusal::new(426, "unsupported Sec-WebSocket-Version, use 13")),
+        Some(_) => {
+            return Err(Refusal::new(
+                426,
+                "unsupported Sec-WebSocket-Version, use 13",
+            ))
+        }
     }
     let key = match h.get("sec-websocket-key") {
         Some(k) if h.count("sec-websocket-key") == 1 => trim(k),
@@ -280,9 +289,16 @@ pub fn respond_with(
     };
     match base64::engine::general_purpose::STANDARD.decode(key) {
         Ok(raw) if raw.len() == 16 => {}
-        _ => return Err(Refusal::new(400, "Sec-WebSocket-Key is not base64 of 16 bytes")),
+        _ => {
+            return Err(Refusal::new(
+                400,
+                "Sec-WebSocket-Key is not base64 of 16 bytes",
+            ))
+        }
     }
-    let origin = h.get("origin").map(|o| std::str::from_utf8(o).unwrap_or("\u{fffd}"));
+    let origin = h
+        .get("origin")
+        .map(|o| std::str::from_utf8(o).unwrap_or("\u{fffd}"));
     if !cfg.origin.allows(origin.map(str::trim), host) {
         return Err(Refusal::new(403, "Origin not allowed"));
     }
@@ -296,7 +312,8 @@ pub fn respond_with(
     let mut deflate = None;
     let mut ext_header = None;
     if let Some(dcfg) = &cfg.deflate {
-        let offers = parse_extensions(h).map_err(|_| Refusal::new(400, "malformed Sec-WebSocket-Extensions"))?;
+        let offers = parse_extensions(h)
+            .map_err(|_| Refusal::new(400, "malformed Sec-WebSocket-Extensions"))?;
         if let Some((params, value)) = permessage_deflate::server_negotiate(&offers, dcfg) {
             deflate = Some(params);
             ext_header = Some(value);
@@ -325,8 +342,14 @@ pub fn respond_with(
 }
 
 fn trim(v: &[u8]) -> &[u8] {
-    let start = v.iter().position(|b| !b.is_ascii_whitespace()).unwrap_or(v.len());
-    let end = v.iter().rposition(|b| !b.is_ascii_whitespace()).map_or(start, |e| e + 1);
+    let start = v
+        .iter()
+        .position(|b| !b.is_ascii_whitespace())
+        .unwrap_or(v.len());
+    let end = v
+        .iter()
+        .rposition(|b| !b.is_ascii_whitespace())
+        .map_or(start, |e| e + 1);
     &v[start..end]
 }
 
@@ -374,7 +397,10 @@ mod tests {
     }
 
     fn without(name: &str) -> Vec<String> {
-        base().into_iter().filter(|l| !l.starts_with(name)).collect()
+        base()
+            .into_iter()
+            .filter(|l| !l.starts_with(name))
+            .collect()
     }
 
     #[test]
@@ -398,21 +424,36 @@ mod tests {
 
     #[test]
     fn missing_upgrade_or_connection_is_400() {
-        assert_eq!(status(run_lines(without("Upgrade"), &Default::default())), 400);
-        assert_eq!(status(run_lines(without("Connection"), &Default::default())), 400);
+        assert_eq!(
+            status(run_lines(without("Upgrade"), &Default::default())),
+            400
+        );
+        assert_eq!(
+            status(run_lines(without("Connection"), &Default::default())),
+            400
+        );
         assert_eq!(status(run_lines(without("Host"), &Default::default())), 400);
     }
 
     #[test]
     fn bad_key_is_400() {
-        for key in ["", "abc", "dGhlIHNhbXBsZSBub25jZQ", "AAAAAAAAAAAAAAAAAAAAAAAAAAAA"] {
+        for key in [
+            "",
+            "abc",
+            "dGhlIHNhbXBsZSBub25jZQ",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        ] {
             let mut l = without("Sec-WebSocket-Key");
             l.push(format!("Sec-WebSocket-Key: {key}"));
             assert_eq!(status(run_lines(l, &Default::default())), 400, "{key}");
         }
         let mut l = base();
         l.push(format!("Sec-WebSocket-Key: {KEY}"));
-        assert_eq!(status(run_lines(l, &Default::default())), 400, "repeated key");
+        assert_eq!(
+            status(run_lines(l, &Default::default())),
+            400,
+            "repeated key"
+        );
     }
 
     #[test]
@@ -424,28 +465,51 @@ mod tests {
         let resp = String::from_utf8(err.response()).unwrap();
         assert!(resp.starts_with("HTTP/1.1 426 Upgrade Required\r\n"));
         assert!(resp.contains("\r\nSec-WebSocket-Version: 13\r\n"));
-        assert_eq!(status(run_lines(without("Sec-WebSocket-Version"), &Default::default())), 400);
+        assert_eq!(
+            status(run_lines(
+                without("Sec-WebSocket-Version"),
+                &Default::default()
+            )),
+            400
+        );
     }
 
     #[test]
     fn non_get_is_405() {
-        let raw = request_with(&base().iter().map(String::as_str).collect::<Vec<_>>()).replacen("GET", "POST", 1);
+        let raw = request_with(&base().iter().map(String::as_str).collect::<Vec<_>>())
+            .replacen("GET", "POST", 1);
         let err = run(&raw, &Default::default()).unwrap_err();
         assert_eq!(err.status, 405);
-        assert!(String::from_utf8(err.response()).unwrap().contains("Allow: GET\r\n"));
+        assert!(String::from_utf8(err.response())
+            .unwrap()
+            .contains("Allow: GET\r\n"));
     }
 
     #[test]
     fn http_1_0_is_505() {
-        let raw = request_with(&base().iter().map(String::as_str).collect::<Vec<_>>()).replacen("HTTP/1.1", "HTTP/1.0", 1);
+        let raw = request_with(&base().iter().map(String::as_str).collect::<Vec<_>>())
+            .replacen("HTTP/1.1", "HTTP/1.0", 1);
         assert_eq!(status(run(&raw, &Default::default())), 505);
         let raw = "GET / HTTP/2.0\r\n\r\n";
-        assert_eq!(parse_request(raw.as_bytes(), &Default::default()).unwrap_err().status, 505);
+        assert_eq!(
+            parse_request(raw.as_bytes(), &Default::default())
+                .unwrap_err()
+                .status,
+            505
+        );
     }
 
     #[test]
     fn garbage_is_400() {
-        assert_eq!(parse_request(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", &Default::default()).unwrap_err().status, 400);
+        assert_eq!(
+            parse_request(
+                b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",
+                &Default::default()
+            )
+            .unwrap_err()
+            .status,
+            400
+        );
     }
 
     #[test]
@@ -457,7 +521,12 @@ mod tests {
         let raw = request_with(&refs);
         assert_eq!(parse_request(raw.as_bytes(), &cfg).unwrap_err().status, 431);
         // Still incomplete but already too large.
-        assert_eq!(parse_request(&raw.as_bytes()[..250], &cfg).unwrap_err().status, 431);
+        assert_eq!(
+            parse_request(&raw.as_bytes()[..250], &cfg)
+                .unwrap_err()
+                .status,
+            431
+        );
         let cfg = ServerHandshakeConfig::default().max_headers(3);
         assert_eq!(parse_request(raw.as_bytes(), &cfg).unwrap_err().status, 431);
     }
@@ -467,11 +536,16 @@ mod tests {
         let refs: Vec<String> = base();
         let raw = request_with(&refs.iter().map(String::as_str).collect::<Vec<_>>());
         for cut in 0..raw.len() {
-            assert_eq!(parse_request(&raw.as_bytes()[..cut], &Default::default()), Ok(None));
+            assert_eq!(
+                parse_request(&raw.as_bytes()[..cut], &Default::default()),
+                Ok(None)
+            );
         }
         let mut with_frame = raw.clone().into_bytes();
         with_frame.extend_from_slice(&[0x81, 0x80, 1, 2, 3, 4]);
-        let (_, used) = parse_request(&with_frame, &Default::default()).unwrap().unwrap();
+        let (_, used) = parse_request(&with_frame, &Default::default())
+            .unwrap()
+            .unwrap();
         assert_eq!(used, raw.len());
     }
 
@@ -484,7 +558,11 @@ mod tests {
         l.push("Origin: https://evil.example".into());
         let err = run_lines(l, &Default::default()).unwrap_err();
         assert_eq!(err.status, 403);
-        assert_eq!(status(run_lines(base(), &Default::default())), 101, "no Origin: not a browser");
+        assert_eq!(
+            status(run_lines(base(), &Default::default())),
+            101,
+            "no Origin: not a browser"
+        );
     }
 
     #[test]
@@ -514,12 +592,16 @@ mod tests {
         l.push("Sec-WebSocket-Protocol: v12.stomp".into());
         let a = run_lines(l, &cfg).unwrap();
         assert_eq!(a.subprotocol.as_deref(), Some("v12.stomp"));
-        assert!(String::from_utf8(a.response).unwrap().contains("Sec-WebSocket-Protocol: v12.stomp\r\n"));
+        assert!(String::from_utf8(a.response)
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol: v12.stomp\r\n"));
         let mut l = base();
         l.push("Sec-WebSocket-Protocol: mqtt".into());
         let a = run_lines(l, &cfg).unwrap();
         assert_eq!(a.subprotocol, None);
-        assert!(!String::from_utf8(a.response).unwrap().contains("Sec-WebSocket-Protocol"));
+        assert!(!String::from_utf8(a.response)
+            .unwrap()
+            .contains("Sec-WebSocket-Protocol"));
     }
 
     #[test]
@@ -528,11 +610,15 @@ mod tests {
         l.push("Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits".into());
         let a = run_lines(l.clone(), &Default::default()).unwrap();
         assert_eq!(a.deflate, None);
-        assert!(!String::from_utf8(a.response).unwrap().contains("Extensions"));
+        assert!(!String::from_utf8(a.response)
+            .unwrap()
+            .contains("Extensions"));
         let cfg = ServerHandshakeConfig::default().deflate(Some(DeflateConfig::default()));
         let a = run_lines(l, &cfg).unwrap();
         assert!(a.deflate.is_some());
-        assert!(String::from_utf8(a.response).unwrap().contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
+        assert!(String::from_utf8(a.response)
+            .unwrap()
+            .contains("Sec-WebSocket-Extensions: permessage-deflate\r\n"));
     }
 
     #[test]

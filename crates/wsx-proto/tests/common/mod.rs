@@ -1,6 +1,6 @@
 //! Test helpers: a client core and a server core joined by in-memory buffers, with a
 //! virtual clock (in the manner of quinn's `Pair`).
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::time::{Duration, Instant};
 
@@ -26,22 +26,12 @@ pub struct Pair {
     pub chunk: usize,
 }
 
+#[derive(Default)]
 pub struct PairConfig {
     pub client: Config,
     pub server: Config,
     pub client_deflate: Option<DeflateConfig>,
     pub server_deflate: Option<DeflateConfig>,
-}
-
-impl Default for PairConfig {
-    fn default() -> Self {
-        PairConfig {
-            client: Config::default(),
-            server: Config::default(),
-            client_deflate: None,
-            server_deflate: None,
-        }
-    }
 }
 
 impl Pair {
@@ -59,7 +49,10 @@ impl Pair {
         let (req, used) = server::parse_request(&request, &scfg).unwrap().unwrap();
         assert_eq!(used, request.len());
         let accepted = server::respond(&req, &scfg).unwrap();
-        let (client_accepted, used) = hs.parse_response(&accepted.response, false).unwrap().unwrap();
+        let (client_accepted, used) = hs
+            .parse_response(&accepted.response, false)
+            .unwrap()
+            .unwrap();
         assert_eq!(used, accepted.response.len());
         assert_eq!(accepted.deflate, client_accepted.deflate);
         let mut client = Connection::new(Role::Client, cfg.client, now);
@@ -91,7 +84,13 @@ impl Pair {
         any
     }
 
-    fn feed(conn: &mut Connection, now: Instant, bytes: &mut Vec<u8>, chunk: usize, seen: &mut Seen) {
+    fn feed(
+        conn: &mut Connection,
+        now: Instant,
+        bytes: &mut Vec<u8>,
+        chunk: usize,
+        seen: &mut Seen,
+    ) {
         let data = std::mem::take(bytes);
         for piece in data.chunks(chunk.max(1)) {
             if !conn.wants_input() {
@@ -125,8 +124,20 @@ impl Pair {
             if !a && !b && self.to_server.is_empty() && self.to_client.is_empty() {
                 break;
             }
-            Self::feed(&mut self.server, self.now, &mut self.to_server, self.chunk, &mut s);
-            Self::feed(&mut self.client, self.now, &mut self.to_client, self.chunk, &mut c);
+            Self::feed(
+                &mut self.server,
+                self.now,
+                &mut self.to_server,
+                self.chunk,
+                &mut s,
+            );
+            Self::feed(
+                &mut self.client,
+                self.now,
+                &mut self.to_client,
+                self.chunk,
+                &mut c,
+            );
         }
         (c, s)
     }
