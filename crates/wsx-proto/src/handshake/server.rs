@@ -13,6 +13,8 @@
 //! assert!(accepted.response.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
 //! ```
 
+use std::borrow::Cow;
+
 use base64::Engine as _;
 
 use super::{accept_key, parse_extensions, Headers};
@@ -140,11 +142,16 @@ pub struct Refusal {
     /// The HTTP status code.
     pub status: u16,
     /// A one-line reason, sent as the body.
-    pub reason: &'static str,
+    pub reason: Cow<'static, str>,
 }
 
 impl Refusal {
-    fn new(status: u16, reason: &'static str) -> Self {
+    /// A refusal with a status and a one-line reason (line breaks are replaced).
+    pub fn new(status: u16, reason: impl Into<Cow<'static, str>>) -> Self {
+        let mut reason = reason.into();
+        if reason.contains(['\r', '\n']) {
+            reason = Cow::Owned(reason.replace(['\r', '\n'], " "));
+        }
         Refusal { status, reason }
     }
 
@@ -203,6 +210,11 @@ pub struct Accepted {
     pub subprotocol: Option<String>,
     /// The permessage-deflate parameters, if negotiated.
     pub deflate: Option<DeflateParams>,
+    /// The `Sec-WebSocket-Accept` value (also in `response`), for HTTP servers that
+    /// build their own response.
+    pub accept_key: String,
+    /// The `Sec-WebSocket-Extensions` value, if any (also in `response`).
+    pub extensions: Option<String>,
 }
 
 /// Parse a request head from the front of `buf`.
@@ -319,9 +331,9 @@ pub fn respond_with(
             ext_header = Some(value);
         }
     }
+    let accept = accept_key(key);
     let mut response = format!(
-        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n",
-        accept_key(key)
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n"
     );
     if let Some(p) = &subprotocol {
         response.push_str(&format!("Sec-WebSocket-Protocol: {p}\r\n"));
@@ -338,6 +350,8 @@ pub fn respond_with(
         path: req.path.clone(),
         subprotocol,
         deflate,
+        accept_key: accept,
+        extensions: ext_header,
     })
 }
 
