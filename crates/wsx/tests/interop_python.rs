@@ -28,17 +28,31 @@ async fn python_client_against_wsx(mode: &str, tls: bool) {
     assert!(out.contains("OK"), "{out}");
     // What the server saw on the first connection.
     let first = seen_until_close(&mut seen).await;
-    let Seen::Accepted(proto, deflate) = &first[0] else { panic!("{first:?}") };
+    let Seen::Accepted(proto, deflate) = &first[0] else {
+        panic!("{first:?}")
+    };
     assert_eq!(proto.as_deref(), Some("chat"), "server preference wins");
     assert_mode(mode, *deflate);
-    assert!(first.contains(&Seen::Pong(b"from-wsx".to_vec())), "{first:?}");
+    assert!(
+        first.contains(&Seen::Pong(b"from-wsx".to_vec())),
+        "{first:?}"
+    );
     // websockets echoes the code and the reason.
-    assert_eq!(first.last(), Some(&Seen::Close(Some(wsx::CloseFrame::new(wsx::CloseCode(4001), "bye from server")))));
+    assert_eq!(
+        first.last(),
+        Some(&Seen::Close(Some(wsx::CloseFrame::new(
+            wsx::CloseCode(4001),
+            "bye from server"
+        ))))
+    );
     // The second connection: the client's close code and reason.
     let second = seen_until_close(&mut seen).await;
     assert_eq!(
         second.last(),
-        Some(&Seen::Close(Some(wsx::CloseFrame::new(wsx::CloseCode(4002), "bye from client"))))
+        Some(&Seen::Close(Some(wsx::CloseFrame::new(
+            wsx::CloseCode(4002),
+            "bye from client"
+        ))))
     );
 }
 
@@ -65,7 +79,10 @@ async fn python_client_wss() {
 async fn wsx_client_against_python(mode: &str, tls: bool) {
     require_python_websockets();
     let pki = tls.then(|| test_pki(&format!("pys-{mode}")));
-    let mut args = vec![peer_script("py_server.py").display().to_string(), mode.to_string()];
+    let mut args = vec![
+        peer_script("py_server.py").display().to_string(),
+        mode.to_string(),
+    ];
     if let Some(p) = &pki {
         args.push(p.cert_pem.display().to_string());
         args.push(p.key_pem.display().to_string());
@@ -81,7 +98,11 @@ async fn wsx_client_against_python(mode: &str, tls: bool) {
         None => format!("ws://127.0.0.1:{port}/"),
     };
     let accepted = wsx_client_cases(&url, &cfg).await;
-    assert_eq!(accepted.subprotocol.as_deref(), Some("superchat"), "the Python server's preference");
+    assert_eq!(
+        accepted.subprotocol.as_deref(),
+        Some("superchat"),
+        "the Python server's preference"
+    );
     assert_mode(mode, accepted.deflate);
     let line = server.line("accepted").await;
     if mode == "plain" {
@@ -89,7 +110,11 @@ async fn wsx_client_against_python(mode: &str, tls: bool) {
     } else {
         assert!(line.contains("PerMessageDeflate"), "{line}");
     }
-    assert_eq!(server.line("closed").await, "closed 4001 ", "the server's own close: no reason echoed");
+    assert_eq!(
+        server.line("closed").await,
+        "closed 4001 ",
+        "the server's own close: no reason echoed"
+    );
     server.line("accepted").await;
     assert_eq!(server.line("closed").await, "closed 4002 bye from client");
 }

@@ -29,7 +29,11 @@ pub fn server_config(deflate: Option<DeflateConfig>) -> ServerConfig {
         .origin(OriginPolicy::Any)
         .subprotocols(["chat", "superchat"])
         .deflate(deflate)
-        .protocol(Config::default().max_frame_size(64 << 20).max_message_size(64 << 20))
+        .protocol(
+            Config::default()
+                .max_frame_size(64 << 20)
+                .max_message_size(64 << 20),
+        )
 }
 
 /// Serve one connection's echo protocol: data is echoed; the text `close CODE REASON`
@@ -61,7 +65,11 @@ where
                 let parts = ["frag", "mented ", "κόσμε"];
                 for (i, p) in parts.iter().enumerate() {
                     let payload = bytes::Bytes::from(p.as_bytes().to_vec());
-                    if ws.send_frame(wsx::DataKind::Text, payload, i == parts.len() - 1).await.is_err() {
+                    if ws
+                        .send_frame(wsx::DataKind::Text, payload, i == parts.len() - 1)
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -84,7 +92,10 @@ where
 
 /// A wsx echo server on a free port (TLS if `tls` is given). Returns its port and the
 /// stream of observations.
-pub async fn echo_server(cfg: ServerConfig, tls: Option<Arc<rustls::ServerConfig>>) -> (u16, mpsc::UnboundedReceiver<Seen>) {
+pub async fn echo_server(
+    cfg: ServerConfig,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> (u16, mpsc::UnboundedReceiver<Seen>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -96,13 +107,19 @@ pub async fn echo_server(cfg: ServerConfig, tls: Option<Arc<rustls::ServerConfig
             tokio::spawn(async move {
                 match acceptor {
                     Some(acc) => {
-                        let Ok(tls) = acc.accept(tcp).await else { return };
-                        let Ok((ws, a)) = wsx::accept(tls, &cfg).await else { return };
+                        let Ok(tls) = acc.accept(tcp).await else {
+                            return;
+                        };
+                        let Ok((ws, a)) = wsx::accept(tls, &cfg).await else {
+                            return;
+                        };
                         let _ = tx.send(Seen::Accepted(a.subprotocol.clone(), a.deflate));
                         serve_echo(ws, tx).await;
                     }
                     None => {
-                        let Ok((ws, a)) = wsx::accept(tcp, &cfg).await else { return };
+                        let Ok((ws, a)) = wsx::accept(tcp, &cfg).await else {
+                            return;
+                        };
                         let _ = tx.send(Seen::Accepted(a.subprotocol.clone(), a.deflate));
                         serve_echo(ws, tx).await;
                     }
@@ -127,16 +144,23 @@ pub struct TestPki {
 
 pub fn test_pki(name: &str) -> TestPki {
     use base64::Engine as _;
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PublicKeyData};
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PublicKeyData,
+    };
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "wsx test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wsx test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let leaf_key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
-    params.distinguished_name.push(DnType::CommonName, "localhost");
+    let mut params =
+        CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
     let leaf = params.signed_by(&leaf_key, &issuer).unwrap();
     let dir = std::env::temp_dir().join(format!("wsx-pki-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -159,17 +183,26 @@ pub fn test_pki(name: &str) -> TestPki {
 
 impl TestPki {
     pub fn server_tls(&self) -> Arc<rustls::ServerConfig> {
-        wsx::tls::server_config(wsx::tls::load_certs(&self.cert_pem).unwrap(), wsx::tls::load_key(&self.key_pem).unwrap()).unwrap()
+        wsx::tls::server_config(
+            wsx::tls::load_certs(&self.cert_pem).unwrap(),
+            wsx::tls::load_key(&self.key_pem).unwrap(),
+        )
+        .unwrap()
     }
 }
 
 /// The repository root (where package.json and node_modules live).
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 pub fn peer_script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/peers")
+        .join(name)
 }
 
 /// Fail with a clear message when a third-party peer is not installed; `scripts/test`
@@ -183,15 +216,24 @@ pub fn require(what: &str, check: &[&str]) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(ok, "{what} is not installed: run scripts/test, which installs the interop peers");
+    assert!(
+        ok,
+        "{what} is not installed: run scripts/test, which installs the interop peers"
+    );
 }
 
 pub fn require_python_websockets() {
-    require("Python `websockets`", &["python3", "-c", "import websockets"]);
+    require(
+        "Python `websockets`",
+        &["python3", "-c", "import websockets"],
+    );
 }
 
 pub fn require_node_module(module: &str) {
-    require(&format!("npm package {module}"), &["node", "-e", &format!("require.resolve('{module}')")]);
+    require(
+        &format!("npm package {module}"),
+        &["node", "-e", &format!("require.resolve('{module}')")],
+    );
 }
 
 /// Run a peer client to completion; panics with its output when it fails.
@@ -207,7 +249,10 @@ pub async fn run_client(program: &str, args: &[String]) -> String {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{program} {args:?} failed:\n{stdout}\n{stderr}");
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed:\n{stdout}\n{stderr}"
+    );
     stdout
 }
 
@@ -244,7 +289,11 @@ pub async fn start_server(program: &str, args: &[String]) -> PeerServer {
         .strip_prefix("listening ")
         .and_then(|p| p.trim().parse().ok())
         .unwrap_or_else(|| panic!("unexpected first line: {first}"));
-    PeerServer { child, port, lines: rx }
+    PeerServer {
+        child,
+        port,
+        lines: rx,
+    }
 }
 
 impl PeerServer {
@@ -274,21 +323,49 @@ pub async fn wsx_client_cases(url: &str, cfg: &wsx::ClientConfig) -> wsx::Client
 
     let (mut ws, accepted) = wsx::connect(url, cfg).await.unwrap();
     for size in SIZES {
-        let text: String = (0..size).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+        let text: String = (0..size)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
         ws.send(Message::text(text.clone())).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(text), "text {size}");
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text(text),
+            "text {size}"
+        );
         let bin = Bytes::from((0..size).map(|i| (i % 251) as u8).collect::<Vec<_>>());
         ws.send(Message::Binary(bin.clone())).await.unwrap();
-        assert_eq!(ws.next().await.unwrap().unwrap(), Message::Binary(bin), "binary {size}");
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Binary(bin),
+            "binary {size}"
+        );
     }
     // A fragmented message, with a ping between its fragments.
-    ws.send_frame(DataKind::Text, Bytes::from_static("Hel".as_bytes()), false).await.unwrap();
-    ws.send(Message::Ping(Bytes::from_static(b"wsx-ping"))).await.unwrap();
-    ws.send_frame(DataKind::Text, Bytes::from("lo κόσμε".as_bytes().to_vec()), true).await.unwrap();
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::Pong(Bytes::from_static(b"wsx-ping")));
-    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("Hello κόσμε"));
+    ws.send_frame(DataKind::Text, Bytes::from_static("Hel".as_bytes()), false)
+        .await
+        .unwrap();
+    ws.send(Message::Ping(Bytes::from_static(b"wsx-ping")))
+        .await
+        .unwrap();
+    ws.send_frame(
+        DataKind::Text,
+        Bytes::from("lo κόσμε".as_bytes().to_vec()),
+        true,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Pong(Bytes::from_static(b"wsx-ping"))
+    );
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("Hello κόσμε")
+    );
     // The server closes with a code and reason.
-    ws.send(Message::text("close 4001 bye from server")).await.unwrap();
+    ws.send(Message::text("close 4001 bye from server"))
+        .await
+        .unwrap();
     assert_eq!(
         ws.next().await.unwrap().unwrap(),
         Message::Close(Some(CloseFrame::new(CloseCode(4001), "bye from server")))
@@ -296,7 +373,12 @@ pub async fn wsx_client_cases(url: &str, cfg: &wsx::ClientConfig) -> wsx::Client
     assert!(ws.next().await.is_none());
     // We close with a code and reason: the server echoes the code.
     let (mut ws, _) = wsx::connect(url, cfg).await.unwrap();
-    ws.send(Message::Close(Some(CloseFrame::new(CloseCode(4002), "bye from client")))).await.unwrap();
+    ws.send(Message::Close(Some(CloseFrame::new(
+        CloseCode(4002),
+        "bye from client",
+    ))))
+    .await
+    .unwrap();
     match ws.next().await.unwrap().unwrap() {
         Message::Close(Some(f)) => assert_eq!(f.code, CloseCode(4002)),
         other => panic!("{other:?}"),
@@ -335,7 +417,11 @@ pub fn client_config(mode: &str) -> wsx::ClientConfig {
     wsx::ClientConfig::default()
         .subprotocols(["chat", "superchat"])
         .deflate(deflate)
-        .protocol(Config::default().max_frame_size(64 << 20).max_message_size(64 << 20))
+        .protocol(
+            Config::default()
+                .max_frame_size(64 << 20)
+                .max_message_size(64 << 20),
+        )
 }
 
 /// Check negotiated deflate parameters against a mode.
@@ -344,11 +430,17 @@ pub fn assert_mode(mode: &str, deflate: Option<wsx::wsx_proto::DeflateParams>) {
         "plain" => assert_eq!(deflate, None),
         "deflate" => {
             let p = deflate.expect("deflate negotiated");
-            assert!(!p.server_no_context_takeover && !p.client_no_context_takeover, "{p:?}");
+            assert!(
+                !p.server_no_context_takeover && !p.client_no_context_takeover,
+                "{p:?}"
+            );
         }
         _ => {
             let p = deflate.expect("deflate negotiated");
-            assert!(p.server_no_context_takeover && p.client_no_context_takeover, "{p:?}");
+            assert!(
+                p.server_no_context_takeover && p.client_no_context_takeover,
+                "{p:?}"
+            );
         }
     }
 }
