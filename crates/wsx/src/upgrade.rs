@@ -147,12 +147,21 @@ pub fn upgrade<B>(
     req: &mut http::Request<B>,
     cfg: &ServerConfig,
 ) -> std::result::Result<(HttpResponse, Upgrade), HttpResponse> {
+    try_upgrade(req, cfg).map_err(|r| refusal_response(&r))
+}
+
+/// [`upgrade`], giving the [`Refusal`] itself (to log its reason, say) instead of its
+/// response; [`refusal_response`] turns it into one.
+pub fn try_upgrade<B>(
+    req: &mut http::Request<B>,
+    cfg: &ServerConfig,
+) -> std::result::Result<(HttpResponse, Upgrade), Refusal> {
     let request = to_request(req.method(), req.uri(), req.version(), req.headers());
     let on_upgrade = req
         .extensions_mut()
         .remove::<OnUpgrade>()
-        .ok_or_else(|| refusal_response(&Refusal::new(426, "connection cannot be upgraded")))?;
-    negotiate(request, on_upgrade, cfg).map_err(|r| refusal_response(&r))
+        .ok_or_else(|| Refusal::new(426, "connection cannot be upgraded"))?;
+    negotiate(request, on_upgrade, cfg)
 }
 
 fn negotiate(

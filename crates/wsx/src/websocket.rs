@@ -211,8 +211,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.finish = Finish::Flushing;
                 continue;
             }
+            // Before waiting for input, write what was queued (fed messages, pongs):
+            // many messages leave in one write, and nothing waits for an explicit flush.
             if self.conn.output_len() > 0 {
-                if let Poll::Ready(Err(e)) = self.poll_write_out(cx) {
+                if let Poll::Ready(Err(e)) = self.poll_flush(cx) {
                     self.finish = Finish::Done;
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -418,6 +420,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
     /// The underlying transport.
     pub fn get_ref(&self) -> &S {
         self.inner.io()
+    }
+
+    /// The transport and any bytes already read but not yet processed, for a caller
+    /// that takes over the raw stream (a load generator, say).
+    pub fn into_inner(mut self) -> (S, bytes::BytesMut) {
+        let pending = self.inner.conn.input_buffer().split();
+        (self.inner.io, pending)
     }
 
     /// Split into a reader and a writer that can be used from two tasks.

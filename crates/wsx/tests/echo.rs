@@ -228,3 +228,40 @@ async fn sink_and_stream_compose() {
         matches!(ws.next().await, Some(Ok(Message::Close(Some(f)))) if f.code == CloseCode::NORMAL)
     );
 }
+
+#[tokio::test]
+async fn frame_level_api_streams_a_message_larger_than_the_limit() {
+    // The server takes frames one by one with a 64 KiB message limit; the client streams
+    // 8 MiB in 64 KiB frames. Neither side holds the message whole.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let cfg = ServerConfig::default().protocol(
+            Config::default().frame_mode(true).max_message_size(64 << 10).max_frame_size(64 << 10),
+        );
+        let (mut ws, _) = wsx::accept(tcp, &cfg).await.unwrap();
+        let (mut total, mut frames, mut largest) = (0usize, 0usize, 0usize);
+        while let Some(ev) = ws.next_event().await {
+            match ev.unwrap() {
+                wsx::Event::Frame(f) => {
+                    assert_eq!(f.kind, wsx::DataKind::Binary);
+                    total += f.payload.len();
+                    largest = largest.max(f.payload.len());
+                    frames += 1;
+                    if f.fin {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        (total, frames, largest)
+    });
+    let (mut ws, _) = wsx::connect(&format!("ws://{addr}"), &ClientConfig::default()).await.unwrap();
+    for i in 0..128 {
+        ws.send_frame(wsx::DataKind::Binary, Bytes::from(vec![i as u8; 64 << 10]), i == 127).await.unwrap();
+    }
+    let (total, frames, largest) = server.await.unwrap();
+    assert_eq!((total, frames, largest), (8 << 20, 128, 64 << 10));
+}

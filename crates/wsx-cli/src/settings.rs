@@ -1,0 +1,304 @@
+//! `wsx serve` settings: one table of keys, each settable by flag (`--max-message-size`),
+//! environment (`WSX_MAX_MESSAGE_SIZE`) or config file (`max_message_size = "1MiB"`),
+//! in that order of precedence, with a documented default.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use wsx::{Config, DeflateConfig, IoConfig, OriginPolicy, ServerConfig};
+
+use crate::units::{parse_bool, parse_duration, parse_optional_duration, parse_size};
+
+macro_rules! settings {
+    ($( $field:ident, $env:literal, $value:literal, $default:literal, $help:literal; )*) => {
+        /// Options of `wsx serve`. Every option can also be given as an environment
+        /// variable or as a key of the TOML file named by --config.
+        #[derive(clap::Args, Debug, Default, Clone)]
+        pub struct ServeArgs {
+            /// TOML file with any of the settings below (keys in snake_case, e.g.
+            /// max_message_size = "1MiB"). Flags and environment variables override it.
+            #[arg(long, env = "WSX_CONFIG", value_name = "FILE")]
+            pub config: Option<PathBuf>,
+            $(
+                #[arg(long, env = $env, value_name = $value, help = concat!($help, " [default: ", $default, "]"))]
+                pub $field: Option<String>,
+            )*
+        }
+
+        /// Every setting key with its default.
+        pub const KEYS: &[(&str, &str)] = &[$((stringify!($field), $default),)*];
+
+        impl ServeArgs {
+            fn flag(&self, key: &str) -> Option<&String> {
+                match key {
+                    $(stringify!($field) => self.$field.as_ref(),)*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+settings! {
+    listen, "WSX_LISTEN", "ADDR", "127.0.0.1:3000", "Address to listen on (IP:PORT)";
+    tls_cert, "WSX_TLS_CERT", "PEM", "none", "TLS certificate chain (PEM); with --tls-key serves https:// and wss://";
+    tls_key, "WSX_TLS_KEY", "PEM", "none", "TLS private key (PEM)";
+    allowed_origins, "WSX_ALLOWED_ORIGINS", "LIST", "same-origin", "Origins allowed to open WebSockets, comma-separated (scheme://host[:port]); * allows any";
+    subprotocols, "WSX_SUBPROTOCOLS", "LIST", "none", "Subprotocols the echo endpoint accepts, most preferred first, comma-separated";
+    compression, "WSX_COMPRESSION", "on|off", "on", "permessage-deflate (RFC 7692)";
+    compression_level, "WSX_COMPRESSION_LEVEL", "0-9", "1", "Deflate level";
+    compression_threshold, "WSX_COMPRESSION_THRESHOLD", "BYTES", "256", "Messages smaller than this are sent uncompressed";
+    server_no_context_takeover, "WSX_SERVER_NO_CONTEXT_TAKEOVER", "on|off", "off", "Reset the server's deflate context after each message (less memory, worse ratio)";
+    client_no_context_takeover, "WSX_CLIENT_NO_CONTEXT_TAKEOVER", "on|off", "off", "Ask clients to reset their deflate context after each message";
+    server_max_window_bits, "WSX_SERVER_MAX_WINDOW_BITS", "8-15", "15", "The server's deflate window (log2)";
+    client_max_window_bits, "WSX_CLIENT_MAX_WINDOW_BITS", "8-15", "15", "The largest deflate window clients may use (log2)";
+    max_message_size, "WSX_MAX_MESSAGE_SIZE", "SIZE", "1MiB", "Largest message accepted (close 1009 beyond)";
+    max_frame_size, "WSX_MAX_FRAME_SIZE", "SIZE", "1MiB", "Largest frame accepted (close 1009 beyond)";
+    write_buffer_size, "WSX_WRITE_BUFFER_SIZE", "SIZE", "128KiB", "Bytes queued per connection before sending waits";
+    handshake_timeout, "WSX_HANDSHAKE_TIMEOUT", "DURATION", "10s", "Time allowed for the opening handshake";
+    idle_timeout, "WSX_IDLE_TIMEOUT", "DURATION", "off", "Close (1001) a connection silent this long; 0 or off disables";
+    close_timeout, "WSX_CLOSE_TIMEOUT", "DURATION", "5s", "Time to wait for the peer's close frame";
+    ping_interval, "WSX_PING_INTERVAL", "DURATION", "30s", "Keepalive ping after this long without input; 0 or off disables";
+    pong_timeout, "WSX_PONG_TIMEOUT", "DURATION", "20s", "Close (1011) if nothing arrives this long after a keepalive ping";
+    max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
+    shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
+    log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The resolved settings of `wsx serve`.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub server: ServerConfig,
+    pub max_connections: usize,
+    pub shutdown_timeout: Duration,
+    pub log_format: LogFormat,
+}
+
+/// A bad setting: which key, and why. Displayed as one line.
+#[derive(Debug)]
+pub struct SettingError {
+    pub key: String,
+    pub reason: String,
+}
+
+impl std::fmt::Display for SettingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "invalid setting `{}`: {}", self.key, self.reason)
+    }
+}
+
+fn toml_scalar(key: &str, v: &toml::Value) -> Result<String, SettingError> {
+    Ok(match v {
+        toml::Value::String(s) => s.clone(),
+        toml::Value::Integer(i) => i.to_string(),
+        toml::Value::Float(f) => f.to_string(),
+        toml::Value::Boolean(b) => if *b { "on" } else { "off" }.to_string(),
+        toml::Value::Array(items) => items
+            .iter()
+            .map(|i| toml_scalar(key, i))
+            .collect::<Result<Vec<_>, _>>()?
+            .join(","),
+        _ => {
+            return Err(SettingError {
+                key: key.into(),
+                reason: "expected a string, number, boolean or list".into(),
+            })
+        }
+    })
+}
+
+impl ServeArgs {
+    /// Resolve flags and environment over the config file over the defaults.
+    pub fn resolve(&self) -> Result<Settings, SettingError> {
+        let mut file = toml::Table::new();
+        if let Some(path) = &self.config {
+            let text = std::fs::read_to_string(path).map_err(|e| SettingError {
+                key: "config".into(),
+                reason: format!("{}: {e}", path.display()),
+            })?;
+            file = text.parse::<toml::Table>().map_err(|e| SettingError {
+                key: "config".into(),
+                reason: format!("{}: {}", path.display(), e.message()),
+            })?;
+            if let Some(unknown) = file.keys().find(|k| !KEYS.iter().any(|(key, _)| key == k)) {
+                return Err(SettingError {
+                    key: unknown.clone(),
+                    reason: format!("unknown key in {}", path.display()),
+                });
+            }
+        }
+        let mut raw = std::collections::HashMap::new();
+        for (key, default) in KEYS {
+            let value = match (self.flag(key), file.get(*key)) {
+                (Some(v), _) => v.clone(),
+                (None, Some(v)) => toml_scalar(key, v)?,
+                (None, None) => default.to_string(),
+            };
+            raw.insert(*key, value);
+        }
+        let get = |key: &str| raw.get(key).map(String::as_str).unwrap_or_default();
+        fn bad(key: &str) -> impl Fn(String) -> SettingError + '_ {
+            move |reason| SettingError { key: key.into(), reason }
+        }
+        let size = |key: &'static str| parse_size(get(key)).map_err(bad(key));
+        let dur = |key: &'static str| parse_duration(get(key)).map_err(bad(key));
+        let opt_dur = |key: &'static str| parse_optional_duration(get(key)).map_err(bad(key));
+        let flag = |key: &'static str| parse_bool(get(key)).map_err(bad(key));
+        let bits = |key: &'static str| -> Result<u8, SettingError> {
+            get(key)
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|b| (8..=15).contains(b))
+                .ok_or_else(|| bad(key)(format!("`{}` is not a window size from 8 to 15", get(key))))
+        };
+        let list = |key: &str| -> Vec<String> {
+            match get(key).trim() {
+                "none" | "" => Vec::new(),
+                v => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+            }
+        };
+
+        let listen: SocketAddr = get("listen")
+            .parse()
+            .map_err(|_| bad("listen")(format!("`{}` is not IP:PORT", get("listen"))))?;
+        let tls = match (get("tls_cert"), get("tls_key")) {
+            ("none", "none") => None,
+            ("none", _) => return Err(bad("tls_cert")("--tls-key needs --tls-cert".into())),
+            (_, "none") => return Err(bad("tls_key")("--tls-cert needs --tls-key".into())),
+            (c, k) => Some((PathBuf::from(c), PathBuf::from(k))),
+        };
+        let origins = list("allowed_origins");
+        let origin = match origins.as_slice() {
+            [one] if one == "same-origin" => OriginPolicy::SameOrigin,
+            [one] if one == "*" => OriginPolicy::Any,
+            [] => OriginPolicy::SameOrigin,
+            list => {
+                if let Some(o) = list.iter().find(|o| *o != "*" && !o.contains("://")) {
+                    return Err(bad("allowed_origins")(format!("`{o}` is not scheme://host[:port]")));
+                }
+                OriginPolicy::AllowList {
+                    origins: list.to_vec(),
+                    require: false,
+                }
+            }
+        };
+        let level = get("compression_level")
+            .trim()
+            .parse::<u32>()
+            .ok()
+            .filter(|l| *l <= 9)
+            .ok_or_else(|| bad("compression_level")(format!("`{}` is not a level from 0 to 9", get("compression_level"))))?;
+        let deflate = flag("compression")?.then_some(());
+        let deflate = match deflate {
+            Some(()) => Some(
+                DeflateConfig::default()
+                    .level(level)
+                    .threshold(size("compression_threshold")?)
+                    .server_no_context_takeover(flag("server_no_context_takeover")?)
+                    .client_no_context_takeover(flag("client_no_context_takeover")?)
+                    .server_max_window_bits(bits("server_max_window_bits")?)
+                    .client_max_window_bits(bits("client_max_window_bits")?),
+            ),
+            None => None,
+        };
+        let protocol = Config::default()
+            .max_message_size(size("max_message_size")?)
+            .max_frame_size(size("max_frame_size")?)
+            .idle_timeout(opt_dur("idle_timeout")?)
+            .close_timeout(dur("close_timeout")?)
+            .ping_interval(opt_dur("ping_interval")?)
+            .pong_timeout(dur("pong_timeout")?);
+        let mut io = IoConfig::default();
+        io.write_buffer_size = size("write_buffer_size")?;
+        let server = ServerConfig::default()
+            .origin(origin)
+            .subprotocols(list("subprotocols"))
+            .deflate(deflate)
+            .protocol(protocol)
+            .io(io)
+            .handshake_timeout(dur("handshake_timeout")?);
+        let max_connections = get("max_connections")
+            .trim()
+            .parse::<usize>()
+            .map_err(|_| bad("max_connections")(format!("`{}` is not a number", get("max_connections"))))?;
+        let log_format = match get("log_format").trim() {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => return Err(bad("log_format")(format!("`{other}` is not text or json"))),
+        };
+        Ok(Settings {
+            listen,
+            tls,
+            server,
+            max_connections,
+            shutdown_timeout: dur("shutdown_timeout")?,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_resolve() {
+        let s = ServeArgs::default().resolve().unwrap();
+        assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
+        assert_eq!(s.server.protocol.max_message_size, 1 << 20);
+        assert_eq!(s.server.protocol.ping_interval, Some(Duration::from_secs(30)));
+        assert!(s.server.handshake.deflate.is_some());
+        assert_eq!(s.server.handshake.origin, OriginPolicy::SameOrigin);
+        assert_eq!(s.max_connections, 10000);
+    }
+
+    #[test]
+    fn flags_override_the_file_which_overrides_defaults() {
+        let dir = std::env::temp_dir().join(format!("wsx-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wsx.toml");
+        std::fs::write(&path, "max_message_size = \"4MiB\"\nmax_frame_size = 65536\ncompression = false\n").unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            max_frame_size: Some("8KiB".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.server.protocol.max_message_size, 4 << 20);
+        assert_eq!(s.server.protocol.max_frame_size, 8 << 10);
+        assert!(s.server.handshake.deflate.is_none());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let args = ServeArgs {
+            max_message_size: Some("lots".into()),
+            ..Default::default()
+        };
+        let e = args.resolve().unwrap_err();
+        assert_eq!(e.key, "max_message_size");
+        let args = ServeArgs {
+            server_max_window_bits: Some("16".into()),
+            ..Default::default()
+        };
+        assert_eq!(args.resolve().unwrap_err().key, "server_max_window_bits");
+        let args = ServeArgs {
+            allowed_origins: Some("example.com".into()),
+            ..Default::default()
+        };
+        assert_eq!(args.resolve().unwrap_err().key, "allowed_origins");
+    }
+}
