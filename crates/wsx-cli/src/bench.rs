@@ -109,7 +109,10 @@ pub fn main(args: BenchArgs) -> ExitCode {
     };
     let report = rt.block_on(run(args.clone()));
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).unwrap_or_default()
+        );
     } else {
         print_table(&report);
     }
@@ -165,15 +168,22 @@ async fn run(args: BenchArgs) -> Report {
     progress.set_message("connecting");
 
     // Open the connections at the ramp rate.
-    let mut cfg = ClientConfig::default().protocol(Config::default().max_message_size(usize::MAX >> 1).max_frame_size(usize::MAX >> 1));
+    let mut cfg = ClientConfig::default().protocol(
+        Config::default()
+            .max_message_size(usize::MAX >> 1)
+            .max_frame_size(usize::MAX >> 1),
+    );
     cfg.danger_accept_invalid_certs = args.insecure;
     let cfg = Arc::new(cfg);
     let gap = Duration::from_secs_f64(1.0 / args.ramp.max(1.0));
     let mut handles = Vec::with_capacity(args.connections);
     let (ready_tx, ready_rx) = tokio::sync::watch::channel::<Option<(Instant, Instant)>>(None);
     for i in 0..args.connections {
-        let (conn_args, cfg, shared, ready) = (args.clone(), cfg.clone(), shared.clone(), ready_rx.clone());
-        handles.push(tokio::spawn(async move { connection(i, conn_args, cfg, shared, ready).await }));
+        let (conn_args, cfg, shared, ready) =
+            (args.clone(), cfg.clone(), shared.clone(), ready_rx.clone());
+        handles.push(tokio::spawn(async move {
+            connection(i, conn_args, cfg, shared, ready).await
+        }));
         if i + 1 < args.connections {
             tokio::time::sleep(gap).await;
         }
@@ -203,7 +213,8 @@ async fn run(args: BenchArgs) -> Report {
     }
     let cpu = cpu_seconds() - cpu_at_start.get();
     progress.finish_and_clear();
-    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));
     let mut messages = 0;
     for h in handles {
         if let Ok(Some(o)) = h.await {
@@ -290,7 +301,9 @@ async fn connection(
             return None;
         }
     };
-    let period = args.rate.map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1e-9)));
+    let period = args
+        .rate
+        .map(|r| Duration::from_secs_f64(args.connections as f64 / r.max(1e-9)));
     let mut next_send = Instant::now();
 
     // Fill the pipeline.
@@ -322,7 +335,11 @@ async fn connection(
                     skip = h.payload_len as usize;
                     match h.opcode {
                         OpCode::Text | OpCode::Binary | OpCode::Continuation if h.fin => done += 1,
-                        OpCode::Text | OpCode::Binary | OpCode::Continuation | OpCode::Ping | OpCode::Pong => {}
+                        OpCode::Text
+                        | OpCode::Binary
+                        | OpCode::Continuation
+                        | OpCode::Ping
+                        | OpCode::Pong => {}
                         OpCode::Close => {
                             shared.protocol_errors.fetch_add(1, Ordering::Relaxed);
                             return Some(Outcome { hist, messages });

@@ -48,7 +48,10 @@ pub struct ConnectArgs {
 }
 
 pub fn main(args: ConnectArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("wsx: {e}");

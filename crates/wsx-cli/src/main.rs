@@ -13,7 +13,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "wsx", version, about = "WebSocket server, client and load generator")]
+#[command(
+    name = "wsx",
+    version,
+    about = "WebSocket server, client and load generator"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +26,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the server: an echo endpoint at /echo and the pages at /.
-    Serve(settings::ServeArgs),
+    Serve(Box<settings::ServeArgs>),
     /// Connect to a WebSocket: stdin lines are sent as text, messages received are printed.
     Connect(connect::ConnectArgs),
     /// Load-test a WebSocket echo server.
@@ -34,7 +38,12 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             use clap::error::ErrorKind;
-            if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand) {
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
@@ -55,7 +64,10 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(settings.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("wsx: cannot start the runtime: {e}");

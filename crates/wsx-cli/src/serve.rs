@@ -35,12 +35,18 @@ struct App {
 /// shutdown timeout for the close handshakes.
 pub async fn run(settings: Settings) -> std::io::Result<()> {
     let tls = match &settings.tls {
-        Some((cert, key)) => Some(wsx::tls::acceptor(cert, key).map_err(|e| std::io::Error::other(e.to_string()))?),
+        Some((cert, key)) => {
+            Some(wsx::tls::acceptor(cert, key).map_err(|e| std::io::Error::other(e.to_string()))?)
+        }
         None => None,
     };
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
-    let (http, ws) = if tls.is_some() { ("https", "wss") } else { ("http", "ws") };
+    let (http, ws) = if tls.is_some() {
+        ("https", "wss")
+    } else {
+        ("http", "ws")
+    };
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
@@ -75,16 +81,25 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         let tls = tls.clone();
         let mut conn_stop = stop.clone();
         tasks.spawn(async move {
-            let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(ConnectInfo(peer));
-                let router = router.clone();
-                async move { Ok::<_, Infallible>(tower::ServiceExt::oneshot(router, req.map(Body::new)).await.unwrap_or_else(|e| match e {})) }
-            });
+            let service =
+                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    let router = router.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            tower::ServiceExt::oneshot(router, req.map(Body::new))
+                                .await
+                                .unwrap_or_else(|e| match e {}),
+                        )
+                    }
+                });
             let builder = hyper::server::conn::http1::Builder::new();
             let result = match tls {
                 Some(acceptor) => match acceptor.accept(tcp).await {
                     Ok(stream) => {
-                        let conn = builder.serve_connection(TokioIo::new(stream), service).with_upgrades();
+                        let conn = builder
+                            .serve_connection(TokioIo::new(stream), service)
+                            .with_upgrades();
                         serve_until(conn, &mut conn_stop).await
                     }
                     Err(e) => {
@@ -93,7 +108,9 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
                     }
                 },
                 None => {
-                    let conn = builder.serve_connection(TokioIo::new(tcp), service).with_upgrades();
+                    let conn = builder
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .with_upgrades();
                     serve_until(conn, &mut conn_stop).await
                 }
             };
@@ -106,7 +123,10 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     let _ = shutdown_tx.send(true);
     let _ = stop.borrow_and_update();
     tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait()).await.is_err() {
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
         warn!("shutdown timeout: {} connections still open", tasks.len());
     }
     info!("bye");
@@ -145,13 +165,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
@@ -163,12 +184,18 @@ async fn shutdown_signal() {
 
 async fn static_file(req: Request<Body>) -> Response {
     match web::file(req.uri().path()) {
-        Some((content_type, body)) => ([(header::CONTENT_TYPE, content_type)], body).into_response(),
+        Some((content_type, body)) => {
+            ([(header::CONTENT_TYPE, content_type)], body).into_response()
+        }
         None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
     }
 }
 
-async fn echo(State(app): State<App>, ConnectInfo(peer): ConnectInfo<SocketAddr>, mut req: Request<Body>) -> Response {
+async fn echo(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request<Body>,
+) -> Response {
     let refuse = |refusal: Refusal| {
         warn!(%peer, status = refusal.status, reason = %refusal.reason, "handshake refused");
         refusal_response(&refusal).into_response()

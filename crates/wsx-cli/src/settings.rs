@@ -150,7 +150,10 @@ impl ServeArgs {
         }
         let get = |key: &str| raw.get(key).map(String::as_str).unwrap_or_default();
         fn bad(key: &str) -> impl Fn(String) -> SettingError + '_ {
-            move |reason| SettingError { key: key.into(), reason }
+            move |reason| SettingError {
+                key: key.into(),
+                reason,
+            }
         }
         let size = |key: &'static str| parse_size(get(key)).map_err(bad(key));
         let dur = |key: &'static str| parse_duration(get(key)).map_err(bad(key));
@@ -162,12 +165,18 @@ impl ServeArgs {
                 .parse::<u8>()
                 .ok()
                 .filter(|b| (8..=15).contains(b))
-                .ok_or_else(|| bad(key)(format!("`{}` is not a window size from 8 to 15", get(key))))
+                .ok_or_else(|| {
+                    bad(key)(format!("`{}` is not a window size from 8 to 15", get(key)))
+                })
         };
         let list = |key: &str| -> Vec<String> {
             match get(key).trim() {
                 "none" | "" => Vec::new(),
-                v => v.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect(),
+                v => v
+                    .split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect(),
             }
         };
 
@@ -187,7 +196,9 @@ impl ServeArgs {
             [] => OriginPolicy::SameOrigin,
             list => {
                 if let Some(o) = list.iter().find(|o| *o != "*" && !o.contains("://")) {
-                    return Err(bad("allowed_origins")(format!("`{o}` is not scheme://host[:port]")));
+                    return Err(bad("allowed_origins")(format!(
+                        "`{o}` is not scheme://host[:port]"
+                    )));
                 }
                 OriginPolicy::AllowList {
                     origins: list.to_vec(),
@@ -200,7 +211,12 @@ impl ServeArgs {
             .parse::<u32>()
             .ok()
             .filter(|l| *l <= 9)
-            .ok_or_else(|| bad("compression_level")(format!("`{}` is not a level from 0 to 9", get("compression_level"))))?;
+            .ok_or_else(|| {
+                bad("compression_level")(format!(
+                    "`{}` is not a level from 0 to 9",
+                    get("compression_level")
+                ))
+            })?;
         let deflate = flag("compression")?.then_some(());
         let deflate = match deflate {
             Some(()) => Some(
@@ -233,7 +249,9 @@ impl ServeArgs {
         let max_connections = get("max_connections")
             .trim()
             .parse::<usize>()
-            .map_err(|_| bad("max_connections")(format!("`{}` is not a number", get("max_connections"))))?;
+            .map_err(|_| {
+                bad("max_connections")(format!("`{}` is not a number", get("max_connections")))
+            })?;
         let log_format = match get("log_format").trim() {
             "text" => LogFormat::Text,
             "json" => LogFormat::Json,
@@ -259,7 +277,10 @@ mod tests {
         let s = ServeArgs::default().resolve().unwrap();
         assert_eq!(s.listen.to_string(), "127.0.0.1:3000");
         assert_eq!(s.server.protocol.max_message_size, 1 << 20);
-        assert_eq!(s.server.protocol.ping_interval, Some(Duration::from_secs(30)));
+        assert_eq!(
+            s.server.protocol.ping_interval,
+            Some(Duration::from_secs(30))
+        );
         assert!(s.server.handshake.deflate.is_some());
         assert_eq!(s.server.handshake.origin, OriginPolicy::SameOrigin);
         assert_eq!(s.max_connections, 10000);
@@ -270,7 +291,11 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("wsx-settings-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("wsx.toml");
-        std::fs::write(&path, "max_message_size = \"4MiB\"\nmax_frame_size = 65536\ncompression = false\n").unwrap();
+        std::fs::write(
+            &path,
+            "max_message_size = \"4MiB\"\nmax_frame_size = 65536\ncompression = false\n",
+        )
+        .unwrap();
         let args = ServeArgs {
             config: Some(path),
             max_frame_size: Some("8KiB".into()),

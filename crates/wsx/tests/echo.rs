@@ -238,7 +238,10 @@ async fn frame_level_api_streams_a_message_larger_than_the_limit() {
     let server = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
         let cfg = ServerConfig::default().protocol(
-            Config::default().frame_mode(true).max_message_size(64 << 10).max_frame_size(64 << 10),
+            Config::default()
+                .frame_mode(true)
+                .max_message_size(64 << 10)
+                .max_frame_size(64 << 10),
         );
         let (mut ws, _) = wsx::accept(tcp, &cfg).await.unwrap();
         let (mut total, mut frames, mut largest) = (0usize, 0usize, 0usize);
@@ -258,9 +261,17 @@ async fn frame_level_api_streams_a_message_larger_than_the_limit() {
         }
         (total, frames, largest)
     });
-    let (mut ws, _) = wsx::connect(&format!("ws://{addr}"), &ClientConfig::default()).await.unwrap();
+    let (mut ws, _) = wsx::connect(&format!("ws://{addr}"), &ClientConfig::default())
+        .await
+        .unwrap();
     for i in 0..128 {
-        ws.send_frame(wsx::DataKind::Binary, Bytes::from(vec![i as u8; 64 << 10]), i == 127).await.unwrap();
+        ws.send_frame(
+            wsx::DataKind::Binary,
+            Bytes::from(vec![i as u8; 64 << 10]),
+            i == 127,
+        )
+        .await
+        .unwrap();
     }
     let (total, frames, largest) = server.await.unwrap();
     assert_eq!((total, frames, largest), (8 << 20, 128, 64 << 10));

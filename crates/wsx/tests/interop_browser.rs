@@ -34,15 +34,23 @@ async fn page_server() -> u16 {
 #[tokio::test]
 async fn chromium_native_websocket() {
     require_node_module("playwright-core");
-    assert!(std::path::Path::new("/usr/bin/chromium").exists(), "chromium is not installed: run scripts/test");
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "chromium is not installed: run scripts/test"
+    );
     let page = page_server().await;
-    let (ws_port, mut seen) = echo_server(server_config(Some(DeflateConfig::default())), None).await;
+    let (ws_port, mut seen) =
+        echo_server(server_config(Some(DeflateConfig::default())), None).await;
     let nct = DeflateConfig::default()
         .server_no_context_takeover(true)
         .client_no_context_takeover(true);
     let (nct_port, _) = echo_server(server_config(Some(nct)), None).await;
     let pki = test_pki("browser");
-    let (wss_port, _) = echo_server(server_config(Some(DeflateConfig::default())), Some(pki.server_tls())).await;
+    let (wss_port, _) = echo_server(
+        server_config(Some(DeflateConfig::default())),
+        Some(pki.server_tls()),
+    )
+    .await;
     let shots = repo_root().join("target/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
     let args = vec![
@@ -58,15 +66,30 @@ async fn chromium_native_websocket() {
     assert!(out.starts_with("OK"), "{out}");
     // What the server saw from the browser.
     let first = seen_until_close(&mut seen).await;
-    let Seen::Accepted(proto, deflate) = &first[0] else { panic!("{first:?}") };
+    let Seen::Accepted(proto, deflate) = &first[0] else {
+        panic!("{first:?}")
+    };
     assert_eq!(proto.as_deref(), Some("chat"));
     assert!(deflate.is_some(), "Chromium offers permessage-deflate");
-    assert!(first.contains(&Seen::Pong(b"from-wsx".to_vec())), "the browser answered our ping: {first:?}");
+    assert!(
+        first.contains(&Seen::Pong(b"from-wsx".to_vec())),
+        "the browser answered our ping: {first:?}"
+    );
     // Chromium echoes the code and the reason.
-    assert_eq!(first.last(), Some(&Seen::Close(Some(CloseFrame::new(CloseCode(4001), "bye from server")))), "{first:?}");
+    assert_eq!(
+        first.last(),
+        Some(&Seen::Close(Some(CloseFrame::new(
+            CloseCode(4001),
+            "bye from server"
+        )))),
+        "{first:?}"
+    );
     let second = seen_until_close(&mut seen).await;
     assert_eq!(
         second.last(),
-        Some(&Seen::Close(Some(CloseFrame::new(CloseCode(4002), "bye from client"))))
+        Some(&Seen::Close(Some(CloseFrame::new(
+            CloseCode(4002),
+            "bye from client"
+        ))))
     );
 }

@@ -1,0 +1,279 @@
+//! The `wsx` binary end to end: serve, connect, bench, config errors, shutdown.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+use wsx::{ClientConfig, CloseCode, CloseFrame, Message};
+
+const WSX: &str = env!("CARGO_BIN_EXE_wsx");
+
+/// `wsx serve` on a free port; returns the child and its address once it logged it.
+async fn serve(extra: &[&str]) -> (Child, String) {
+    let mut child = Command::new(WSX)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("open http://").nth(1) {
+                return rest.split('/').next().unwrap().to_string();
+            }
+        }
+        panic!("wsx serve exited before listening");
+    })
+    .await
+    .unwrap();
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+async fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(WSX)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test]
+async fn connect_in_a_pipeline_prints_the_echo_and_exits_0() {
+    let (_server, addr) = serve(&[]).await;
+    let url = format!("ws://{addr}/echo");
+    let (code, out, err) = run(&["connect", &url], "hi\nthere κόσμε\n").await;
+    assert_eq!((code, out.as_str()), (0, "hi\nthere κόσμε\n"), "{err}");
+}
+
+#[tokio::test]
+async fn refused_handshake_exits_non_zero_with_the_reason() {
+    let (_server, addr) = serve(&[]).await;
+    let url = format!("ws://{addr}/echo");
+    let (code, _, err) = run(&["connect", &url, "--origin", "https://evil.example"], "").await;
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("403") && err.contains("Origin not allowed"),
+        "{err}"
+    );
+    let (code, _, err) = run(&["connect", &format!("ws://{addr}/nope")], "").await;
+    assert_eq!(code, 3, "{err}");
+    let (code, _, err) = run(&["connect", "ws://127.0.0.1:1/echo"], "").await;
+    assert_eq!(code, 3, "{err}");
+}
+
+#[tokio::test]
+async fn allow_listed_origin_connects() {
+    let (_server, addr) = serve(&[
+        "--allowed-origins",
+        "https://app.example,https://other.example",
+    ])
+    .await;
+    let url = format!("ws://{addr}/echo");
+    let (code, out, err) = run(
+        &["connect", &url, "--origin", "https://app.example"],
+        "ok\n",
+    )
+    .await;
+    assert_eq!((code, out.as_str()), (0, "ok\n"), "{err}");
+    let (code, _, _) = run(&["connect", &url, "--origin", "https://evil.example"], "").await;
+    assert_eq!(code, 3);
+}
+
+#[tokio::test]
+async fn bad_config_is_one_line_naming_the_key_and_exit_2() {
+    let (code, _, err) = run(&["serve", "--max-message-size", "lots"], "").await;
+    assert_eq!(code, 2);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("max_message_size"), "{err}");
+
+    let dir = std::env::temp_dir().join(format!("wsx-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("wsx.toml");
+    std::fs::write(
+        &file,
+        "listen = \"127.0.0.1:0\"\nmax_mesage_size = \"1MiB\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", file.to_str().unwrap()], "").await;
+    assert_eq!(code, 2);
+    assert!(
+        err.contains("max_mesage_size") && err.contains("unknown key"),
+        "{err}"
+    );
+
+    let out = Command::new(WSX)
+        .args(["serve"])
+        .env("WSX_PING_INTERVAL", "often")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ping_interval"));
+
+    let (code, _, err) = run(&["serve", "--log-format", "xml"], "").await;
+    assert_eq!(code, 2);
+    assert!(err.contains("log_format"), "{err}");
+}
+
+#[tokio::test]
+async fn config_file_and_env_settings_apply() {
+    let dir = std::env::temp_dir().join(format!("wsx-cli-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("wsx.toml");
+    std::fs::write(
+        &file,
+        "max_message_size = \"100\"\nsubprotocols = [\"chat\", \"v12.stomp\"]\n",
+    )
+    .unwrap();
+    let (_server, addr) = serve(&["--config", file.to_str().unwrap()]).await;
+    let cfg = ClientConfig::default().subprotocols(["v12.stomp"]);
+    let (mut ws, accepted) = wsx::connect(&format!("ws://{addr}/echo"), &cfg)
+        .await
+        .unwrap();
+    assert_eq!(accepted.subprotocol.as_deref(), Some("v12.stomp"));
+    ws.send(Message::text("x".repeat(100))).await.unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::text("x".repeat(100))
+    );
+    ws.send(Message::text("x".repeat(101))).await.unwrap();
+    match ws.next().await.unwrap().unwrap() {
+        Message::Close(Some(f)) => assert_eq!(f.code, CloseCode::TOO_BIG),
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn graceful_shutdown_sends_1001_and_exits_0() {
+    let (mut server, addr) = serve(&[]).await;
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        let (ws, _) = wsx::connect(&format!("ws://{addr}/echo"), &ClientConfig::default())
+            .await
+            .unwrap();
+        clients.push(ws);
+    }
+    // Make sure each is open end to end.
+    for ws in &mut clients {
+        ws.send(Message::text("up?")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("up?"));
+    }
+    let pid = server.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    for ws in &mut clients {
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::Close(Some(CloseFrame::new(
+                CloseCode::GOING_AWAY,
+                "server shutting down"
+            )))
+        );
+        assert!(ws.next().await.is_none());
+    }
+    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[tokio::test]
+async fn serves_the_console_page() {
+    let (_server, addr) = serve(&[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("Echo console"), "{resp}");
+}
+
+#[tokio::test]
+async fn bench_against_a_wsx_server_produces_a_report() {
+    let (_server, addr) = serve(&[]).await;
+    let url = format!("ws://{addr}/echo");
+    let (code, out, err) = run(
+        &[
+            "bench", &url, "-c", "4", "-d", "2", "-s", "1KiB", "-w", "200ms", "-t", "1s", "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert!(r["messages"].as_u64().unwrap() > 100, "{r}");
+    assert_eq!(r["connect_errors"], 0);
+    assert_eq!(r["protocol_errors"], 0);
+    assert!(r["rtt_us_p50"].as_u64().unwrap() > 0);
+    assert!(r["rtt_us_p99"].as_u64().unwrap() >= r["rtt_us_p50"].as_u64().unwrap());
+    let (code, out, err) = run(
+        &["bench", &url, "-c", "2", "-w", "100ms", "-t", "500ms"],
+        "",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    for row in [
+        "messages/s",
+        "MB/s",
+        "round trip",
+        "p99",
+        "connect errors",
+        "protocol errors",
+        "bench CPU",
+    ] {
+        assert!(out.contains(row), "{row} missing:\n{out}");
+    }
+}
+
+#[tokio::test]
+async fn bench_reports_connect_errors() {
+    let (code, out, _) = run(
+        &[
+            "bench",
+            "ws://127.0.0.1:1/echo",
+            "-c",
+            "2",
+            "-w",
+            "0s",
+            "-t",
+            "200ms",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_ne!(code, 0);
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["connect_errors"], 2);
+}
