@@ -203,6 +203,10 @@ async fn run(args: BenchArgs) -> Report {
         if !cpu_marked && now >= start {
             cpu_at_start.set(cpu_seconds());
             cpu_marked = true;
+            if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+                // A marker for scripts that sample the server's CPU over this window.
+                eprintln!("wsx bench: measuring");
+            }
         }
         let n = shared.received.load(Ordering::Relaxed);
         let rate = (n - last.1) as f64 / now.duration_since(last.0).as_secs_f64();

@@ -2,18 +2,22 @@
 
 use std::future::{poll_fn, Future};
 use std::io::IoSlice;
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use futures_core::Stream;
 use futures_sink::Sink;
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 use wsx_proto::{CloseCode, CloseFrame, Connection, DataKind, Event, Message, Role, State};
 
 use crate::config::IoConfig;
 use crate::error::{Error, Result};
+
+/// Bytes read onto the stack when nothing is buffered (see `poll_event`).
+const STACK_READ: usize = 8 * 1024;
 
 /// How far the transport shutdown has gone after the close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -224,21 +228,47 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.conn.handle_timeout(now_std());
                 continue;
             }
-            // Read.
-            let want = self.conn.input_wanted().clamp(
-                self.io_cfg.read_size,
-                self.io_cfg.max_read_size.max(self.io_cfg.read_size),
-            );
-            let buf = self.conn.input_buffer();
-            buf.reserve(want);
-            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(Ok(0)) => {
+            // Read. With nothing buffered (between messages, or idle), read onto the
+            // stack first: an idle connection then holds no read buffer at all. A frame
+            // in progress is read straight into the core's buffer, sized to what it needs.
+            let n = if self.conn.input_buffer().is_empty() {
+                let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
+                let mut rb = ReadBuf::uninit(&mut stack);
+                match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
+                    Poll::Pending => {
+                        let buf = self.conn.input_buffer();
+                        if buf.capacity() > self.io_cfg.max_read_size {
+                            // Give back what a large message left behind.
+                            *buf = bytes::BytesMut::new();
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Ok(())) => {
+                        let filled = rb.filled();
+                        self.conn.input_buffer().extend_from_slice(filled);
+                        Ok(filled.len())
+                    }
+                    Poll::Ready(Err(e)) => Err(e),
+                }
+            } else {
+                let want = self.conn.input_wanted().clamp(
+                    self.io_cfg.read_size,
+                    self.io_cfg.max_read_size.max(self.io_cfg.read_size),
+                );
+                let buf = self.conn.input_buffer();
+                buf.reserve(want);
+                match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(r) => r,
+                }
+            };
+            match n {
+                Ok(0) => {
                     self.finish = Finish::Done;
                     return Poll::Ready(Some(Err(Error::AbnormalClose)));
                 }
-                Poll::Ready(Ok(_)) => self.conn.input_received(now_std()),
-                Poll::Ready(Err(e)) => {
+                Ok(_) => self.conn.input_received(now_std()),
+                Err(e) => {
                     self.finish = Finish::Done;
                     return Poll::Ready(Some(Err(e.into())));
                 }

@@ -1,0 +1,465 @@
+//! The side-by-side benchmark behind `scripts/bench`: every server of the matrix, each
+//! point repeated, servers alternated within a repetition, server and load generator
+//! pinned to different cores; medians, ratios, server CPU, idle memory; JSON and a PNG.
+//!
+//! bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration SECS]
+//!              [--warmup SECS] [--depth N] [--idle N] [--fanout-only]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+const SERVERS: [&str; 4] = ["wsx", "fastwebsockets", "tungstenite", "raw"];
+
+#[derive(Debug, Clone, Serialize)]
+struct Run {
+    server: String,
+    size: usize,
+    connections: usize,
+    rep: usize,
+    messages_per_sec: f64,
+    rtt_us_p50: u64,
+    rtt_us_p99: u64,
+    server_cpu_seconds: f64,
+    seconds: f64,
+    errors: u64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Point {
+    server: String,
+    size: usize,
+    connections: usize,
+    messages_per_sec: f64,
+    rtt_us_p50: u64,
+    rtt_us_p99: u64,
+    server_cpu_percent: f64,
+    messages_per_server_cpu_second: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Idle {
+    server: String,
+    connections: usize,
+    rss_before_kib: u64,
+    rss_after_kib: u64,
+    bytes_per_connection: f64,
+}
+
+fn clk_tck() -> f64 {
+    100.0
+}
+
+fn proc_cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (t(11) + t(12)) / clk_tck()
+}
+
+fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Server {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_server(peer_bin: &str, server: &str) -> Server {
+    let mut child = Command::new("taskset")
+        .args(["-c", "0", peer_bin, server, "0"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start echo-peer");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("read port");
+    let port = line
+        .trim()
+        .strip_prefix("listening ")
+        .and_then(|p| p.parse().ok())
+        .expect("port line");
+    Server { child, port }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_point(
+    wsx: &str,
+    peer: &str,
+    server: &str,
+    size: usize,
+    conns: usize,
+    depth: usize,
+    warmup: f64,
+    duration: f64,
+    rep: usize,
+) -> Run {
+    let s = start_server(peer, server);
+    let pid = s.child.id();
+    let url = format!("ws://127.0.0.1:{}/", s.port);
+    let started = Instant::now();
+    let bench = Command::new("taskset")
+        .args(["-c", "1", wsx, "bench", &url])
+        .args([
+            "-c",
+            &conns.to_string(),
+            "-s",
+            &size.to_string(),
+            "-d",
+            &depth.to_string(),
+        ])
+        .args([
+            "-w",
+            &format!("{warmup}s"),
+            "-t",
+            &format!("{duration}s"),
+            "--threads",
+            "1",
+            "--binary",
+            "--json",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wsx bench");
+    // Sample the server's CPU over the measured window only: wsx bench marks its start.
+    let mut bench = bench;
+    let mut err = BufReader::new(bench.stderr.take().expect("stderr"));
+    let mut line = String::new();
+    while err.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && !line.contains("measuring") {
+        line.clear();
+    }
+    let _ = warmup;
+    let cpu0 = proc_cpu_seconds(pid);
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_secs_f64(duration * 0.9));
+    let cpu1 = proc_cpu_seconds(pid);
+    let window = t0.elapsed().as_secs_f64();
+    let out = bench.wait_with_output().expect("wsx bench output");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let _ = started;
+    Run {
+        server: server.to_string(),
+        size,
+        connections: conns,
+        rep,
+        messages_per_sec: v["messages_per_sec"].as_f64().unwrap_or(0.0),
+        rtt_us_p50: v["rtt_us_p50"].as_u64().unwrap_or(0),
+        rtt_us_p99: v["rtt_us_p99"].as_u64().unwrap_or(0),
+        server_cpu_seconds: (cpu1 - cpu0) * duration / window.max(1e-9),
+        seconds: duration,
+        errors: v["connect_errors"].as_u64().unwrap_or(0)
+            + v["protocol_errors"].as_u64().unwrap_or(0),
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    if v.is_empty() {
+        0.0
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// Open `n` idle WebSockets to the server and measure its RSS growth.
+fn idle_memory(peer: &str, server: &str, n: usize) -> Idle {
+    let s = start_server(peer, server);
+    let pid = s.child.id();
+    std::thread::sleep(Duration::from_millis(300));
+    let before = proc_rss_kib(pid);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let port = s.port;
+    let held = rt.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut held = Vec::with_capacity(n);
+        for i in 0..n {
+            // Spread over 127.0.0.x sources so ephemeral ports never run short.
+            let src = std::net::SocketAddr::from(([127, 0, 0, 2 + (i % 50) as u8], 0));
+            let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+            if sock.bind(src).is_err() {
+                continue;
+            }
+            let Ok(mut tcp) = sock.connect(([127, 0, 0, 1], port).into()).await else { continue };
+            let req = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+            if tcp.write_all(req.as_bytes()).await.is_err() {
+                continue;
+            }
+            let mut buf = [0u8; 512];
+            let mut got = Vec::new();
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match tcp.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(k) => got.extend_from_slice(&buf[..k]),
+                }
+            }
+            if got.starts_with(b"HTTP/1.1 101") {
+                held.push(tcp);
+            }
+        }
+        held
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let after = proc_rss_kib(pid);
+    let count = held.len();
+    drop(held);
+    drop(rt);
+    Idle {
+        server: server.to_string(),
+        connections: count,
+        rss_before_kib: before,
+        rss_after_kib: after,
+        bytes_per_connection: (after.saturating_sub(before) * 1024) as f64 / count.max(1) as f64,
+    }
+}
+
+fn chart(
+    points: &[Point],
+    sizes: &[usize],
+    conns: &[usize],
+    path: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use plotters::prelude::*;
+    let font = [
+        "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
+        "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+    .ok_or("no TTF font found (apt-get install fonts-dejavu-core)")?;
+    let font: &'static [u8] = Box::leak(font.into_boxed_slice());
+    plotters::style::register_font("sans-serif", FontStyle::Normal, font)
+        .map_err(|_| "bad font")?;
+    let root = BitMapBackend::new(path, (1400, 1000)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let root = root.titled(
+        "Echo throughput: messages/s by connections (median of repetitions)",
+        ("sans-serif", 26),
+    )?;
+    let areas = root.split_evenly((2, 2));
+    let colors = [
+        RGBColor(47, 111, 222),
+        RGBColor(214, 69, 69),
+        RGBColor(31, 157, 85),
+        RGBColor(120, 120, 120),
+    ];
+    for (area, size) in areas.iter().zip(sizes) {
+        let max = points
+            .iter()
+            .filter(|p| p.size == *size)
+            .map(|p| p.messages_per_sec)
+            .fold(1.0, f64::max)
+            * 1.1;
+        let mut c = ChartBuilder::on(area)
+            .caption(format!("{size} B messages"), ("sans-serif", 20))
+            .margin(15)
+            .x_label_area_size(35)
+            .y_label_area_size(70)
+            .build_cartesian_2d(0usize..conns.len() - 1, 0.0..max)?;
+        c.configure_mesh()
+            .x_labels(conns.len())
+            .x_label_formatter(&|i| {
+                conns
+                    .get(*i)
+                    .map(|c| format!("{c} conns"))
+                    .unwrap_or_default()
+            })
+            .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
+            .draw()?;
+        for (si, server) in SERVERS.iter().enumerate() {
+            let color = colors[si % colors.len()];
+            let series: Vec<(usize, f64)> = conns
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| {
+                    points
+                        .iter()
+                        .find(|p| p.server == *server && p.size == *size && p.connections == *c)
+                        .map(|p| (i, p.messages_per_sec))
+                })
+                .collect();
+            c.draw_series(LineSeries::new(series.clone(), color.stroke_width(3)))?
+                .label(*server)
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
+                });
+            c.draw_series(
+                series
+                    .iter()
+                    .map(|(x, y)| Circle::new((*x, *y), 4, color.filled())),
+            )?;
+        }
+        c.configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::LowerRight)
+            .draw()?;
+    }
+    root.present()?;
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.len() < 4 {
+        eprintln!("usage: bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration S] [--warmup S] [--depth N] [--idle N]");
+        std::process::exit(2);
+    }
+    let (wsx, peer, out) = (&args[1], &args[2], &args[3]);
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let quick = args.iter().any(|a| a == "--quick");
+    let reps = flag("--reps")
+        .map(|v| v as usize)
+        .unwrap_or(if quick { 1 } else { 3 });
+    let duration = flag("--duration").unwrap_or(if quick { 1.0 } else { 2.0 });
+    let warmup = flag("--warmup").unwrap_or(0.5);
+    let depth = flag("--depth").map(|v| v as usize).unwrap_or(1);
+    let idle_n = flag("--idle")
+        .map(|v| v as usize)
+        .unwrap_or(if quick { 1000 } else { 10_000 });
+    let sizes = [20usize, 1024, 16 * 1024, 64 * 1024];
+    let conns = [10usize, 100, 500];
+    std::fs::create_dir_all(out).expect("out dir");
+
+    let mut runs = Vec::new();
+    for &size in &sizes {
+        for &c in &conns {
+            for rep in 0..reps {
+                // Alternate the order of servers between repetitions.
+                let mut order: Vec<&str> = SERVERS.to_vec();
+                order.rotate_left(rep % SERVERS.len());
+                for server in order {
+                    let r = run_point(wsx, peer, server, size, c, depth, warmup, duration, rep);
+                    eprintln!(
+                        "{:>14} {:>6} B {:>4} conns rep {rep}: {:>10.0} msgs/s, server CPU {:.2}s",
+                        server, size, c, r.messages_per_sec, r.server_cpu_seconds
+                    );
+                    runs.push(r);
+                }
+            }
+        }
+    }
+    let mut points = Vec::new();
+    for &size in &sizes {
+        for &c in &conns {
+            for server in SERVERS {
+                let rs: Vec<&Run> = runs
+                    .iter()
+                    .filter(|r| r.server == server && r.size == size && r.connections == c)
+                    .collect();
+                let mps = median(rs.iter().map(|r| r.messages_per_sec).collect());
+                let cpu = median(
+                    rs.iter()
+                        .map(|r| r.server_cpu_seconds / r.seconds)
+                        .collect(),
+                );
+                points.push(Point {
+                    server: server.into(),
+                    size,
+                    connections: c,
+                    messages_per_sec: mps,
+                    rtt_us_p50: median(rs.iter().map(|r| r.rtt_us_p50 as f64).collect()) as u64,
+                    rtt_us_p99: median(rs.iter().map(|r| r.rtt_us_p99 as f64).collect()) as u64,
+                    server_cpu_percent: cpu * 100.0,
+                    messages_per_server_cpu_second: if cpu > 0.0 { mps / cpu } else { 0.0 },
+                });
+            }
+        }
+    }
+    let idle: Vec<Idle> = SERVERS
+        .iter()
+        .filter(|s| **s != "raw")
+        .map(|s| idle_memory(peer, s, idle_n))
+        .collect();
+
+    // The table.
+    let get = |s: &str, size: usize, c: usize| {
+        points
+            .iter()
+            .find(|p| p.server == s && p.size == size && p.connections == c)
+    };
+    println!("\nmessages/s (median of {reps}), server CPU %, messages per server CPU-second; depth {depth}, {duration}s per run\n");
+    println!("| size | conns | wsx | fastwebsockets | tungstenite | raw TCP | wsx/fws | wsx/tung | wsx/raw | CPU% wsx/fws/tung | msgs per CPU-s wsx/fws/tung | eff. wsx/fws | eff. wsx/tung |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let mut ratios = BTreeMap::new();
+    for &size in &sizes {
+        for &c in &conns {
+            let (Some(w), Some(f), Some(t), Some(r)) = (
+                get("wsx", size, c),
+                get("fastwebsockets", size, c),
+                get("tungstenite", size, c),
+                get("raw", size, c),
+            ) else {
+                continue;
+            };
+            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
+            println!(
+                "| {size} | {c} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.2} | {:.2} |",
+                w.messages_per_sec, f.messages_per_sec, t.messages_per_sec, r.messages_per_sec,
+                ratio(w.messages_per_sec, f.messages_per_sec), ratio(w.messages_per_sec, t.messages_per_sec), ratio(w.messages_per_sec, r.messages_per_sec),
+                w.server_cpu_percent, f.server_cpu_percent, t.server_cpu_percent,
+                w.messages_per_server_cpu_second, f.messages_per_server_cpu_second, t.messages_per_server_cpu_second,
+                ratio(w.messages_per_server_cpu_second, f.messages_per_server_cpu_second), ratio(w.messages_per_server_cpu_second, t.messages_per_server_cpu_second),
+            );
+            ratios.insert(
+                format!("{size}B/{c}"),
+                (
+                    ratio(w.messages_per_sec, f.messages_per_sec),
+                    ratio(w.messages_per_sec, t.messages_per_sec),
+                ),
+            );
+        }
+    }
+    println!("\nidle memory ({} connections each)\n", idle_n);
+    println!("| server | connections | RSS before | RSS after | bytes per connection |");
+    println!("|---|---|---|---|---|");
+    for i in &idle {
+        println!(
+            "| {} | {} | {} KiB | {} KiB | {:.0} |",
+            i.server, i.connections, i.rss_before_kib, i.rss_after_kib, i.bytes_per_connection
+        );
+    }
+    let json = serde_json::json!({ "depth": depth, "reps": reps, "duration": duration, "runs": runs, "points": points, "idle": idle });
+    let jpath = format!("{out}/results.json");
+    std::fs::write(
+        &jpath,
+        serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )
+    .expect("write json");
+    let ppath = format!("{out}/matrix.png");
+    match chart(&points, &sizes, &conns, &ppath) {
+        Ok(()) => println!("\nwrote {jpath} and {ppath}"),
+        Err(e) => println!("\nwrote {jpath}; chart failed: {e}"),
+    }
+}
