@@ -277,3 +277,110 @@ async fn bench_reports_connect_errors() {
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(r["connect_errors"], 2);
 }
+
+/// A CA and a leaf for localhost, as PEM files: (dir, ca, cert, key).
+fn pki() -> (std::path::PathBuf, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "wsx cli test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let dir = std::env::temp_dir().join(format!("wsx-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, data: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        p.display().to_string()
+    };
+    let ca_pem = write("ca.pem", ca.pem());
+    let cert = write("cert.pem", leaf.pem());
+    let key = write("key.pem", key.serialize_pem());
+    (dir, ca_pem, cert, key)
+}
+
+#[tokio::test]
+async fn serve_over_tls_and_connect_with_a_ca() {
+    let (_dir, ca, cert, key) = pki();
+    let (_server, addr) = serve_tls(&cert, &key).await;
+    let port = addr.rsplit(':').next().unwrap();
+    let url = format!("wss://localhost:{port}/echo");
+    let (code, out, err) = run(&["connect", &url, "--ca", &ca], "secure\n").await;
+    assert_eq!((code, out.as_str()), (0, "secure\n"), "{err}");
+    // Without the CA the certificate is not trusted.
+    let (code, _, err) = run(&["connect", &url], "").await;
+    assert_eq!(code, 3, "{err}");
+    // --insecure accepts it (testing only).
+    let (code, out, _) = run(&["connect", &url, "--insecure"], "anyway\n").await;
+    assert_eq!((code, out.as_str()), (0, "anyway\n"));
+}
+
+async fn serve_tls(cert: &str, key: &str) -> (Child, String) {
+    let mut child = Command::new(WSX)
+        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key])
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("open https://").nth(1) {
+                return rest.split('/').next().unwrap().to_string();
+            }
+        }
+        panic!("wsx serve exited before listening");
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+#[tokio::test]
+async fn json_logs_have_one_line_per_refused_handshake() {
+    let mut child = Command::new(WSX)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next_line().await.unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&first).unwrap();
+    let addr = v["fields"]["addr"].as_str().unwrap().to_string();
+    let (code, _, _) = run(&["connect", &format!("ws://{addr}/echo"), "--origin", "https://evil.example"], "").await;
+    assert_eq!(code, 3);
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["level"], "WARN");
+    assert_eq!(v["fields"]["message"], "handshake refused");
+    assert_eq!(v["fields"]["status"], 403);
+    assert_eq!(v["fields"]["reason"], "Origin not allowed");
+}
+
+#[tokio::test]
+async fn connect_prints_binary_as_hex_or_raw() {
+    // An in-test server that sends one binary message and closes.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (mut ws, _) = wsx::accept(tcp, &wsx::ServerConfig::default()).await.unwrap();
+            ws.send(Message::binary(vec![0xde, 0xad, 0xbe, 0xef])).await.unwrap();
+            // The client may close first (its stdin is empty): either way ends normally.
+            let _ = ws.close(CloseCode::NORMAL, "").await;
+        }
+    });
+    let url = format!("ws://{addr}/");
+    let (code, out, err) = run(&["connect", &url], "").await;
+    assert_eq!((code, out.as_str()), (0, "deadbeef\n"), "{err}");
+    let mut child = Command::new(WSX).args(["connect", &url, "--binary"]).stdin(Stdio::null()).output().await.unwrap();
+    assert_eq!(child.status.code(), Some(0));
+    assert_eq!(std::mem::take(&mut child.stdout), vec![0xde, 0xad, 0xbe, 0xef]);
+}

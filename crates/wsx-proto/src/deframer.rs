@@ -74,7 +74,14 @@ impl Deframer {
         let header = f.header;
         let len = f.len;
         self.cur = None;
-        Ok(Some((header, self.buf.split_to(len))))
+        let payload = if len == self.buf.len() {
+            // The frame ends the buffer: hand over the whole buffer, which keeps its
+            // cheap unshared form (no split bookkeeping to allocate).
+            std::mem::take(&mut self.buf)
+        } else {
+            self.buf.split_to(len)
+        };
+        Ok(Some((header, payload)))
     }
 
     /// How many more bytes the current frame needs (at least a header's worth).

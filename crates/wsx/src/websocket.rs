@@ -17,7 +17,7 @@ use crate::config::IoConfig;
 use crate::error::{Error, Result};
 
 /// Bytes read onto the stack when nothing is buffered (see `poll_event`).
-const STACK_READ: usize = 8 * 1024;
+const STACK_READ: usize = 2 * 1024;
 
 /// How far the transport shutdown has gone after the close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
