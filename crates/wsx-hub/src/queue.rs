@@ -1,0 +1,222 @@
+//! Each subscriber connection's bounded outbound queue. Publishing never waits: a queue
+//! that is full marks its consumer slow, and the connection is closed (with a documented
+//! code) so the client reconnects and recovers, instead of the server's memory growing.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+
+use crate::history::Publication;
+
+/// What a connection receives from the broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Delivery {
+    /// A publication on a channel.
+    Publication {
+        /// The channel.
+        channel: Arc<str>,
+        /// The publication (shared by every subscriber).
+        publication: Arc<Publication>,
+    },
+    /// A client joined a channel (presence with join/leave on).
+    Join {
+        /// The channel.
+        channel: Arc<str>,
+        /// Who joined.
+        info: Arc<crate::broker::ClientInfo>,
+    },
+    /// A client left a channel.
+    Leave {
+        /// The channel.
+        channel: Arc<str>,
+        /// Who left.
+        info: Arc<crate::broker::ClientInfo>,
+    },
+}
+
+impl Delivery {
+    fn cost(&self) -> usize {
+        match self {
+            Delivery::Publication { publication, .. } => publication.data.len() + 64,
+            Delivery::Join { .. } | Delivery::Leave { .. } => 128,
+        }
+    }
+}
+
+/// Limits of one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct QueueLimits {
+    /// Most deliveries waiting. Default: 4096.
+    pub max_messages: usize,
+    /// Most payload bytes waiting. Default: 4 MiB.
+    pub max_bytes: usize,
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits {
+            max_messages: 4096,
+            max_bytes: 4 << 20,
+        }
+    }
+}
+
+/// The consumer could not keep up; its queue is closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlowConsumer;
+
+#[derive(Debug, Default)]
+struct State {
+    items: VecDeque<Delivery>,
+    bytes: usize,
+    overflowed: bool,
+    closed: bool,
+    waker: Option<Waker>,
+}
+
+/// A bounded queue with one consumer (the connection) and many producers (publishers).
+#[derive(Debug, Default)]
+pub struct Outbound {
+    limits: QueueLimits,
+    state: Mutex<State>,
+}
+
+fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Outbound {
+    /// An empty queue.
+    pub fn new(limits: QueueLimits) -> Arc<Outbound> {
+        Arc::new(Outbound {
+            limits,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    /// Queue a delivery without waiting. Fails, and closes the queue for good, when the
+    /// consumer is too far behind.
+    pub fn push(&self, d: Delivery) -> Result<(), SlowConsumer> {
+        let mut s = lock(&self.state);
+        if s.overflowed || s.closed {
+            return Err(SlowConsumer);
+        }
+        let cost = d.cost();
+        if s.items.len() >= self.limits.max_messages || s.bytes + cost > self.limits.max_bytes {
+            s.overflowed = true;
+            s.items.clear();
+            s.bytes = 0;
+            if let Some(w) = s.waker.take() {
+                w.wake();
+            }
+            return Err(SlowConsumer);
+        }
+        s.bytes += cost;
+        s.items.push_back(d);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// The next delivery; `Err(SlowConsumer)` once the queue overflowed; `None` after
+    /// [`close`](Self::close).
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, SlowConsumer>>> {
+        let mut s = lock(&self.state);
+        if s.overflowed {
+            return Poll::Ready(Some(Err(SlowConsumer)));
+        }
+        if let Some(d) = s.items.pop_front() {
+            s.bytes -= d.cost();
+            return Poll::Ready(Some(Ok(d)));
+        }
+        if s.closed {
+            return Poll::Ready(None);
+        }
+        s.waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Take everything queued now (for a consumer that writes in batches).
+    pub fn drain(&self) -> Result<Vec<Delivery>, SlowConsumer> {
+        let mut s = lock(&self.state);
+        if s.overflowed {
+            return Err(SlowConsumer);
+        }
+        s.bytes = 0;
+        Ok(s.items.drain(..).collect())
+    }
+
+    /// Stop accepting deliveries (the connection is going away).
+    pub fn close(&self) {
+        let mut s = lock(&self.state);
+        s.closed = true;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Deliveries waiting.
+    pub fn len(&self) -> usize {
+        lock(&self.state).items.len()
+    }
+
+    /// Whether nothing waits.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    fn publication(n: usize) -> Delivery {
+        Delivery::Publication {
+            channel: Arc::from("c"),
+            publication: Arc::new(Publication {
+                offset: n as u64,
+                data: Bytes::from(vec![0u8; 100]),
+            }),
+        }
+    }
+
+    #[test]
+    fn delivers_in_order() {
+        let q = Outbound::new(QueueLimits::default());
+        for i in 0..10 {
+            q.push(publication(i)).unwrap();
+        }
+        let got = q.drain().unwrap();
+        assert_eq!(got, (0..10).map(publication).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_full_queue_marks_the_consumer_slow_and_frees_its_memory() {
+        let q = Outbound::new(QueueLimits {
+            max_messages: 5,
+            max_bytes: 1 << 20,
+        });
+        for i in 0..5 {
+            q.push(publication(i)).unwrap();
+        }
+        assert_eq!(q.push(publication(5)), Err(SlowConsumer));
+        assert_eq!(q.len(), 0, "memory released at once");
+        assert_eq!(q.push(publication(6)), Err(SlowConsumer), "stays closed");
+        assert_eq!(q.drain(), Err(SlowConsumer));
+    }
+
+    #[test]
+    fn byte_limit_counts_payloads() {
+        let q = Outbound::new(QueueLimits {
+            max_messages: 1000,
+            max_bytes: 500,
+        });
+        for i in 0..3 {
+            q.push(publication(i)).unwrap();
+        }
+        assert_eq!(q.push(publication(3)), Err(SlowConsumer));
+    }
+}
