@@ -284,11 +284,16 @@ fn pki() -> (std::path::PathBuf, String, String, String) {
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "wsx cli test CA");
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wsx cli test CA");
     let ca = ca_params.self_signed(&ca_key).unwrap();
     let issuer = Issuer::new(ca_params, ca_key);
     let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&key, &issuer).unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
     let dir = std::env::temp_dir().join(format!("wsx-cli-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, data: String| {
@@ -320,7 +325,15 @@ async fn serve_over_tls_and_connect_with_a_ca() {
 
 async fn serve_tls(cert: &str, key: &str) -> (Child, String) {
     let mut child = Command::new(WSX)
-        .args(["serve", "--listen", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key])
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--tls-cert",
+            cert,
+            "--tls-key",
+            key,
+        ])
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -353,9 +366,22 @@ async fn json_logs_have_one_line_per_refused_handshake() {
     let first = lines.next_line().await.unwrap().unwrap();
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
     let addr = v["fields"]["addr"].as_str().unwrap().to_string();
-    let (code, _, _) = run(&["connect", &format!("ws://{addr}/echo"), "--origin", "https://evil.example"], "").await;
+    let (code, _, _) = run(
+        &[
+            "connect",
+            &format!("ws://{addr}/echo"),
+            "--origin",
+            "https://evil.example",
+        ],
+        "",
+    )
+    .await;
     assert_eq!(code, 3);
-    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await.unwrap().unwrap().unwrap();
+    let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&line).unwrap();
     assert_eq!(v["level"], "WARN");
     assert_eq!(v["fields"]["message"], "handshake refused");
@@ -371,8 +397,12 @@ async fn connect_prints_binary_as_hex_or_raw() {
     tokio::spawn(async move {
         for _ in 0..2 {
             let (tcp, _) = listener.accept().await.unwrap();
-            let (mut ws, _) = wsx::accept(tcp, &wsx::ServerConfig::default()).await.unwrap();
-            ws.send(Message::binary(vec![0xde, 0xad, 0xbe, 0xef])).await.unwrap();
+            let (mut ws, _) = wsx::accept(tcp, &wsx::ServerConfig::default())
+                .await
+                .unwrap();
+            ws.send(Message::binary(vec![0xde, 0xad, 0xbe, 0xef]))
+                .await
+                .unwrap();
             // The client may close first (its stdin is empty): either way ends normally.
             let _ = ws.close(CloseCode::NORMAL, "").await;
         }
@@ -380,7 +410,15 @@ async fn connect_prints_binary_as_hex_or_raw() {
     let url = format!("ws://{addr}/");
     let (code, out, err) = run(&["connect", &url], "").await;
     assert_eq!((code, out.as_str()), (0, "deadbeef\n"), "{err}");
-    let mut child = Command::new(WSX).args(["connect", &url, "--binary"]).stdin(Stdio::null()).output().await.unwrap();
+    let mut child = Command::new(WSX)
+        .args(["connect", &url, "--binary"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
     assert_eq!(child.status.code(), Some(0));
-    assert_eq!(std::mem::take(&mut child.stdout), vec![0xde, 0xad, 0xbe, 0xef]);
+    assert_eq!(
+        std::mem::take(&mut child.stdout),
+        vec![0xde, 0xad, 0xbe, 0xef]
+    );
 }

@@ -138,12 +138,14 @@ impl Broker {
         now: Instant,
     ) -> Result<Subscribed, BrokerError> {
         let mut shard = lock(self.shard(channel.as_str()));
-        let ch = shard.entry(channel.as_str().to_string()).or_insert_with(|| Channel {
-            name: Arc::from(channel.as_str()),
-            opts: opts.clone(),
-            subscribers: HashMap::new(),
-            history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
-        });
+        let ch = shard
+            .entry(channel.as_str().to_string())
+            .or_insert_with(|| Channel {
+                name: Arc::from(channel.as_str()),
+                opts: opts.clone(),
+                subscribers: HashMap::new(),
+                history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
+            });
         if ch.subscribers.contains_key(&info.client) {
             return Err(BrokerError::AlreadySubscribed);
         }
@@ -180,15 +182,22 @@ impl Broker {
             }
         }
         let position = (ch.opts.history_size > 0).then(|| ch.history.position());
-        ch.subscribers.insert(info.client, Subscriber { info, queue });
-        Ok(Subscribed { position, recovered })
+        ch.subscribers
+            .insert(info.client, Subscriber { info, queue });
+        Ok(Subscribed {
+            position,
+            recovered,
+        })
     }
 
     /// Remove a subscription (pushes a leave event when enabled).
     pub fn unsubscribe(&self, channel: &str, client: ClientId) -> Result<(), BrokerError> {
         let mut shard = lock(self.shard(channel));
         let ch = shard.get_mut(channel).ok_or(BrokerError::NotSubscribed)?;
-        let sub = ch.subscribers.remove(&client).ok_or(BrokerError::NotSubscribed)?;
+        let sub = ch
+            .subscribers
+            .remove(&client)
+            .ok_or(BrokerError::NotSubscribed)?;
         if ch.opts.presence && ch.opts.join_leave {
             let leave = Delivery::Leave {
                 channel: ch.name.clone(),
@@ -215,12 +224,14 @@ impl Broker {
         now: Instant,
     ) -> (Arc<Publication>, Vec<ClientId>) {
         let mut shard = lock(self.shard(channel.as_str()));
-        let ch = shard.entry(channel.as_str().to_string()).or_insert_with(|| Channel {
-            name: Arc::from(channel.as_str()),
-            opts: opts.clone(),
-            subscribers: HashMap::new(),
-            history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
-        });
+        let ch = shard
+            .entry(channel.as_str().to_string())
+            .or_insert_with(|| Channel {
+                name: Arc::from(channel.as_str()),
+                opts: opts.clone(),
+                subscribers: HashMap::new(),
+                history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
+            });
         let publication = ch.history.push(now, data);
         let mut slow = Vec::new();
         let delivery = Delivery::Publication {
@@ -274,7 +285,10 @@ impl Broker {
         if ch.opts.history_size == 0 {
             return Err(BrokerError::NotAvailable);
         }
-        Ok((ch.history.query(now, limit, since, reverse), ch.history.position()))
+        Ok((
+            ch.history.query(now, limit, since, reverse),
+            ch.history.position(),
+        ))
     }
 
     /// Active channels with their subscriber counts.
@@ -282,7 +296,12 @@ impl Broker {
         let mut all: Vec<(String, usize)> = self
             .shards
             .iter()
-            .flat_map(|s| lock(s).iter().map(|(k, c)| (k.clone(), c.subscribers.len())).collect::<Vec<_>>())
+            .flat_map(|s| {
+                lock(s)
+                    .iter()
+                    .map(|(k, c)| (k.clone(), c.subscribers.len()))
+                    .collect::<Vec<_>>()
+            })
             .filter(|(_, n)| *n > 0)
             .collect();
         all.sort();
@@ -343,14 +362,20 @@ mod tests {
         let opts = ChannelOptions::default();
         let subs: Vec<_> = (0..3).map(|_| client("u")).collect();
         for (info, q) in &subs {
-            b.subscribe(&ch, &opts, info.clone(), q.clone(), None, Instant::now()).unwrap();
+            b.subscribe(&ch, &opts, info.clone(), q.clone(), None, Instant::now())
+                .unwrap();
         }
         let (p, slow) = b.publish(&ch, &opts, Bytes::from_static(b"{\"x\":1}"), Instant::now());
         assert!(slow.is_empty());
         for (_, q) in &subs {
             let got = q.drain().unwrap();
-            let [Delivery::Publication { publication, .. }] = got.as_slice() else { panic!("{got:?}") };
-            assert!(Arc::ptr_eq(publication, &p), "one publication shared by all");
+            let [Delivery::Publication { publication, .. }] = got.as_slice() else {
+                panic!("{got:?}")
+            };
+            assert!(
+                Arc::ptr_eq(publication, &p),
+                "one publication shared by all"
+            );
         }
     }
 
@@ -360,7 +385,8 @@ mod tests {
         let ch = ChannelName::parse("a").unwrap();
         let (info, q) = client("u");
         let opts = ChannelOptions::default();
-        b.subscribe(&ch, &opts, info.clone(), q.clone(), None, Instant::now()).unwrap();
+        b.subscribe(&ch, &opts, info.clone(), q.clone(), None, Instant::now())
+            .unwrap();
         assert_eq!(
             b.subscribe(&ch, &opts, info, q, None, Instant::now()),
             Err(BrokerError::AlreadySubscribed)
@@ -374,7 +400,9 @@ mod tests {
         let opts = with_history();
         let now = Instant::now();
         let (info, q) = client("u");
-        let sub = b.subscribe(&ch, &opts, info.clone(), q.clone(), None, now).unwrap();
+        let sub = b
+            .subscribe(&ch, &opts, info.clone(), q.clone(), None, now)
+            .unwrap();
         b.publish(&ch, &opts, Bytes::from_static(b"1"), now);
         let last = StreamPosition {
             offset: offsets(&q).last().copied().unwrap(),
@@ -385,10 +413,16 @@ mod tests {
             b.publish(&ch, &opts, Bytes::from_static(b"missed"), now);
         }
         let (info2, q2) = client("u");
-        let res = b.subscribe(&ch, &opts, info2, q2.clone(), Some(&last), now).unwrap();
+        let res = b
+            .subscribe(&ch, &opts, info2, q2.clone(), Some(&last), now)
+            .unwrap();
         assert_eq!(res.recovered, Some(true));
         b.publish(&ch, &opts, Bytes::from_static(b"live"), now);
-        assert_eq!(offsets(&q2), (2..=12).collect::<Vec<_>>(), "10 missed, then live, no gap or duplicate");
+        assert_eq!(
+            offsets(&q2),
+            (2..=12).collect::<Vec<_>>(),
+            "10 missed, then live, no gap or duplicate"
+        );
     }
 
     #[test]
@@ -399,8 +433,13 @@ mod tests {
         let now = Instant::now();
         b.publish(&ch, &opts, Bytes::from_static(b"1"), now);
         let (info, q) = client("u");
-        let stale = StreamPosition { offset: 1, epoch: "before-restart".into() };
-        let res = b.subscribe(&ch, &opts, info, q.clone(), Some(&stale), now).unwrap();
+        let stale = StreamPosition {
+            offset: 1,
+            epoch: "before-restart".into(),
+        };
+        let res = b
+            .subscribe(&ch, &opts, info, q.clone(), Some(&stale), now)
+            .unwrap();
         assert_eq!(res.recovered, Some(false));
         assert!(offsets(&q).is_empty(), "no partial stream");
     }
@@ -411,10 +450,22 @@ mod tests {
         let ch = ChannelName::parse("ticks").unwrap();
         let opts = ChannelOptions::default();
         let (slow_info, _) = client("slow");
-        let slow_q = Outbound::new(QueueLimits { max_messages: 10, max_bytes: 1 << 20 });
-        b.subscribe(&ch, &opts, slow_info.clone(), slow_q.clone(), None, Instant::now()).unwrap();
+        let slow_q = Outbound::new(QueueLimits {
+            max_messages: 10,
+            max_bytes: 1 << 20,
+        });
+        b.subscribe(
+            &ch,
+            &opts,
+            slow_info.clone(),
+            slow_q.clone(),
+            None,
+            Instant::now(),
+        )
+        .unwrap();
         let (fast_info, fast_q) = client("fast");
-        b.subscribe(&ch, &opts, fast_info, fast_q.clone(), None, Instant::now()).unwrap();
+        b.subscribe(&ch, &opts, fast_info, fast_q.clone(), None, Instant::now())
+            .unwrap();
         let mut dropped = Vec::new();
         let mut got = Vec::new();
         for i in 0..100 {
@@ -434,12 +485,18 @@ mod tests {
         let opts = with_history();
         let (a, qa) = client("alice");
         let (c, qc) = client("bob");
-        b.subscribe(&ch, &opts, a.clone(), qa.clone(), None, Instant::now()).unwrap();
-        b.subscribe(&ch, &opts, c.clone(), qc.clone(), None, Instant::now()).unwrap();
+        b.subscribe(&ch, &opts, a.clone(), qa.clone(), None, Instant::now())
+            .unwrap();
+        b.subscribe(&ch, &opts, c.clone(), qc.clone(), None, Instant::now())
+            .unwrap();
         assert_eq!(b.presence_stats("room:1"), Ok((2, 2)));
-        assert!(matches!(qa.drain().unwrap().as_slice(), [Delivery::Join { info, .. }] if info.user == "bob"));
+        assert!(
+            matches!(qa.drain().unwrap().as_slice(), [Delivery::Join { info, .. }] if info.user == "bob")
+        );
         b.unsubscribe("room:1", c.client).unwrap();
-        assert!(matches!(qa.drain().unwrap().as_slice(), [Delivery::Leave { info, .. }] if info.user == "bob"));
+        assert!(
+            matches!(qa.drain().unwrap().as_slice(), [Delivery::Leave { info, .. }] if info.user == "bob")
+        );
         assert_eq!(b.presence("room:1").unwrap().len(), 1);
         assert_eq!(b.presence("nope"), Err(BrokerError::UnknownChannel));
     }
@@ -448,9 +505,26 @@ mod tests {
     fn history_is_unavailable_where_not_enabled() {
         let b = Broker::new();
         let ch = ChannelName::parse("plain").unwrap();
-        b.publish(&ch, &ChannelOptions::default(), Bytes::new(), Instant::now());
+        b.publish(
+            &ch,
+            &ChannelOptions::default(),
+            Bytes::new(),
+            Instant::now(),
+        );
         let (info, q) = client("u");
-        b.subscribe(&ch, &ChannelOptions::default(), info, q, None, Instant::now()).unwrap();
-        assert_eq!(b.history("plain", 10, None, false, Instant::now()).map(|_| ()), Err(BrokerError::NotAvailable));
+        b.subscribe(
+            &ch,
+            &ChannelOptions::default(),
+            info,
+            q,
+            None,
+            Instant::now(),
+        )
+        .unwrap();
+        assert_eq!(
+            b.history("plain", 10, None, false, Instant::now())
+                .map(|_| ()),
+            Err(BrokerError::NotAvailable)
+        );
     }
 }

@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn namespace_and_name() {
         let c = ChannelName::parse("chat:room1").unwrap();
-        assert_eq!((c.namespace(), c.name(), c.as_str()), ("chat", "room1", "chat:room1"));
+        assert_eq!(
+            (c.namespace(), c.name(), c.as_str()),
+            ("chat", "room1", "chat:room1")
+        );
         let c = ChannelName::parse("news").unwrap();
         assert_eq!((c.namespace(), c.name()), ("", "news"));
         let c = ChannelName::parse("a:b:c").unwrap();
@@ -95,6 +98,9 @@ mod tests {
         assert_eq!(ChannelName::parse(":x"), Err(BadChannel::Empty));
         assert_eq!(ChannelName::parse("x:"), Err(BadChannel::Empty));
         assert_eq!(ChannelName::parse("a b"), Err(BadChannel::BadCharacter));
-        assert_eq!(ChannelName::parse(&"x".repeat(256)), Err(BadChannel::TooLong));
+        assert_eq!(
+            ChannelName::parse(&"x".repeat(256)),
+            Err(BadChannel::TooLong)
+        );
     }
 }

@@ -118,10 +118,20 @@ impl History {
 
     /// Up to `limit` retained publications, oldest first (or newest first with
     /// `reverse`), after `since` if given.
-    pub fn query(&mut self, now: Instant, limit: usize, since: Option<u64>, reverse: bool) -> Vec<Arc<Publication>> {
+    pub fn query(
+        &mut self,
+        now: Instant,
+        limit: usize,
+        since: Option<u64>,
+        reverse: bool,
+    ) -> Vec<Arc<Publication>> {
         self.prune(now);
         let after = since.unwrap_or(0);
-        let it = self.entries.iter().filter(|(_, p)| p.offset > after).map(|(_, p)| p.clone());
+        let it = self
+            .entries
+            .iter()
+            .filter(|(_, p)| p.offset > after)
+            .map(|(_, p)| p.clone());
         if reverse {
             let mut v: Vec<_> = it.collect();
             v.reverse();
@@ -148,7 +158,10 @@ mod tests {
     use super::*;
 
     fn h(max: usize, ttl_s: u64) -> (History, Instant) {
-        (History::new(max, Duration::from_secs(ttl_s), "e1".into()), Instant::now())
+        (
+            History::new(max, Duration::from_secs(ttl_s), "e1".into()),
+            Instant::now(),
+        )
     }
 
     fn data(i: u64) -> Bytes {
@@ -160,7 +173,13 @@ mod tests {
         let (mut h, now) = h(10, 60);
         assert_eq!(h.push(now, data(1)).offset, 1);
         assert_eq!(h.push(now, data(2)).offset, 2);
-        assert_eq!(h.position(), StreamPosition { offset: 2, epoch: "e1".into() });
+        assert_eq!(
+            h.position(),
+            StreamPosition {
+                offset: 2,
+                epoch: "e1".into()
+            }
+        );
     }
 
     #[test]
@@ -173,8 +192,13 @@ mod tests {
         for i in 6..=15 {
             h.push(now, data(i));
         }
-        let Recovery::Recovered(missed) = h.recover(now, &pos) else { panic!() };
-        assert_eq!(missed.iter().map(|p| p.offset).collect::<Vec<_>>(), (6..=15).collect::<Vec<_>>());
+        let Recovery::Recovered(missed) = h.recover(now, &pos) else {
+            panic!()
+        };
+        assert_eq!(
+            missed.iter().map(|p| p.offset).collect::<Vec<_>>(),
+            (6..=15).collect::<Vec<_>>()
+        );
         assert_eq!(h.recover(now, &h.position()), Recovery::Recovered(vec![]));
     }
 
@@ -205,9 +229,15 @@ mod tests {
     fn another_epoch_is_not_recovered() {
         let (mut h, now) = h(100, 60);
         h.push(now, data(1));
-        let pos = StreamPosition { offset: 1, epoch: "old".into() };
+        let pos = StreamPosition {
+            offset: 1,
+            epoch: "old".into(),
+        };
         assert_eq!(h.recover(now, &pos), Recovery::NotRecovered);
-        let ahead = StreamPosition { offset: 9, epoch: "e1".into() };
+        let ahead = StreamPosition {
+            offset: 9,
+            epoch: "e1".into(),
+        };
         assert_eq!(h.recover(now, &ahead), Recovery::NotRecovered);
     }
 
