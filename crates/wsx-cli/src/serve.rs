@@ -25,6 +25,7 @@ use crate::web;
 
 #[derive(Clone)]
 struct App {
+    hub: Arc<wsx_hub::Hub>,
     cfg: Arc<ServerConfig>,
     slots: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
@@ -51,6 +52,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
     let app = App {
+        hub: Arc::new(wsx_hub::Hub::new(wsx_hub::HubConfig::default())),
         cfg: Arc::new(settings.server.clone()),
         slots: Arc::new(Semaphore::new(settings.max_connections)),
         shutdown: shutdown_rx.clone(),
@@ -58,6 +60,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     };
     let router = Router::new()
         .route("/echo", get(echo))
+        .route("/connection/websocket", get(native))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(get(static_file))
         .with_state(app);
@@ -191,24 +194,67 @@ async fn static_file(req: Request<Body>) -> Response {
     }
 }
 
+fn refuse(peer: SocketAddr, refusal: Refusal) -> Response {
+    warn!(%peer, status = refusal.status, reason = %refusal.reason, "handshake refused");
+    refusal_response(&refusal).into_response()
+}
+
+/// Admission and negotiation shared by the WebSocket endpoints.
+fn admit(
+    app: &App,
+    peer: SocketAddr,
+    req: &mut Request<Body>,
+) -> Result<
+    (
+        Response,
+        wsx::upgrade::Upgrade,
+        tokio::sync::OwnedSemaphorePermit,
+    ),
+    Response,
+> {
+    let Ok(slot) = app.slots.clone().try_acquire_owned() else {
+        return Err(refuse(peer, Refusal::new(503, "too many connections")));
+    };
+    if *app.shutdown.borrow() {
+        return Err(refuse(peer, Refusal::new(503, "server shutting down")));
+    }
+    match try_upgrade(req, &app.cfg) {
+        Ok((response, upgrade)) => Ok((response.into_response(), upgrade, slot)),
+        Err(refusal) => Err(refuse(peer, refusal)),
+    }
+}
+
+/// The native protocol of the hub (JSON commands, see docs/protocol.md).
+async fn native(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request<Body>,
+) -> Response {
+    let (response, upgrade, slot) = match admit(&app, peer, &mut req) {
+        Ok(ok) => ok,
+        Err(resp) => return resp,
+    };
+    let mut shutdown = app.shutdown.clone();
+    let hub = app.hub.clone();
+    app.tasks.spawn(async move {
+        let _slot = slot;
+        let Ok((ws, _)) = upgrade.websocket().await else {
+            return;
+        };
+        let session = wsx_hub::Session::new(hub, String::new());
+        session.run_until(ws, stopped(&mut shutdown)).await;
+    });
+    response
+}
+
 async fn echo(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response {
-    let refuse = |refusal: Refusal| {
-        warn!(%peer, status = refusal.status, reason = %refusal.reason, "handshake refused");
-        refusal_response(&refusal).into_response()
-    };
-    let Ok(slot) = app.slots.clone().try_acquire_owned() else {
-        return refuse(Refusal::new(503, "too many connections"));
-    };
-    if *app.shutdown.borrow() {
-        return refuse(Refusal::new(503, "server shutting down"));
-    }
-    let (response, upgrade) = match try_upgrade(&mut req, &app.cfg) {
+    let (response, upgrade, slot) = match admit(&app, peer, &mut req) {
         Ok(ok) => ok,
-        Err(refusal) => return refuse(refusal),
+        Err(resp) => return resp,
     };
     let mut shutdown = app.shutdown.clone();
     app.tasks.spawn(async move {
@@ -244,5 +290,5 @@ async fn echo(
         }
         debug!(%peer, "WebSocket closed");
     });
-    response.into_response()
+    response
 }

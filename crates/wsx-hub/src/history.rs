@@ -14,6 +14,20 @@ pub struct Publication {
     pub offset: u64,
     /// The payload (JSON for the native protocol; any bytes for others).
     pub data: Bytes,
+    /// The native front-end's WebSocket frame for this publication, encoded once on
+    /// first use and shared by every subscriber.
+    pub native_frame: std::sync::OnceLock<wsx::SharedFrame>,
+}
+
+impl Publication {
+    /// A publication at `offset`.
+    pub fn new(offset: u64, data: Bytes) -> Publication {
+        Publication {
+            offset,
+            data,
+            native_frame: std::sync::OnceLock::new(),
+        }
+    }
 }
 
 /// A position in a channel's stream: the last offset seen and the stream's epoch.
@@ -60,10 +74,7 @@ impl History {
     /// Record a publication at `now`; returns it with its offset.
     pub fn push(&mut self, now: Instant, data: Bytes) -> Arc<Publication> {
         self.last_offset += 1;
-        let p = Arc::new(Publication {
-            offset: self.last_offset,
-            data,
-        });
+        let p = Arc::new(Publication::new(self.last_offset, data));
         if self.max_len > 0 {
             self.entries.push_back((now, p.clone()));
             while self.entries.len() > self.max_len {

@@ -13,9 +13,13 @@
 pub mod broker;
 pub mod channel;
 pub mod history;
+pub mod hub;
+pub mod native;
 pub mod queue;
 
 pub use broker::{Broker, BrokerError, ChannelOptions, ClientId, ClientInfo, Subscribed};
 pub use channel::{BadChannel, ChannelName};
 pub use history::{History, Publication, Recovery, StreamPosition};
+pub use hub::{Hub, HubConfig};
+pub use native::Session;
 pub use queue::{Delivery, Outbound, QueueLimits, SlowConsumer};

@@ -176,10 +176,7 @@ mod tests {
     fn publication(n: usize) -> Delivery {
         Delivery::Publication {
             channel: Arc::from("c"),
-            publication: Arc::new(Publication {
-                offset: n as u64,
-                data: Bytes::from(vec![0u8; 100]),
-            }),
+            publication: Arc::new(Publication::new(n as u64, Bytes::from(vec![0u8; 100]))),
         }
     }
 

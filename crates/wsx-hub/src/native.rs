@@ -1,0 +1,441 @@
+//! The native protocol: JSON commands over a raw WebSocket (`/connection/websocket`).
+//! See `docs/protocol.md` for every command with an example.
+//!
+//! Codec (this module's first half) is pure parsing and encoding; the session (second
+//! half) maps commands onto the [`Broker`](crate::Broker) and drains the connection's
+//! outbound queue.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wsx::{CloseCode, Message, SharedFrame, WebSocket};
+
+use crate::broker::{BrokerError, ClientInfo};
+use crate::channel::ChannelName;
+use crate::history::{Publication, StreamPosition};
+use crate::hub::Hub;
+use crate::queue::{Delivery, Outbound};
+
+/// Error codes of replies (`{"id":N,"error":{"code":C,"message":"..."}}`).
+pub mod codes {
+    /// The server failed.
+    pub const INTERNAL: u16 = 100;
+    /// No or a bad token where one is needed.
+    pub const UNAUTHORIZED: u16 = 101;
+    /// The channel does not exist.
+    pub const UNKNOWN_CHANNEL: u16 = 102;
+    /// The client may not do this.
+    pub const PERMISSION_DENIED: u16 = 103;
+    /// No such command.
+    pub const METHOD_NOT_FOUND: u16 = 104;
+    /// Already subscribed to the channel.
+    pub const ALREADY_SUBSCRIBED: u16 = 105;
+    /// A limit was exceeded.
+    pub const LIMIT_EXCEEDED: u16 = 106;
+    /// The command is malformed.
+    pub const BAD_REQUEST: u16 = 107;
+    /// The feature is off for this channel's namespace.
+    pub const NOT_AVAILABLE: u16 = 108;
+    /// Not subscribed to the channel.
+    pub const NOT_SUBSCRIBED: u16 = 110;
+}
+
+/// Close codes of the native protocol (RFC 6455 §7.4.2 private range).
+pub mod close {
+    /// Repeated malformed commands.
+    pub const BAD_REQUEST: u16 = 3001;
+    /// The outbound queue overflowed: reconnect and recover.
+    pub const SLOW_CONSUMER: u16 = 3008;
+    /// The first command was not `connect`.
+    pub const NOT_CONNECTED: u16 = 3009;
+}
+
+/// How many malformed commands a connection may send before it is closed.
+pub const MAX_BAD_COMMANDS: u32 = 10;
+
+#[derive(Debug, Deserialize)]
+struct Command {
+    #[serde(default)]
+    id: u64,
+    #[serde(flatten)]
+    method: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct ConnectReq {
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    version: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChannelReq {
+    channel: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct SubscribeReq {
+    channel: String,
+    #[serde(default)]
+    recover: bool,
+    #[serde(default)]
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct PublishReq {
+    channel: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Debug, Deserialize)]
+struct HistoryReq {
+    channel: String,
+    #[serde(default = "default_limit")]
+    limit: usize,
+    #[serde(default)]
+    since: Option<SinceReq>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct SinceReq {
+    offset: u64,
+    #[serde(default)]
+    epoch: String,
+}
+
+fn default_limit() -> usize {
+    100
+}
+
+/// A reply error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyError {
+    /// One of [`codes`].
+    pub code: u16,
+    /// A human-readable message.
+    pub message: String,
+}
+
+fn err(code: u16, message: impl Into<String>) -> ReplyError {
+    ReplyError {
+        code,
+        message: message.into(),
+    }
+}
+
+impl From<BrokerError> for ReplyError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::AlreadySubscribed => err(codes::ALREADY_SUBSCRIBED, "already subscribed"),
+            BrokerError::NotSubscribed => err(codes::NOT_SUBSCRIBED, "not subscribed"),
+            BrokerError::UnknownChannel => err(codes::UNKNOWN_CHANNEL, "unknown channel"),
+            BrokerError::NotAvailable => {
+                err(codes::NOT_AVAILABLE, "not available for this channel")
+            }
+        }
+    }
+}
+
+fn reply(id: u64, method: &str, result: Value) -> String {
+    json!({ "id": id, method: result }).to_string()
+}
+
+fn error_reply(id: u64, e: &ReplyError) -> String {
+    json!({ "id": id, "error": { "code": e.code, "message": e.message } }).to_string()
+}
+
+fn publication_push(channel: &str, p: &Publication) -> String {
+    // The payload is JSON text already: embed it without re-parsing.
+    let data = std::str::from_utf8(&p.data).unwrap_or("null");
+    format!(
+        "{{\"push\":{{\"channel\":{},\"pub\":{{\"offset\":{},\"data\":{}}}}}}}",
+        Value::String(channel.to_string()),
+        p.offset,
+        data
+    )
+}
+
+fn presence_push(kind: &str, channel: &str, info: &ClientInfo) -> String {
+    json!({ "push": { "channel": channel, kind: { "client": info.client.to_string(), "user": info.user, "info": info.info } } })
+        .to_string()
+}
+
+fn channel(name: &str) -> Result<ChannelName, ReplyError> {
+    ChannelName::parse(name)
+        .map_err(|e| err(codes::BAD_REQUEST, format!("bad channel name: {e:?}")))
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(v: Value) -> Result<T, ReplyError> {
+    serde_json::from_value(v).map_err(|e| err(codes::BAD_REQUEST, e.to_string()))
+}
+
+/// One native-protocol connection.
+pub struct Session {
+    hub: Arc<Hub>,
+    info: Arc<ClientInfo>,
+    queue: Arc<Outbound>,
+    connected: bool,
+    subscriptions: Vec<String>,
+    bad_commands: u32,
+}
+
+/// What handling a command asks of the connection.
+enum Outcome {
+    Reply(String),
+    Close(u16, &'static str),
+}
+
+impl Session {
+    /// A session for a new connection of `user` (empty: anonymous).
+    pub fn new(hub: Arc<Hub>, user: String) -> Session {
+        let client = hub.next_client_id();
+        let queue = Outbound::new(hub.config().queue);
+        Session {
+            info: Arc::new(ClientInfo {
+                client,
+                user,
+                info: String::new(),
+            }),
+            hub,
+            queue,
+            connected: false,
+            subscriptions: Vec::new(),
+            bad_commands: 0,
+        }
+    }
+
+    fn handle(&mut self, text: &str) -> Outcome {
+        let cmd: Command = match serde_json::from_str(text) {
+            Ok(c) => c,
+            Err(e) => return self.bad(0, err(codes::BAD_REQUEST, format!("malformed JSON: {e}"))),
+        };
+        let id = cmd.id;
+        let Some((method, body)) = cmd.method.into_iter().next() else {
+            return self.bad(id, err(codes::BAD_REQUEST, "no command"));
+        };
+        if !self.connected && method != "connect" {
+            return Outcome::Close(close::NOT_CONNECTED, "connect first");
+        }
+        match self.dispatch(&method, body) {
+            Ok(result) => Outcome::Reply(reply(id, &method, result)),
+            Err(e) if e.code == codes::METHOD_NOT_FOUND || e.code == codes::BAD_REQUEST => {
+                self.bad(id, e)
+            }
+            Err(e) => Outcome::Reply(error_reply(id, &e)),
+        }
+    }
+
+    fn bad(&mut self, id: u64, e: ReplyError) -> Outcome {
+        self.bad_commands += 1;
+        if self.bad_commands > MAX_BAD_COMMANDS {
+            Outcome::Close(close::BAD_REQUEST, "too many bad commands")
+        } else {
+            Outcome::Reply(error_reply(id, &e))
+        }
+    }
+
+    fn dispatch(&mut self, method: &str, body: Value) -> Result<Value, ReplyError> {
+        let now = Instant::now();
+        let broker = self.hub.broker();
+        match method {
+            "connect" => {
+                if self.connected {
+                    return Err(err(codes::BAD_REQUEST, "already connected"));
+                }
+                let req: ConnectReq = parse(body)?;
+                let _ = (req.name, req.version);
+                self.connected = true;
+                Ok(json!({
+                    "client": self.info.client.to_string(),
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "ping": self.hub.config().ping_interval_secs,
+                }))
+            }
+            "subscribe" => {
+                let req: SubscribeReq = parse(body)?;
+                let ch = channel(&req.channel)?;
+                if self.subscriptions.len() >= self.hub.config().max_subscriptions {
+                    return Err(err(codes::LIMIT_EXCEEDED, "too many subscriptions"));
+                }
+                let opts = self.hub.options(&ch);
+                let pos = req.recover.then(|| StreamPosition {
+                    offset: req.offset,
+                    epoch: req.epoch.clone(),
+                });
+                let r = broker.subscribe(
+                    &ch,
+                    &opts,
+                    self.info.clone(),
+                    self.queue.clone(),
+                    pos.as_ref(),
+                    now,
+                )?;
+                self.subscriptions.push(req.channel);
+                let mut out = serde_json::Map::new();
+                if let Some(p) = r.position {
+                    out.insert("offset".into(), json!(p.offset));
+                    out.insert("epoch".into(), json!(p.epoch));
+                }
+                if let Some(rec) = r.recovered {
+                    out.insert("recovered".into(), json!(rec));
+                }
+                Ok(Value::Object(out))
+            }
+            "unsubscribe" => {
+                let req: ChannelReq = parse(body)?;
+                broker.unsubscribe(&req.channel, self.info.client)?;
+                self.subscriptions.retain(|c| *c != req.channel);
+                Ok(json!({}))
+            }
+            "publish" => {
+                let req: PublishReq = parse(body)?;
+                let ch = channel(&req.channel)?;
+                let opts = self.hub.options(&ch);
+                let data = Bytes::from(req.data.get().as_bytes().to_vec());
+                let (p, _slow) = broker.publish(&ch, &opts, data, now);
+                Ok(json!({ "offset": p.offset }))
+            }
+            "presence" => {
+                let req: ChannelReq = parse(body)?;
+                let members = broker.presence(&req.channel)?;
+                let map: serde_json::Map<String, Value> = members
+                    .iter()
+                    .map(|m| (m.client.to_string(), json!({ "client": m.client.to_string(), "user": m.user, "info": m.info })))
+                    .collect();
+                Ok(json!({ "presence": map }))
+            }
+            "presence_stats" => {
+                let req: ChannelReq = parse(body)?;
+                let (clients, users) = broker.presence_stats(&req.channel)?;
+                Ok(json!({ "num_clients": clients, "num_users": users }))
+            }
+            "history" => {
+                let req: HistoryReq = parse(body)?;
+                if let Some(s) = &req.since {
+                    if s.epoch != broker.epoch() && !s.epoch.is_empty() {
+                        return Err(err(codes::UNKNOWN_CHANNEL, "epoch changed"));
+                    }
+                }
+                let (pubs, pos) = broker.history(
+                    &req.channel,
+                    req.limit,
+                    req.since.map(|s| s.offset),
+                    req.reverse,
+                    now,
+                )?;
+                let pubs: Vec<Value> = pubs
+                    .iter()
+                    .map(|p| {
+                        let data: Value = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
+                        json!({ "offset": p.offset, "data": data })
+                    })
+                    .collect();
+                Ok(json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch }))
+            }
+            "ping" => Ok(json!({})),
+            other => Err(err(
+                codes::METHOD_NOT_FOUND,
+                format!("unknown command `{other}`"),
+            )),
+        }
+    }
+
+    fn frame_for(&self, d: &Delivery) -> Option<SharedFrame> {
+        match d {
+            Delivery::Publication {
+                channel,
+                publication,
+            } => Some(
+                publication
+                    .native_frame
+                    .get_or_init(|| SharedFrame::text(&publication_push(channel, publication)))
+                    .clone(),
+            ),
+            Delivery::Join { channel, info } => {
+                Some(SharedFrame::text(&presence_push("join", channel, info)))
+            }
+            Delivery::Leave { channel, info } => {
+                Some(SharedFrame::text(&presence_push("leave", channel, info)))
+            }
+        }
+    }
+
+    /// Run the session over an accepted WebSocket until either side closes.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, ws: WebSocket<S>) {
+        self.run_until(ws, std::future::pending()).await
+    }
+
+    /// [`run`](Self::run), closing with 1001 when `stop` resolves (server shutdown).
+    pub async fn run_until<S, F>(mut self, mut ws: WebSocket<S>, stop: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: std::future::Future<Output = ()>,
+    {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
+                    break;
+                }
+                msg = ws.next() => match msg {
+                    Some(Ok(Message::Text(t))) => match self.handle(t.as_str()) {
+                        Outcome::Reply(r) => {
+                            if ws.feed(Message::text(r)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Outcome::Close(code, reason) => {
+                            let _ = ws.close(CloseCode(code), reason).await;
+                            break;
+                        }
+                    },
+                    Some(Ok(Message::Binary(_))) => {
+                        if let Outcome::Close(code, reason) = self.bad(0, err(codes::BAD_REQUEST, "binary frames are not commands")) {
+                            let _ = ws.close(CloseCode(code), reason).await;
+                            break;
+                        }
+                        let e = err(codes::BAD_REQUEST, "binary frames are not commands");
+                        if ws.feed(Message::text(error_reply(0, &e))).await.is_err() {
+                            break;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    Some(Err(_)) | None => break,
+                },
+                d = std::future::poll_fn(|cx| self.queue.poll_next(cx)) => match d {
+                    Some(Ok(d)) => {
+                        if let Some(frame) = self.frame_for(&d) {
+                            if ws.send_shared(&frame).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                    Some(Err(_)) => {
+                        let push = json!({ "push": { "disconnect": { "code": close::SLOW_CONSUMER, "reason": "slow consumer", "reconnect": true } } });
+                        let _ = ws.feed(Message::text(push.to_string())).await;
+                        let _ = ws.close(CloseCode(close::SLOW_CONSUMER), "slow consumer").await;
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.queue.close();
+        for ch in std::mem::take(&mut self.subscriptions) {
+            let _ = self.hub.broker().unsubscribe(&ch, self.info.client);
+        }
+    }
+}

@@ -1,0 +1,317 @@
+//! The native protocol through real WebSocket connections.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+use wsx::{ClientConfig, CloseCode, MaybeTlsStream, Message, WebSocket};
+use wsx_hub::{Hub, HubConfig, QueueLimits};
+
+async fn server(cfg: HubConfig) -> String {
+    let hub = Arc::new(Hub::new(cfg));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let Ok((ws, _)) = wsx::accept(tcp, &wsx::ServerConfig::default()).await else {
+                    return;
+                };
+                wsx_hub::Session::new(hub, String::new()).run(ws).await;
+            });
+        }
+    });
+    format!("ws://{addr}/connection/websocket")
+}
+
+struct Client {
+    ws: WebSocket<MaybeTlsStream>,
+    pushes: VecDeque<Value>,
+    next_id: u64,
+}
+
+impl Client {
+    async fn open(url: &str) -> Client {
+        let (ws, _) = wsx::connect(url, &ClientConfig::default()).await.unwrap();
+        Client {
+            ws,
+            pushes: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    async fn connected(url: &str) -> Client {
+        let mut c = Client::open(url).await;
+        let r = c.call("connect", json!({"name": "test"})).await;
+        assert!(r["connect"]["client"].is_string(), "{r}");
+        c
+    }
+
+    async fn recv(&mut self) -> Value {
+        match self.ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Send a command and wait for its reply; pushes seen meanwhile are kept.
+    async fn call(&mut self, method: &str, body: Value) -> Value {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.ws
+            .send(Message::text(json!({ "id": id, method: body }).to_string()))
+            .await
+            .unwrap();
+        loop {
+            let v = self.recv().await;
+            if v["id"] == id {
+                return v;
+            }
+            self.pushes.push_back(v);
+        }
+    }
+
+    async fn push(&mut self) -> Value {
+        if let Some(p) = self.pushes.pop_front() {
+            return p;
+        }
+        self.recv().await
+    }
+}
+
+#[tokio::test]
+async fn publish_reaches_every_subscriber_in_order() {
+    let url = server(HubConfig::default()).await;
+    let mut a = Client::connected(&url).await;
+    let mut b = Client::connected(&url).await;
+    for c in [&mut a, &mut b] {
+        let r = c.call("subscribe", json!({"channel": "chat:room"})).await;
+        assert!(r["subscribe"]["epoch"].is_string(), "{r}");
+    }
+    let mut publisher = Client::connected(&url).await;
+    for i in 0..20 {
+        let r = publisher
+            .call("publish", json!({"channel": "chat:room", "data": {"n": i}}))
+            .await;
+        assert_eq!(r["publish"]["offset"], i + 1);
+    }
+    for c in [&mut a, &mut b] {
+        let mut n = 0;
+        while n < 20 {
+            let p = c.push().await;
+            if p["push"]["pub"].is_object() {
+                assert_eq!(p["push"]["channel"], "chat:room");
+                assert_eq!(p["push"]["pub"]["data"], json!({"n": n}));
+                assert_eq!(p["push"]["pub"]["offset"], n + 1);
+                n += 1;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn recovery_after_reconnect_gets_exactly_the_missed_ten() {
+    let url = server(HubConfig::default()).await;
+    let mut sub = Client::connected(&url).await;
+    let r = sub.call("subscribe", json!({"channel": "news:x"})).await;
+    let epoch = r["subscribe"]["epoch"].as_str().unwrap().to_string();
+    let mut publisher = Client::connected(&url).await;
+    publisher
+        .call("publish", json!({"channel": "news:x", "data": "first"}))
+        .await;
+    let p = sub.push().await;
+    let last = p["push"]["pub"]["offset"].as_u64().unwrap();
+    drop(sub);
+    for i in 0..10 {
+        publisher
+            .call("publish", json!({"channel": "news:x", "data": i}))
+            .await;
+    }
+    let mut back = Client::connected(&url).await;
+    let r = back
+        .call(
+            "subscribe",
+            json!({"channel": "news:x", "recover": true, "offset": last, "epoch": epoch}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], true, "{r}");
+    publisher
+        .call("publish", json!({"channel": "news:x", "data": "live"}))
+        .await;
+    let mut got = Vec::new();
+    while got.len() < 11 {
+        let p = back.push().await;
+        if p["push"]["pub"].is_object() {
+            got.push((
+                p["push"]["pub"]["offset"].as_u64().unwrap(),
+                p["push"]["pub"]["data"].clone(),
+            ));
+        }
+    }
+    let want: Vec<(u64, Value)> = (0..10)
+        .map(|i| (last + 1 + i, json!(i)))
+        .chain([(last + 11, json!("live"))])
+        .collect();
+    assert_eq!(got, want);
+    // Another epoch: told it cannot recover.
+    let mut other = Client::connected(&url).await;
+    let r = other
+        .call(
+            "subscribe",
+            json!({"channel": "news:x", "recover": true, "offset": 1, "epoch": "stale"}),
+        )
+        .await;
+    assert_eq!(r["subscribe"]["recovered"], false);
+}
+
+#[tokio::test]
+async fn presence_history_and_join_leave() {
+    let url = server(HubConfig::default()).await;
+    let mut a = Client::connected(&url).await;
+    a.call("subscribe", json!({"channel": "room:1"})).await;
+    let mut b = Client::connected(&url).await;
+    b.call("subscribe", json!({"channel": "room:1"})).await;
+    let join = a.push().await;
+    assert!(join["push"]["join"]["client"].is_string(), "{join}");
+    let r = a.call("presence_stats", json!({"channel": "room:1"})).await;
+    assert_eq!(r["presence_stats"]["num_clients"], 2);
+    let r = a.call("presence", json!({"channel": "room:1"})).await;
+    assert_eq!(r["presence"]["presence"].as_object().unwrap().len(), 2);
+    for i in 0..5 {
+        a.call("publish", json!({"channel": "room:1", "data": {"i": i}}))
+            .await;
+    }
+    let r = b
+        .call(
+            "history",
+            json!({"channel": "room:1", "limit": 2, "reverse": true}),
+        )
+        .await;
+    let pubs = r["history"]["publications"].as_array().unwrap();
+    assert_eq!(
+        pubs.iter()
+            .map(|p| p["data"]["i"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        vec![4, 3]
+    );
+    drop(b);
+    loop {
+        let p = a.push().await;
+        if p["push"]["leave"].is_object() {
+            break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn errors_have_codes_and_abuse_closes() {
+    let url = server(HubConfig::default()).await;
+    // A command before connect closes the connection.
+    let mut c = Client::open(&url).await;
+    c.ws.send(Message::text(
+        json!({"id": 1, "subscribe": {"channel": "x"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        matches!(c.ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode(3009))
+    );
+
+    let mut c = Client::connected(&url).await;
+    let r = c.call("subscribe", json!({"channel": "a"})).await;
+    assert!(r["error"].is_null(), "{r}");
+    let r = c.call("subscribe", json!({"channel": "a"})).await;
+    assert_eq!(r["error"]["code"], 105, "already subscribed");
+    let r = c.call("frobnicate", json!({})).await;
+    assert_eq!(r["error"]["code"], 104);
+    let r = c.call("subscribe", json!({"channel": "bad name"})).await;
+    assert_eq!(r["error"]["code"], 107);
+    let r = c.call("presence", json!({"channel": "nobody-here"})).await;
+    assert_eq!(r["error"]["code"], 102);
+    let r = c.call("unsubscribe", json!({"channel": "never"})).await;
+    assert_eq!(r["error"]["code"], 110);
+    let r = c.call("ping", json!({})).await;
+    assert_eq!(r["ping"], json!({}));
+    // Malformed JSON: an error reply, then after too many, a close with 3001.
+    c.ws.send(Message::text("{not json")).await.unwrap();
+    let v = c.recv().await;
+    assert_eq!(v["error"]["code"], 107);
+    for _ in 0..20 {
+        if c.ws.send(Message::text("{not json")).await.is_err() {
+            break;
+        }
+    }
+    loop {
+        match c.ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(f.code, CloseCode(3001));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_disconnected_while_others_receive_everything() {
+    let mut cfg = HubConfig::default();
+    cfg.queue = {
+        let mut q = QueueLimits::default();
+        q.max_messages = 50;
+        q
+    };
+    let url = server(cfg).await;
+    // The slow one subscribes, then stops reading.
+    let mut slow = Client::connected(&url).await;
+    slow.call("subscribe", json!({"channel": "ticks"})).await;
+    let mut fast = Client::connected(&url).await;
+    fast.call("subscribe", json!({"channel": "ticks"})).await;
+    let mut publisher = Client::connected(&url).await;
+    let big = "x".repeat(16 * 1024);
+    let total = 2000;
+    let reader = tokio::spawn(async move {
+        let mut n = 0;
+        while n < total {
+            let p = fast.push().await;
+            if p["push"]["pub"].is_object() {
+                n += 1;
+                assert_eq!(p["push"]["pub"]["offset"], n);
+            }
+        }
+        n
+    });
+    for _ in 0..total {
+        publisher
+            .call("publish", json!({"channel": "ticks", "data": big}))
+            .await;
+    }
+    assert_eq!(
+        reader.await.unwrap(),
+        total,
+        "the fast subscriber lost nothing"
+    );
+    // The slow one is told why, then closed with 3008.
+    let mut saw_disconnect = false;
+    loop {
+        match slow.ws.next().await {
+            Some(Ok(Message::Text(t))) => {
+                let v: Value = serde_json::from_str(t.as_str()).unwrap();
+                if v["push"]["disconnect"]["code"] == 3008 {
+                    saw_disconnect = true;
+                }
+            }
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(f.code, CloseCode(3008));
+                break;
+            }
+            Some(Ok(_)) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(saw_disconnect);
+}
