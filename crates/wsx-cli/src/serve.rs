@@ -199,7 +199,9 @@ fn refuse(peer: SocketAddr, refusal: Refusal) -> Response {
     refusal_response(&refusal).into_response()
 }
 
-/// Admission and negotiation shared by the WebSocket endpoints.
+/// Admission and negotiation shared by the WebSocket endpoints. The error is the
+/// response to send, as handlers return it.
+#[allow(clippy::result_large_err)]
 fn admit(
     app: &App,
     peer: SocketAddr,
