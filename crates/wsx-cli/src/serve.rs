@@ -51,8 +51,11 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
+    let hub = Arc::new(wsx_hub::Hub::new(wsx_hub::HubConfig::default()));
+    let mut api = wsx_hub::http::ApiConfig::default();
+    api.api_key = settings.api_key.clone();
     let app = App {
-        hub: Arc::new(wsx_hub::Hub::new(wsx_hub::HubConfig::default())),
+        hub: hub.clone(),
         cfg: Arc::new(settings.server.clone()),
         slots: Arc::new(Semaphore::new(settings.max_connections)),
         shutdown: shutdown_rx.clone(),
@@ -63,7 +66,8 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         .route("/connection/websocket", get(native))
         .route("/healthz", get(|| async { "ok\n" }))
         .fallback(get(static_file))
-        .with_state(app);
+        .with_state(app)
+        .merge(wsx_hub::http::router(hub, api));
 
     let mut stop = shutdown_rx.clone();
     let signal = shutdown_signal();

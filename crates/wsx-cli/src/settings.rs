@@ -64,6 +64,7 @@ settings! {
     max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
+    api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
 }
 
 /// Log output formats.
@@ -84,6 +85,7 @@ pub struct Settings {
     pub max_connections: usize,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
+    pub api_key: Option<String>,
 }
 
 /// A bad setting: which key, and why. Displayed as one line.
@@ -257,7 +259,13 @@ impl ServeArgs {
             "json" => LogFormat::Json,
             other => return Err(bad("log_format")(format!("`{other}` is not text or json"))),
         };
+        let api_key = match get("api_key").trim() {
+            "none" | "" => None,
+            k if k.len() < 16 => return Err(bad("api_key")("use at least 16 characters".into())),
+            k => Some(k.to_string()),
+        };
         Ok(Settings {
+            api_key,
             listen,
             tls,
             server,

@@ -1,10 +1,17 @@
 //! The hub: the broker plus configuration, shared by every front-end.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use crate::broker::{Broker, ChannelOptions, ClientId};
 use crate::channel::ChannelName;
-use crate::queue::QueueLimits;
+use crate::history::Publication;
+use crate::native::ReplyError;
+use crate::queue::{Disconnect, Outbound, QueueLimits};
 
 /// Hub settings.
 #[derive(Debug, Clone)]
@@ -46,6 +53,7 @@ pub struct Hub {
     broker: Broker,
     config: HubConfig,
     next_client: AtomicU64,
+    sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
 }
 
 impl Hub {
@@ -55,7 +63,60 @@ impl Hub {
             broker: Broker::new(),
             config,
             next_client: AtomicU64::new(1),
+            sessions: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, (String, Arc<Outbound>)>> {
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Record a live connection (for server-side disconnects).
+    pub fn register(&self, client: ClientId, user: &str, queue: Arc<Outbound>) {
+        self.sessions().insert(client, (user.to_string(), queue));
+    }
+
+    /// Forget a connection.
+    pub fn unregister(&self, client: ClientId) {
+        self.sessions().remove(&client);
+    }
+
+    /// Close every connection of `user` (and/or the connection `client`) with `code`.
+    /// Returns how many were asked to close.
+    pub fn disconnect(
+        &self,
+        user: Option<&str>,
+        client: Option<ClientId>,
+        code: u16,
+        reason: &str,
+        reconnect: bool,
+    ) -> usize {
+        let sessions = self.sessions();
+        let mut n = 0;
+        for (id, (u, q)) in sessions.iter() {
+            if user.is_some_and(|want| want == u) || client == Some(*id) {
+                q.disconnect(Disconnect {
+                    code,
+                    reason: reason.to_string(),
+                    reconnect,
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// Connections open now.
+    pub fn connections(&self) -> usize {
+        self.sessions().len()
+    }
+
+    /// Publish `data` (JSON text for the native protocol) to a channel.
+    pub fn publish(&self, channel: &str, data: Bytes) -> Result<Arc<Publication>, ReplyError> {
+        let ch = crate::native::channel(channel)?;
+        let opts = self.options(&ch);
+        let (p, _slow) = self.broker.publish(&ch, &opts, data, Instant::now());
+        Ok(p)
     }
 
     /// The broker.

@@ -13,6 +13,7 @@
 pub mod broker;
 pub mod channel;
 pub mod history;
+pub mod http;
 pub mod hub;
 pub mod native;
 pub mod queue;

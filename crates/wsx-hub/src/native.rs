@@ -128,7 +128,7 @@ pub struct ReplyError {
     pub message: String,
 }
 
-fn err(code: u16, message: impl Into<String>) -> ReplyError {
+pub(crate) fn err(code: u16, message: impl Into<String>) -> ReplyError {
     ReplyError {
         code,
         message: message.into(),
@@ -172,7 +172,7 @@ fn presence_push(kind: &str, channel: &str, info: &ClientInfo) -> String {
         .to_string()
 }
 
-fn channel(name: &str) -> Result<ChannelName, ReplyError> {
+pub(crate) fn channel(name: &str) -> Result<ChannelName, ReplyError> {
     ChannelName::parse(name)
         .map_err(|e| err(codes::BAD_REQUEST, format!("bad channel name: {e:?}")))
 }
@@ -202,6 +202,7 @@ impl Session {
     pub fn new(hub: Arc<Hub>, user: String) -> Session {
         let client = hub.next_client_id();
         let queue = Outbound::new(hub.config().queue);
+        hub.register(client, &user, queue.clone());
         Session {
             info: Arc::new(ClientInfo {
                 client,
@@ -301,10 +302,10 @@ impl Session {
             }
             "publish" => {
                 let req: PublishReq = parse(body)?;
-                let ch = channel(&req.channel)?;
-                let opts = self.hub.options(&ch);
-                let data = Bytes::from(req.data.get().as_bytes().to_vec());
-                let (p, _slow) = broker.publish(&ch, &opts, data, now);
+                let p = self.hub.publish(
+                    &req.channel,
+                    Bytes::from(req.data.get().as_bytes().to_vec()),
+                )?;
                 Ok(json!({ "offset": p.offset }))
             }
             "presence" => {
@@ -423,10 +424,10 @@ impl Session {
                             }
                         }
                     }
-                    Some(Err(_)) => {
-                        let push = json!({ "push": { "disconnect": { "code": close::SLOW_CONSUMER, "reason": "slow consumer", "reconnect": true } } });
+                    Some(Err(d)) => {
+                        let push = json!({ "push": { "disconnect": { "code": d.code, "reason": d.reason, "reconnect": d.reconnect } } });
                         let _ = ws.feed(Message::text(push.to_string())).await;
-                        let _ = ws.close(CloseCode(close::SLOW_CONSUMER), "slow consumer").await;
+                        let _ = ws.close(CloseCode(d.code), &d.reason).await;
                         break;
                     }
                     None => break,
@@ -434,6 +435,7 @@ impl Session {
             }
         }
         self.queue.close();
+        self.hub.unregister(self.info.client);
         for ch in std::mem::take(&mut self.subscriptions) {
             let _ = self.hub.broker().unsubscribe(&ch, self.info.client);
         }

@@ -66,12 +66,24 @@ impl Default for QueueLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlowConsumer;
 
+/// Why the server ends a connection through its queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disconnect {
+    /// The close code.
+    pub code: u16,
+    /// The reason.
+    pub reason: String,
+    /// Whether the client should reconnect.
+    pub reconnect: bool,
+}
+
 #[derive(Debug, Default)]
 struct State {
     items: VecDeque<Delivery>,
     bytes: usize,
     overflowed: bool,
     closed: bool,
+    disconnect: Option<Disconnect>,
     waker: Option<Waker>,
 }
 
@@ -120,12 +132,20 @@ impl Outbound {
         Ok(())
     }
 
-    /// The next delivery; `Err(SlowConsumer)` once the queue overflowed; `None` after
-    /// [`close`](Self::close).
-    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, SlowConsumer>>> {
+    /// The next delivery; `Err` once the queue overflowed (code 3008) or the server
+    /// asked to disconnect; `None` after [`close`](Self::close).
+    pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, Disconnect>>> {
         let mut s = lock(&self.state);
         if s.overflowed {
-            return Poll::Ready(Some(Err(SlowConsumer)));
+            return Poll::Ready(Some(Err(Disconnect {
+                code: crate::native::close::SLOW_CONSUMER,
+                reason: "slow consumer".into(),
+                reconnect: true,
+            })));
+        }
+        if let Some(d) = s.disconnect.take() {
+            s.closed = true;
+            return Poll::Ready(Some(Err(d)));
         }
         if let Some(d) = s.items.pop_front() {
             s.bytes -= d.cost();
@@ -146,6 +166,15 @@ impl Outbound {
         }
         s.bytes = 0;
         Ok(s.items.drain(..).collect())
+    }
+
+    /// Ask the connection to close with this code and reason (server-side disconnect).
+    pub fn disconnect(&self, d: Disconnect) {
+        let mut s = lock(&self.state);
+        s.disconnect = Some(d);
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
     }
 
     /// Stop accepting deliveries (the connection is going away).
