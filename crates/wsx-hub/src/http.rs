@@ -134,17 +134,11 @@ async fn call(
             )
         }
     };
-    let parse = |bytes: &Bytes| -> Result<Value, Response> {
+    let parse = |bytes: &Bytes| -> Result<Value, String> {
         if bytes.is_empty() {
             return Ok(json!({}));
         }
-        serde_json::from_slice(bytes).map_err(|e| {
-            error(
-                StatusCode::BAD_REQUEST,
-                codes::BAD_REQUEST,
-                format!("bad JSON: {e}"),
-            )
-        })
+        serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
     };
     match method.as_str() {
         "publish" => {
