@@ -51,7 +51,9 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
-    let hub = Arc::new(wsx_hub::Hub::new(wsx_hub::HubConfig::default()));
+    let mut hub_cfg = wsx_hub::HubConfig::default();
+    hub_cfg.auth = settings.auth.clone();
+    let hub = Arc::new(wsx_hub::Hub::new(hub_cfg));
     let mut api = wsx_hub::http::ApiConfig::default();
     api.api_key = settings.api_key.clone();
     let app = App {

@@ -21,7 +21,7 @@ macro_rules! settings {
             #[arg(long, env = "WSX_CONFIG", value_name = "FILE")]
             pub config: Option<PathBuf>,
             $(
-                #[arg(long, env = $env, value_name = $value, help = concat!($help, " [default: ", $default, "]"))]
+                #[arg(long, env = $env, hide_env_values = true, value_name = $value, help = concat!($help, " [default: ", $default, "]"))]
                 pub $field: Option<String>,
             )*
         }
@@ -65,6 +65,9 @@ settings! {
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
+    token_hmac_secret, "WSX_TOKEN_HMAC_SECRET", "SECRET", "none", "Secret for HS256 connection tokens (JWT with sub, exp, optional channels)";
+    token_rsa_public_key, "WSX_TOKEN_RSA_PUBLIC_KEY", "PEM", "none", "Public key file for RS256 connection tokens";
+    allow_anonymous, "WSX_ALLOW_ANONYMOUS", "on|off", "on without a token key, off with one", "Accept connections without a token";
 }
 
 /// Log output formats.
@@ -86,6 +89,7 @@ pub struct Settings {
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub api_key: Option<String>,
+    pub auth: wsx_hub::auth::AuthConfig,
 }
 
 /// A bad setting: which key, and why. Displayed as one line.
@@ -264,7 +268,29 @@ impl ServeArgs {
             k if k.len() < 16 => return Err(bad("api_key")("use at least 16 characters".into())),
             k => Some(k.to_string()),
         };
+        let mut auth = wsx_hub::auth::AuthConfig::default();
+        auth.hmac_secret = match get("token_hmac_secret").trim() {
+            "none" | "" => None,
+            k if k.len() < 16 => {
+                return Err(bad("token_hmac_secret")(
+                    "use at least 16 characters".into(),
+                ))
+            }
+            k => Some(k.to_string()),
+        };
+        auth.rsa_public_key_pem = match get("token_rsa_public_key").trim() {
+            "none" | "" => None,
+            path => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|e| bad("token_rsa_public_key")(format!("{path}: {e}")))?,
+            ),
+        };
+        auth.allow_anonymous = match get("allow_anonymous").trim() {
+            v if v.starts_with("on without") => None,
+            v => Some(parse_bool(v).map_err(bad("allow_anonymous"))?),
+        };
         Ok(Settings {
+            auth,
             api_key,
             listen,
             tls,

@@ -422,3 +422,44 @@ async fn connect_prints_binary_as_hex_or_raw() {
         vec![0xde, 0xad, 0xbe, 0xef]
     );
 }
+
+#[tokio::test]
+async fn serve_mounts_the_hub_native_protocol_and_http_api() {
+    let key = "cli-test-key-0123456789";
+    let (_server, addr) = serve(&["--api-key", key]).await;
+    let (mut ws, _) = wsx::connect(
+        &format!("ws://{addr}/connection/websocket"),
+        &ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"id":2,"subscribe":{"channel":"judge:7"}}"#,
+    ))
+    .await
+    .unwrap();
+    for _ in 0..2 {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        assert!(!t.as_str().contains("error"), "{t}");
+    }
+    let body = r#"{"channel":"judge:7","data":{"case":1,"verdict":"AC"}}"#;
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+        panic!()
+    };
+    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["push"]["pub"]["data"]["verdict"], "AC");
+}

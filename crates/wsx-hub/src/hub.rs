@@ -29,6 +29,8 @@ pub struct HubConfig {
     pub max_subscriptions: usize,
     /// The ping interval announced to clients, in seconds. Default: 25.
     pub ping_interval_secs: u64,
+    /// Connection tokens.
+    pub auth: crate::auth::AuthConfig,
 }
 
 impl Default for HubConfig {
@@ -44,6 +46,7 @@ impl Default for HubConfig {
             queue: QueueLimits::default(),
             max_subscriptions: 128,
             ping_interval_secs: 25,
+            auth: crate::auth::AuthConfig::default(),
         }
     }
 }

@@ -42,6 +42,8 @@ pub mod codes {
     pub const BAD_REQUEST: u16 = 107;
     /// The feature is off for this channel's namespace.
     pub const NOT_AVAILABLE: u16 = 108;
+    /// The connection token expired.
+    pub const TOKEN_EXPIRED: u16 = 109;
     /// Not subscribed to the channel.
     pub const NOT_SUBSCRIBED: u16 = 110;
 }
@@ -69,6 +71,8 @@ struct Command {
 
 #[derive(Debug, Deserialize, Default)]
 struct ConnectReq {
+    #[serde(default)]
+    token: Option<String>,
     #[serde(default)]
     name: String,
     #[serde(default)]
@@ -256,12 +260,55 @@ impl Session {
                     return Err(err(codes::BAD_REQUEST, "already connected"));
                 }
                 let req: ConnectReq = parse(body)?;
-                let _ = (req.name, req.version);
+                let claims = self
+                    .hub
+                    .config()
+                    .auth
+                    .verify(req.token.as_deref())
+                    .map_err(|e| match e {
+                        crate::auth::TokenError::Expired => {
+                            err(codes::TOKEN_EXPIRED, "token expired")
+                        }
+                        crate::auth::TokenError::Missing => {
+                            err(codes::UNAUTHORIZED, "a token is required")
+                        }
+                        crate::auth::TokenError::Invalid(why) => {
+                            err(codes::UNAUTHORIZED, format!("invalid token: {why}"))
+                        }
+                    })?;
+                let mut subscribed = Vec::new();
+                if let Some(c) = &claims {
+                    self.info = Arc::new(ClientInfo {
+                        client: self.info.client,
+                        user: c.sub.clone(),
+                        info: req.name.clone(),
+                    });
+                    self.hub
+                        .register(self.info.client, &c.sub, self.queue.clone());
+                }
                 self.connected = true;
+                // Channels the token grants are subscribed at once.
+                for name in claims.map(|c| c.channels).unwrap_or_default() {
+                    let ch = channel(&name)?;
+                    let opts = self.hub.options(&ch);
+                    broker.subscribe(
+                        &ch,
+                        &opts,
+                        self.info.clone(),
+                        self.queue.clone(),
+                        None,
+                        now,
+                    )?;
+                    self.subscriptions.push(name.clone());
+                    subscribed.push(name);
+                }
+                let _ = req.version;
                 Ok(json!({
                     "client": self.info.client.to_string(),
+                    "user": self.info.user,
                     "version": env!("CARGO_PKG_VERSION"),
                     "ping": self.hub.config().ping_interval_secs,
+                    "subscribed": subscribed,
                 }))
             }
             "subscribe" => {

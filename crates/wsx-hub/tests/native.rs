@@ -315,3 +315,81 @@ async fn slow_consumer_is_disconnected_while_others_receive_everything() {
     }
     assert!(saw_disconnect);
 }
+
+fn token(secret: &str, sub: &str, exp_in: i64, channels: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = json!({"sub": sub, "exp": now + exp_in, "channels": channels});
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn jwt_connect_tokens() {
+    let mut cfg = HubConfig::default();
+    cfg.auth.hmac_secret = Some("hub-secret".into());
+    let url = server(cfg).await;
+
+    // A valid token: the user is taken from `sub`, and `channels` are subscribed.
+    let mut alice = Client::open(&url).await;
+    let r = alice
+        .call(
+            "connect",
+            json!({"token": token("hub-secret", "alice", 60, &["news:today"])}),
+        )
+        .await;
+    assert_eq!(r["connect"]["user"], "alice", "{r}");
+    assert_eq!(r["connect"]["subscribed"], json!(["news:today"]));
+    let mut bob = Client::open(&url).await;
+    bob.call(
+        "connect",
+        json!({"token": token("hub-secret", "bob", 60, &[])}),
+    )
+    .await;
+    bob.call("publish", json!({"channel": "news:today", "data": "hello"}))
+        .await;
+    let p = alice.push().await;
+    assert_eq!(p["push"]["pub"]["data"], "hello");
+    let r = bob.call("presence", json!({"channel": "news:today"})).await;
+    let members: Vec<Value> = r["presence"]["presence"]
+        .as_object()
+        .unwrap()
+        .values()
+        .cloned()
+        .collect();
+    assert_eq!(members[0]["user"], "alice");
+
+    // Expired, forged, and missing tokens are refused with clear codes.
+    let mut c = Client::open(&url).await;
+    let r = c
+        .call(
+            "connect",
+            json!({"token": token("hub-secret", "eve", -10, &[])}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 109, "{r}");
+    let r = c
+        .call(
+            "connect",
+            json!({"token": token("guessed", "eve", 60, &[])}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 101, "{r}");
+    let r = c.call("connect", json!({})).await;
+    assert_eq!(r["error"]["code"], 101, "{r}");
+    // Still not connected: any other command closes the connection.
+    c.ws.send(Message::text(
+        json!({"id": 9, "subscribe": {"channel": "news:today"}}).to_string(),
+    ))
+    .await
+    .unwrap();
+    assert!(
+        matches!(c.ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode(3009))
+    );
+}
