@@ -53,6 +53,13 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     let tasks = TaskTracker::new();
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
+    for (name, opts) in &settings.namespaces {
+        if name.is_empty() {
+            hub_cfg.default_options = opts.clone();
+        } else {
+            hub_cfg.namespaces.push((name.clone(), opts.clone()));
+        }
+    }
     let hub = Arc::new(wsx_hub::Hub::new(hub_cfg));
     let mut api = wsx_hub::http::ApiConfig::default();
     api.api_key = settings.api_key.clone();

@@ -90,6 +90,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     pub api_key: Option<String>,
     pub auth: wsx_hub::auth::AuthConfig,
+    /// `[namespaces.NAME]` tables of the config file (`default` is the default namespace).
+    pub namespaces: Vec<(String, wsx_hub::ChannelOptions)>,
 }
 
 /// A bad setting: which key, and why. Displayed as one line.
@@ -125,6 +127,62 @@ fn toml_scalar(key: &str, v: &toml::Value) -> Result<String, SettingError> {
     })
 }
 
+/// One `[namespaces.NAME]` table.
+fn namespace(
+    name: &str,
+    v: &toml::Value,
+) -> Result<(String, wsx_hub::ChannelOptions), SettingError> {
+    let key = |k: &str| format!("namespaces.{name}.{k}");
+    let table = v.as_table().ok_or_else(|| SettingError {
+        key: key(""),
+        reason: "expected a table".into(),
+    })?;
+    let mut o = wsx_hub::ChannelOptions::default();
+    for (k, val) in table {
+        let as_bool = || {
+            val.as_bool().ok_or_else(|| SettingError {
+                key: key(k),
+                reason: "expected true or false".into(),
+            })
+        };
+        match k.as_str() {
+            "presence" => o.presence = as_bool()?,
+            "join_leave" => o.join_leave = as_bool()?,
+            "recovery" => o.recovery = as_bool()?,
+            "anonymous_subscribe" => o.anonymous_subscribe = as_bool()?,
+            "client_publish" => o.client_publish = as_bool()?,
+            "history_size" => {
+                o.history_size = val
+                    .as_integer()
+                    .and_then(|i| usize::try_from(i).ok())
+                    .ok_or_else(|| SettingError {
+                        key: key(k),
+                        reason: "expected a count".into(),
+                    })?
+            }
+            "history_ttl" => {
+                o.history_ttl =
+                    parse_duration(&toml_scalar(&key(k), val)?).map_err(|reason| SettingError {
+                        key: key(k),
+                        reason,
+                    })?
+            }
+            _ => {
+                return Err(SettingError {
+                    key: key(k),
+                    reason: "unknown namespace option".into(),
+                })
+            }
+        }
+    }
+    let ns = if name == "default" {
+        String::new()
+    } else {
+        name.to_string()
+    };
+    Ok((ns, o))
+}
+
 impl ServeArgs {
     /// Resolve flags and environment over the config file over the defaults.
     pub fn resolve(&self) -> Result<Settings, SettingError> {
@@ -138,7 +196,10 @@ impl ServeArgs {
                 key: "config".into(),
                 reason: format!("{}: {}", path.display(), e.message()),
             })?;
-            if let Some(unknown) = file.keys().find(|k| !KEYS.iter().any(|(key, _)| key == k)) {
+            if let Some(unknown) = file
+                .keys()
+                .find(|k| *k != "namespaces" && !KEYS.iter().any(|(key, _)| key == k))
+            {
                 return Err(SettingError {
                     key: unknown.clone(),
                     reason: format!("unknown key in {}", path.display()),
@@ -289,7 +350,20 @@ impl ServeArgs {
             v if v.starts_with("on without") => None,
             v => Some(parse_bool(v).map_err(bad("allow_anonymous"))?),
         };
+        let namespaces = match file.get("namespaces") {
+            None => Vec::new(),
+            Some(toml::Value::Table(t)) => t
+                .iter()
+                .map(|(name, v)| namespace(name, v))
+                .collect::<Result<Vec<_>, _>>()?,
+            Some(_) => {
+                return Err(bad("namespaces")(
+                    "expected [namespaces.NAME] tables".into(),
+                ))
+            }
+        };
         Ok(Settings {
+            namespaces,
             auth,
             api_key,
             listen,
@@ -339,6 +413,46 @@ mod tests {
         assert_eq!(s.server.protocol.max_message_size, 4 << 20);
         assert_eq!(s.server.protocol.max_frame_size, 8 << 10);
         assert!(s.server.handshake.deflate.is_none());
+    }
+
+    #[test]
+    fn namespaces_from_the_file() {
+        let dir = std::env::temp_dir().join(format!("wsx-ns-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("wsx.toml");
+        std::fs::write(
+            &path,
+            "[namespaces.chat]\npresence = true\nhistory_size = 50\nhistory_ttl = \"10m\"\n[namespaces.default]\nclient_publish = false\n",
+        )
+        .unwrap();
+        let s = ServeArgs {
+            config: Some(path.clone()),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap();
+        let chat = &s.namespaces.iter().find(|(n, _)| n == "chat").unwrap().1;
+        assert!(chat.presence);
+        assert_eq!(
+            (chat.history_size, chat.history_ttl),
+            (50, Duration::from_secs(600))
+        );
+        assert!(
+            !s.namespaces
+                .iter()
+                .find(|(n, _)| n.is_empty())
+                .unwrap()
+                .1
+                .client_publish
+        );
+        std::fs::write(&path, "[namespaces.chat]\nhistroy_size = 5\n").unwrap();
+        let e = ServeArgs {
+            config: Some(path),
+            ..Default::default()
+        }
+        .resolve()
+        .unwrap_err();
+        assert_eq!(e.key, "namespaces.chat.histroy_size");
     }
 
     #[test]

@@ -43,6 +43,17 @@ pub struct Claims {
     pub channels: Vec<String>,
 }
 
+/// A verified channel token's claims.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct ChannelClaims {
+    /// The user the token was issued to.
+    pub sub: String,
+    /// The channel it grants.
+    pub channel: String,
+    /// Expiry.
+    pub exp: u64,
+}
+
 /// Why a token was refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenError {
@@ -70,6 +81,22 @@ impl AuthConfig {
                 Err(TokenError::Missing)
             };
         };
+        self.decode(token).map(Some)
+    }
+
+    /// Check a channel token (private channels, whose name starts with `$`) for `user`
+    /// and `channel`.
+    pub fn verify_channel(&self, token: &str, user: &str, channel: &str) -> Result<(), TokenError> {
+        let claims: ChannelClaims = self.decode(token)?;
+        if claims.sub != user || claims.channel != channel {
+            return Err(TokenError::Invalid(
+                "token is for another user or channel".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn decode<T: for<'de> Deserialize<'de>>(&self, token: &str) -> Result<T, TokenError> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| TokenError::Invalid(e.to_string()))?;
         let key = match header.alg {
@@ -92,8 +119,8 @@ impl AuthConfig {
         let mut validation = Validation::new(header.alg);
         validation.leeway = 0;
         validation.set_required_spec_claims(&["exp", "sub"]);
-        decode::<Claims>(token, &key, &validation)
-            .map(|d| Some(d.claims))
+        decode::<T>(token, &key, &validation)
+            .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 jsonwebtoken::errors::ErrorKind::ExpiredSignature => TokenError::Expired,
                 _ => TokenError::Invalid(e.to_string()),

@@ -41,6 +41,12 @@ pub struct ChannelOptions {
     pub history_size: usize,
     /// How long publications are kept.
     pub history_ttl: Duration,
+    /// Clients may ask to recover missed publications (needs history).
+    pub recovery: bool,
+    /// Anonymous connections may subscribe.
+    pub anonymous_subscribe: bool,
+    /// Clients may publish (the HTTP API always may).
+    pub client_publish: bool,
 }
 
 impl Default for ChannelOptions {
@@ -50,6 +56,9 @@ impl Default for ChannelOptions {
             join_leave: false,
             history_size: 0,
             history_ttl: Duration::from_secs(300),
+            recovery: true,
+            anonymous_subscribe: true,
+            client_publish: true,
         }
     }
 }

@@ -88,6 +88,8 @@ struct ChannelReq {
 struct SubscribeReq {
     channel: String,
     #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
     recover: bool,
     #[serde(default)]
     offset: u64,
@@ -318,6 +320,13 @@ impl Session {
                     return Err(err(codes::LIMIT_EXCEEDED, "too many subscriptions"));
                 }
                 let opts = self.hub.options(&ch);
+                self.may_subscribe(&ch, &opts, req.token.as_deref())?;
+                if req.recover && !(opts.recovery && opts.history_size > 0) {
+                    return Err(err(
+                        codes::NOT_AVAILABLE,
+                        "recovery is off for this namespace",
+                    ));
+                }
                 let pos = req.recover.then(|| StreamPosition {
                     offset: req.offset,
                     epoch: req.epoch.clone(),
@@ -349,6 +358,20 @@ impl Session {
             }
             "publish" => {
                 let req: PublishReq = parse(body)?;
+                let ch = channel(&req.channel)?;
+                if !self.hub.options(&ch).client_publish {
+                    return Err(err(
+                        codes::PERMISSION_DENIED,
+                        "clients may not publish here",
+                    ));
+                }
+                let restricted = ch.name().starts_with('$') || ch.name().contains('#');
+                if restricted && !self.subscriptions.contains(&req.channel) {
+                    return Err(err(
+                        codes::PERMISSION_DENIED,
+                        "subscribe to this channel first",
+                    ));
+                }
                 let p = self.hub.publish(
                     &req.channel,
                     Bytes::from(req.data.get().as_bytes().to_vec()),
@@ -398,6 +421,46 @@ impl Session {
                 format!("unknown command `{other}`"),
             )),
         }
+    }
+
+    /// Namespace, user-limited (`name#user1,user2`) and private (`$name`, with a channel
+    /// token) rules.
+    fn may_subscribe(
+        &self,
+        ch: &ChannelName,
+        opts: &crate::broker::ChannelOptions,
+        token: Option<&str>,
+    ) -> Result<(), ReplyError> {
+        let user = self.info.user.as_str();
+        if user.is_empty() && !opts.anonymous_subscribe {
+            return Err(err(
+                codes::PERMISSION_DENIED,
+                "anonymous connections may not subscribe here",
+            ));
+        }
+        if let Some((_, users)) = ch.name().split_once('#') {
+            if user.is_empty() || !users.split(',').any(|u| u == user) {
+                return Err(err(
+                    codes::PERMISSION_DENIED,
+                    "this channel is limited to other users",
+                ));
+            }
+        }
+        if ch.name().starts_with('$') {
+            let token = token
+                .ok_or_else(|| err(codes::PERMISSION_DENIED, "a channel token is required"))?;
+            self.hub
+                .config()
+                .auth
+                .verify_channel(token, user, ch.as_str())
+                .map_err(|e| {
+                    err(
+                        codes::PERMISSION_DENIED,
+                        format!("channel token refused: {e:?}"),
+                    )
+                })?;
+        }
+        Ok(())
     }
 
     fn frame_for(&self, d: &Delivery) -> Option<SharedFrame> {

@@ -393,3 +393,102 @@ async fn jwt_connect_tokens() {
         matches!(c.ws.next().await.unwrap().unwrap(), Message::Close(Some(f)) if f.code == CloseCode(3009))
     );
 }
+
+fn channel_token(secret: &str, sub: &str, channel: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &json!({"sub": sub, "channel": channel, "exp": now + 60}),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn namespace_permissions_user_limited_and_private_channels() {
+    let mut cfg = HubConfig::default();
+    cfg.auth.hmac_secret = Some("hub-secret".into());
+    cfg.auth.allow_anonymous = Some(true);
+    let mut readonly = wsx_hub::ChannelOptions::default();
+    readonly.client_publish = false;
+    readonly.anonymous_subscribe = false;
+    cfg.namespaces.push(("feed".into(), readonly));
+    let mut no_history = wsx_hub::ChannelOptions::default();
+    no_history.history_size = 0;
+    cfg.namespaces.push(("live".into(), no_history));
+    let url = server(cfg).await;
+
+    let mut anon = Client::connected(&url).await;
+    let r = anon
+        .call("subscribe", json!({"channel": "feed:news"}))
+        .await;
+    assert_eq!(
+        r["error"]["code"], 103,
+        "anonymous may not subscribe to feed: {r}"
+    );
+    let mut alice = Client::open(&url).await;
+    alice
+        .call(
+            "connect",
+            json!({"token": token("hub-secret", "alice", 60, &[])}),
+        )
+        .await;
+    let r = alice
+        .call("subscribe", json!({"channel": "feed:news"}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let r = alice
+        .call("publish", json!({"channel": "feed:news", "data": 1}))
+        .await;
+    assert_eq!(r["error"]["code"], 103, "clients may not publish to feed");
+
+    // User-limited channels.
+    let r = alice
+        .call("subscribe", json!({"channel": "dm#alice,bob"}))
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+    let r = alice
+        .call("subscribe", json!({"channel": "dm#bob,carol"}))
+        .await;
+    assert_eq!(r["error"]["code"], 103);
+    let r = anon
+        .call(
+            "publish",
+            json!({"channel": "dm#alice,bob", "data": "spoof"}),
+        )
+        .await;
+    assert_eq!(
+        r["error"]["code"], 103,
+        "not subscribed to a restricted channel"
+    );
+
+    // Private channels need a channel token for this user and channel.
+    let r = alice.call("subscribe", json!({"channel": "$secret"})).await;
+    assert_eq!(r["error"]["code"], 103);
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "$secret", "token": channel_token("hub-secret", "bob", "$secret")}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 103, "a token for someone else");
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "$secret", "token": channel_token("hub-secret", "alice", "$secret")}),
+        )
+        .await;
+    assert!(r["error"].is_null(), "{r}");
+
+    // Recovery where history is off.
+    let r = alice
+        .call(
+            "subscribe",
+            json!({"channel": "live:x", "recover": true, "offset": 1, "epoch": "e"}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 108);
+}
