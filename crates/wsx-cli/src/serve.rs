@@ -74,6 +74,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         .route("/echo", get(echo))
         .route("/connection/websocket", get(native))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
         .fallback(get(static_file))
         .with_state(app)
         .merge(wsx_hub::http::router(hub, api));
@@ -207,7 +208,13 @@ async fn static_file(req: Request<Body>) -> Response {
     }
 }
 
-fn refuse(peer: SocketAddr, refusal: Refusal) -> Response {
+async fn metrics(State(app): State<App>) -> Response {
+    let text = app.hub.metrics().render(app.hub.broker().channels().len());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+fn refuse(app: &App, peer: SocketAddr, refusal: Refusal) -> Response {
+    app.hub.metrics().refused(refusal.status, &refusal.reason);
     warn!(%peer, status = refusal.status, reason = %refusal.reason, "handshake refused");
     refusal_response(&refusal).into_response()
 }
@@ -228,14 +235,14 @@ fn admit(
     Response,
 > {
     let Ok(slot) = app.slots.clone().try_acquire_owned() else {
-        return Err(refuse(peer, Refusal::new(503, "too many connections")));
+        return Err(refuse(app, peer, Refusal::new(503, "too many connections")));
     };
     if *app.shutdown.borrow() {
-        return Err(refuse(peer, Refusal::new(503, "server shutting down")));
+        return Err(refuse(app, peer, Refusal::new(503, "server shutting down")));
     }
     match try_upgrade(req, &app.cfg) {
         Ok((response, upgrade)) => Ok((response.into_response(), upgrade, slot)),
-        Err(refusal) => Err(refuse(peer, refusal)),
+        Err(refusal) => Err(refuse(app, peer, refusal)),
     }
 }
 

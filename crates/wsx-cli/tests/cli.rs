@@ -463,3 +463,68 @@ async fn serve_mounts_the_hub_native_protocol_and_http_api() {
     let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
     assert_eq!(v["push"]["pub"]["data"]["verdict"], "AC");
 }
+
+#[tokio::test]
+async fn metrics_and_healthz() {
+    let (_server, addr) = serve(&[]).await;
+    // One refused handshake, one live native connection with a subscription.
+    let (code, _, _) = run(
+        &[
+            "connect",
+            &format!("ws://{addr}/echo"),
+            "--origin",
+            "https://evil.example",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(code, 3);
+    let (mut ws, _) = wsx::connect(
+        &format!("ws://{addr}/connection/websocket"),
+        &ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    ws.send(Message::text(r#"{"id":2,"subscribe":{"channel":"m"}}"#))
+        .await
+        .unwrap();
+    ws.send(Message::text(
+        r#"{"id":3,"publish":{"channel":"m","data":1}}"#,
+    ))
+    .await
+    .unwrap();
+    for _ in 0..4 {
+        ws.next().await.unwrap().unwrap();
+    }
+    let get = |path: &'static str| {
+        let addr = addr.clone();
+        async move {
+            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut resp = String::new();
+            tcp.read_to_string(&mut resp).await.unwrap();
+            resp
+        }
+    };
+    assert!(get("/healthz").await.ends_with("ok\n"));
+    let m = get("/metrics").await;
+    for line in [
+        "wsx_connections 1\n",
+        "wsx_subscriptions 1\n",
+        "wsx_channels 1\n",
+        "wsx_publications_total 1\n",
+        "wsx_messages_in_total{frontend=\"native\"} 3\n",
+        "wsx_handshake_refusals_total{status=\"403\",reason=\"Origin not allowed\"} 1\n",
+        "wsx_publish_seconds_count 1\n",
+    ] {
+        assert!(m.contains(line), "{line} missing in\n{m}");
+    }
+}

@@ -57,6 +57,7 @@ pub struct Hub {
     config: HubConfig,
     next_client: AtomicU64,
     sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
+    metrics: crate::metrics::Metrics,
 }
 
 impl Hub {
@@ -67,7 +68,13 @@ impl Hub {
             config,
             next_client: AtomicU64::new(1),
             sessions: Mutex::new(HashMap::new()),
+            metrics: crate::metrics::Metrics::default(),
         }
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, (String, Arc<Outbound>)>> {
@@ -76,12 +83,20 @@ impl Hub {
 
     /// Record a live connection (for server-side disconnects).
     pub fn register(&self, client: ClientId, user: &str, queue: Arc<Outbound>) {
-        self.sessions().insert(client, (user.to_string(), queue));
+        if self
+            .sessions()
+            .insert(client, (user.to_string(), queue))
+            .is_none()
+        {
+            self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Forget a connection.
     pub fn unregister(&self, client: ClientId) {
-        self.sessions().remove(&client);
+        if self.sessions().remove(&client).is_some() {
+            self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 
     /// Close every connection of `user` (and/or the connection `client`) with `code`.
@@ -118,7 +133,13 @@ impl Hub {
     pub fn publish(&self, channel: &str, data: Bytes) -> Result<Arc<Publication>, ReplyError> {
         let ch = crate::native::channel(channel)?;
         let opts = self.options(&ch);
-        let (p, _slow) = self.broker.publish(&ch, &opts, data, Instant::now());
+        let start = Instant::now();
+        let (p, slow) = self.broker.publish(&ch, &opts, data, start);
+        self.metrics.observe_publish(start.elapsed());
+        self.metrics.publications.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .slow_consumers
+            .fetch_add(slow.len() as u64, Ordering::Relaxed);
         Ok(p)
     }
 

@@ -16,6 +16,7 @@ pub mod channel;
 pub mod history;
 pub mod http;
 pub mod hub;
+pub mod metrics;
 pub mod native;
 pub mod queue;
 

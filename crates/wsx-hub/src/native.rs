@@ -224,6 +224,7 @@ impl Session {
     }
 
     fn handle(&mut self, text: &str) -> Outcome {
+        self.count_in(text.len());
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
             Err(e) => return self.bad(0, err(codes::BAD_REQUEST, format!("malformed JSON: {e}"))),
@@ -340,6 +341,10 @@ impl Session {
                     now,
                 )?;
                 self.subscriptions.push(req.channel);
+                self.hub
+                    .metrics()
+                    .subscriptions
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let mut out = serde_json::Map::new();
                 if let Some(p) = r.position {
                     out.insert("offset".into(), json!(p.offset));
@@ -354,6 +359,10 @@ impl Session {
                 let req: ChannelReq = parse(body)?;
                 broker.unsubscribe(&req.channel, self.info.client)?;
                 self.subscriptions.retain(|c| *c != req.channel);
+                self.hub
+                    .metrics()
+                    .subscriptions
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                 Ok(json!({}))
             }
             "publish" => {
@@ -463,6 +472,19 @@ impl Session {
         Ok(())
     }
 
+    fn count_in(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.hub.metrics().messages_in.fetch_add(1, Relaxed);
+        self.hub.metrics().bytes_in.fetch_add(bytes as u64, Relaxed);
+    }
+
+    fn count_out(&self) {
+        self.hub
+            .metrics()
+            .messages_out
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
     fn frame_for(&self, d: &Delivery) -> Option<SharedFrame> {
         match d {
             Delivery::Publication {
@@ -504,6 +526,7 @@ impl Session {
                 msg = ws.next() => match msg {
                     Some(Ok(Message::Text(t))) => match self.handle(t.as_str()) {
                         Outcome::Reply(r) => {
+                            self.count_out();
                             if ws.feed(Message::text(r)).await.is_err() {
                                 break;
                             }
@@ -529,12 +552,16 @@ impl Session {
                 d = std::future::poll_fn(|cx| self.queue.poll_next(cx)) => match d {
                     Some(Ok(d)) => {
                         if let Some(frame) = self.frame_for(&d) {
+                            self.count_out();
                             if ws.send_shared(&frame).await.is_err() {
                                 break;
                             }
                         }
                     }
                     Some(Err(d)) => {
+                        if d.code == close::SLOW_CONSUMER {
+                            self.hub.metrics().slow_consumers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
                         let push = json!({ "push": { "disconnect": { "code": d.code, "reason": d.reason, "reconnect": d.reconnect } } });
                         let _ = ws.feed(Message::text(push.to_string())).await;
                         let _ = ws.close(CloseCode(d.code), &d.reason).await;
@@ -548,6 +575,10 @@ impl Session {
         self.hub.unregister(self.info.client);
         for ch in std::mem::take(&mut self.subscriptions) {
             let _ = self.hub.broker().unsubscribe(&ch, self.info.client);
+            self.hub
+                .metrics()
+                .subscriptions
+                .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -1,0 +1,175 @@
+//! Counters for `/metrics` (Prometheus text format). Plain atomics: no lock, no
+//! allocation on the hot path.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// Upper bounds of the publish-latency histogram, in seconds.
+const BUCKETS: [f64; 10] = [
+    0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0,
+];
+
+/// The hub's metrics.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Open connections, by front-end (native only for now).
+    pub connections: AtomicI64,
+    /// Subscriptions held.
+    pub subscriptions: AtomicI64,
+    /// Commands received (native).
+    pub messages_in: AtomicU64,
+    /// Frames sent (replies and pushes, native).
+    pub messages_out: AtomicU64,
+    /// Bytes received in commands.
+    pub bytes_in: AtomicU64,
+    /// Publications accepted (clients and the HTTP API).
+    pub publications: AtomicU64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: AtomicU64,
+    publish_latency: [AtomicU64; BUCKETS.len() + 1],
+    publish_latency_sum_ns: AtomicU64,
+    refusals: Mutex<Vec<(u16, String, u64)>>,
+}
+
+impl Metrics {
+    /// Record how long one publish (history + fan-out to every queue) took.
+    pub fn observe_publish(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(BUCKETS.len());
+        self.publish_latency[i].fetch_add(1, Ordering::Relaxed);
+        self.publish_latency_sum_ns
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// Count a refused handshake.
+    pub fn refused(&self, status: u16, reason: &str) {
+        let mut r = self.refusals.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = r
+            .iter_mut()
+            .find(|(s, why, _)| *s == status && why == reason)
+        {
+            entry.2 += 1;
+        } else if r.len() < 64 {
+            // Reasons are a fixed set; the cap only guards against unbounded labels.
+            r.push((status, reason.to_string(), 1));
+        }
+    }
+
+    /// The Prometheus text exposition. `channels` is the number of active channels.
+    pub fn render(&self, channels: usize) -> String {
+        let mut out = String::new();
+        let mut gauge = |name: &str, help: &str, v: i64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            "wsx_connections",
+            "Open connections.",
+            self.connections.load(Ordering::Relaxed),
+        );
+        gauge(
+            "wsx_subscriptions",
+            "Subscriptions held.",
+            self.subscriptions.load(Ordering::Relaxed),
+        );
+        gauge("wsx_channels", "Active channels.", channels as i64);
+        let mut counter = |name: &str, help: &str, labels: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {v}"
+            );
+        };
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        counter(
+            "wsx_messages_in_total",
+            "Messages received.",
+            "{frontend=\"native\"}",
+            load(&self.messages_in),
+        );
+        counter(
+            "wsx_messages_out_total",
+            "Messages sent.",
+            "{frontend=\"native\"}",
+            load(&self.messages_out),
+        );
+        counter(
+            "wsx_bytes_in_total",
+            "Bytes received in messages.",
+            "{frontend=\"native\"}",
+            load(&self.bytes_in),
+        );
+        counter(
+            "wsx_publications_total",
+            "Publications accepted.",
+            "",
+            load(&self.publications),
+        );
+        counter(
+            "wsx_slow_consumer_disconnects_total",
+            "Connections closed as slow consumers.",
+            "",
+            load(&self.slow_consumers),
+        );
+        let _ = writeln!(out, "# HELP wsx_handshake_refusals_total Refused WebSocket handshakes.\n# TYPE wsx_handshake_refusals_total counter");
+        for (status, reason, n) in self
+            .refusals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let reason = reason.replace('\\', "\\\\").replace('"', "\\\"");
+            let _ = writeln!(
+                out,
+                "wsx_handshake_refusals_total{{status=\"{status}\",reason=\"{reason}\"}} {n}"
+            );
+        }
+        let _ = writeln!(out, "# HELP wsx_publish_seconds Time to record and fan out one publication.\n# TYPE wsx_publish_seconds histogram");
+        let mut cumulative = 0;
+        for (i, b) in BUCKETS.iter().enumerate() {
+            cumulative += load(&self.publish_latency[i]);
+            let _ = writeln!(out, "wsx_publish_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        cumulative += load(&self.publish_latency[BUCKETS.len()]);
+        let _ = writeln!(
+            out,
+            "wsx_publish_seconds_bucket{{le=\"+Inf\"}} {cumulative}"
+        );
+        let _ = writeln!(
+            out,
+            "wsx_publish_seconds_sum {}",
+            load(&self.publish_latency_sum_ns) as f64 / 1e9
+        );
+        let _ = writeln!(out, "wsx_publish_seconds_count {cumulative}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prometheus_text() {
+        let m = Metrics::default();
+        m.connections.fetch_add(3, Ordering::Relaxed);
+        m.observe_publish(Duration::from_micros(30));
+        m.observe_publish(Duration::from_secs(2));
+        m.refused(403, "Origin not allowed");
+        m.refused(403, "Origin not allowed");
+        let text = m.render(7);
+        assert!(text.contains("wsx_connections 3\n"), "{text}");
+        assert!(text.contains("wsx_channels 7\n"));
+        assert!(
+            text.contains("wsx_publish_seconds_bucket{le=\"0.00005\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("wsx_publish_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert!(text.contains(
+            "wsx_handshake_refusals_total{status=\"403\",reason=\"Origin not allowed\"} 2\n"
+        ));
+    }
+}
