@@ -492,3 +492,93 @@ async fn namespace_permissions_user_limited_and_private_channels() {
         .await;
     assert_eq!(r["error"]["code"], 108);
 }
+
+/// Many publishers and subscribers on shared channels: every subscriber receives every
+/// message of every channel it is in, in per-channel order. Bounded in count and time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrency_stress_every_message_in_per_channel_order() {
+    const CHANNELS: usize = 4;
+    const PUBLISHERS: usize = 8;
+    const PER_PUBLISHER: usize = 200;
+    const SUBSCRIBERS: usize = 16;
+    let url = server(HubConfig::default()).await;
+    let channels: Vec<String> = (0..CHANNELS).map(|i| format!("stress:{i}")).collect();
+    // Subscriber s is in channels s % 4 and (s + 1) % 4.
+    let mut subs = Vec::new();
+    for s in 0..SUBSCRIBERS {
+        let mut c = Client::connected(&url).await;
+        let mine = vec![
+            channels[s % CHANNELS].clone(),
+            channels[(s + 1) % CHANNELS].clone(),
+        ];
+        for ch in &mine {
+            let r = c.call("subscribe", json!({"channel": ch})).await;
+            assert!(r["error"].is_null(), "{r}");
+        }
+        subs.push((c, mine));
+    }
+    let readers: Vec<_> = subs
+        .into_iter()
+        .map(|(mut c, mine)| {
+            tokio::spawn(async move {
+                let expected = mine.len() * PUBLISHERS * PER_PUBLISHER / CHANNELS;
+                let mut last_offset: std::collections::HashMap<String, u64> = Default::default();
+                let mut per_publisher_seq: std::collections::HashMap<(String, u64), u64> =
+                    Default::default();
+                let mut got = 0;
+                while got < expected {
+                    let p = c.push().await;
+                    let Some(pubv) = p["push"]["pub"].as_object() else {
+                        continue;
+                    };
+                    let ch = p["push"]["channel"].as_str().unwrap().to_string();
+                    let offset = pubv["offset"].as_u64().unwrap();
+                    let prev = last_offset.insert(ch.clone(), offset).unwrap_or(0);
+                    assert_eq!(offset, prev + 1, "gap or reorder on {ch}");
+                    let (publisher, seq) = (
+                        pubv["data"]["p"].as_u64().unwrap(),
+                        pubv["data"]["n"].as_u64().unwrap(),
+                    );
+                    let prev_seq = per_publisher_seq.insert((ch, publisher), seq);
+                    assert!(prev_seq.is_none_or(|s| s < seq), "publisher order broken");
+                    got += 1;
+                }
+                got
+            })
+        })
+        .collect();
+    let publishers: Vec<_> = (0..PUBLISHERS)
+        .map(|p| {
+            let url = url.clone();
+            let channels = channels.clone();
+            tokio::spawn(async move {
+                let mut c = Client::connected(&url).await;
+                for n in 0..PER_PUBLISHER {
+                    // Publisher p writes to channel p % 4 only, so per-channel totals are known.
+                    let ch = &channels[p % CHANNELS];
+                    let r = c
+                        .call("publish", json!({"channel": ch, "data": {"p": p, "n": n}}))
+                        .await;
+                    assert!(r["error"].is_null(), "{r}");
+                }
+            })
+        })
+        .collect();
+    let all = async {
+        for p in publishers {
+            p.await.unwrap();
+        }
+        let mut total = 0;
+        for r in readers {
+            total += r.await.unwrap();
+        }
+        total
+    };
+    let total = tokio::time::timeout(std::time::Duration::from_secs(60), all)
+        .await
+        .expect("stress test took too long");
+    assert_eq!(
+        total,
+        SUBSCRIBERS * 2 * PUBLISHERS * PER_PUBLISHER / CHANNELS
+    );
+}
