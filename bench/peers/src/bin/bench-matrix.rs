@@ -279,6 +279,7 @@ fn chart(
         let mut c = ChartBuilder::on(area)
             .caption(format!("{size} B messages"), ("sans-serif", 20))
             .margin(15)
+            .margin_right(45)
             .x_label_area_size(35)
             .y_label_area_size(70)
             .build_cartesian_2d(0usize..conns.len() - 1, 0.0..max)?;
