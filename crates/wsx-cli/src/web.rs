@@ -13,6 +13,11 @@ const FILES: &[(&str, &str, &str)] = &[
         include_str!("../../../web/index.html"),
     ),
     (
+        "/wsx.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../../web/wsx.js"),
+    ),
+    (
         "/console.js",
         "text/javascript; charset=utf-8",
         include_str!("../../../web/console.js"),

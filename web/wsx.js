@@ -1,0 +1,212 @@
+// wsx.js — the browser client of the wsx hub's native protocol (docs/protocol.md).
+// A plain ES module, no build step:
+//
+//   import { Client } from '/wsx.js';
+//   const client = new Client('ws://localhost:3000/connection/websocket');
+//   client.on('state', (s) => console.log(s.state, s.delay));
+//   const sub = client.subscribe('chat:lobby', { onPublication: (data, p) => console.log(data) });
+//   client.connect();
+//   await client.publish('chat:lobby', { text: 'hi' });
+//
+// Reconnects with exponential backoff and jitter, resubscribes with recovery from the
+// last offset seen, and honours the server's disconnect advice.
+
+const NO_RECONNECT_CLOSE_CODES = new Set([3001, 3009, 4003]);
+
+export class WsxError extends Error {
+  constructor(code, message) {
+    super(message);
+    this.code = code;
+  }
+}
+
+export class Subscription {
+  constructor(client, channel, handlers) {
+    this.client = client;
+    this.channel = channel;
+    this.handlers = handlers;
+    this.offset = null;
+    this.epoch = null;
+    this.active = false;
+  }
+
+  publish(data) { return this.client.publish(this.channel, data); }
+  presence() { return this.client.presence(this.channel); }
+  history(opts) { return this.client.history(this.channel, opts); }
+
+  unsubscribe() {
+    this.client._subs.delete(this.channel);
+    if (this.active) {
+      this.active = false;
+      return this.client._call('unsubscribe', { channel: this.channel }).catch(() => {});
+    }
+    return Promise.resolve();
+  }
+}
+
+export class Client {
+  constructor(url, options = {}) {
+    this.url = url;
+    this.options = {
+      token: undefined,
+      name: 'wsx.js',
+      minReconnectDelay: 500,
+      maxReconnectDelay: 20000,
+      WebSocket: globalThis.WebSocket,
+      ...options,
+    };
+    this._subs = new Map();
+    this._pending = new Map();
+    this._nextId = 1;
+    this._listeners = new Map();
+    this._attempt = 0;
+    this._ws = null;
+    this._timer = null;
+    this._wanted = false;
+    this.state = 'disconnected';
+    this.clientId = null;
+  }
+
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this._listeners.get(event).delete(fn);
+  }
+
+  _emit(event, payload) {
+    for (const fn of this._listeners.get(event) || []) {
+      try { fn(payload); } catch (e) { console.error(e); }
+    }
+  }
+
+  _setState(state, extra = {}) {
+    this.state = state;
+    this._emit('state', { state, ...extra });
+  }
+
+  connect() {
+    this._wanted = true;
+    if (this._ws) return;
+    clearTimeout(this._timer);
+    this._setState(this._attempt === 0 ? 'connecting' : 'reconnecting');
+    const ws = new this.options.WebSocket(this.url);
+    this._ws = ws;
+    ws.onopen = () => this._onOpen();
+    ws.onmessage = (ev) => this._onMessage(ev.data);
+    ws.onclose = (ev) => this._onClose(ev.code, ev.reason);
+  }
+
+  disconnect() {
+    this._wanted = false;
+    clearTimeout(this._timer);
+    if (this._ws) this._ws.close(1000, 'client disconnect');
+    this._ws = null;
+    this._setState('disconnected');
+  }
+
+  subscribe(channel, handlers = {}) {
+    let sub = this._subs.get(channel);
+    if (!sub) {
+      sub = new Subscription(this, channel, handlers);
+      this._subs.set(channel, sub);
+      if (this.state === 'connected') this._subscribe(sub);
+    }
+    return sub;
+  }
+
+  publish(channel, data) { return this._call('publish', { channel, data }); }
+  presence(channel) { return this._call('presence', { channel }).then((r) => r.presence); }
+  presenceStats(channel) { return this._call('presence_stats', { channel }); }
+  history(channel, opts = {}) { return this._call('history', { channel, ...opts }); }
+
+  _call(method, body) {
+    if (!this._ws || this._ws.readyState !== 1 || (method !== 'connect' && this.state !== 'connected')) {
+      return Promise.reject(new WsxError(0, 'not connected'));
+    }
+    const id = this._nextId++;
+    return new Promise((resolve, reject) => {
+      this._pending.set(id, { resolve, reject });
+      this._ws.send(JSON.stringify({ id, [method]: body }));
+    });
+  }
+
+  async _onOpen() {
+    try {
+      const r = await this._call('connect', { token: this.options.token, name: this.options.name });
+      this.clientId = r.client;
+      this._attempt = 0;
+      this._setState('connected', { client: r.client });
+      for (const sub of this._subs.values()) this._subscribe(sub);
+    } catch (e) {
+      this._emit('error', e);
+      // A refused token will not get better by retrying.
+      this._wanted = false;
+      if (this._ws) this._ws.close(1000, 'connect refused');
+    }
+  }
+
+  async _subscribe(sub) {
+    const req = { channel: sub.channel };
+    if (sub.offset !== null && sub.epoch !== null) {
+      Object.assign(req, { recover: true, offset: sub.offset, epoch: sub.epoch });
+    }
+    try {
+      const r = await this._call('subscribe', req);
+      sub.active = true;
+      if (r.epoch !== undefined) {
+        if (r.recovered === false || sub.epoch === null) sub.offset = r.offset;
+        sub.epoch = r.epoch;
+      }
+      if (sub.handlers.onSubscribed) sub.handlers.onSubscribed({ recovered: r.recovered, offset: r.offset, epoch: r.epoch });
+    } catch (e) {
+      if (sub.handlers.onError) sub.handlers.onError(e);
+    }
+  }
+
+  _onMessage(text) {
+    let msg;
+    try { msg = JSON.parse(text); } catch { return; }
+    if (msg.id !== undefined && this._pending.has(msg.id)) {
+      const p = this._pending.get(msg.id);
+      this._pending.delete(msg.id);
+      if (msg.error) p.reject(new WsxError(msg.error.code, msg.error.message));
+      else p.resolve(Object.values(msg).find((v, i) => Object.keys(msg)[i] !== 'id'));
+      return;
+    }
+    const push = msg.push;
+    if (!push) return;
+    if (push.disconnect) {
+      if (!push.disconnect.reconnect) this._wanted = false;
+      this._emit('disconnect', push.disconnect);
+      return;
+    }
+    const sub = this._subs.get(push.channel);
+    if (!sub) return;
+    if (push.pub) {
+      if (sub.offset === null || push.pub.offset > sub.offset) sub.offset = push.pub.offset;
+      if (sub.handlers.onPublication) sub.handlers.onPublication(push.pub.data, push.pub);
+    } else if (push.join && sub.handlers.onJoin) {
+      sub.handlers.onJoin(push.join);
+    } else if (push.leave && sub.handlers.onLeave) {
+      sub.handlers.onLeave(push.leave);
+    }
+  }
+
+  _onClose(code, reason) {
+    this._ws = null;
+    for (const p of this._pending.values()) p.reject(new WsxError(0, 'connection closed'));
+    this._pending.clear();
+    for (const sub of this._subs.values()) sub.active = false;
+    if (NO_RECONNECT_CLOSE_CODES.has(code)) this._wanted = false;
+    if (!this._wanted) {
+      this._setState('disconnected', { code, reason });
+      return;
+    }
+    // Exponential backoff with jitter: half to all of min * 2^attempt, capped.
+    const base = Math.min(this.options.maxReconnectDelay, this.options.minReconnectDelay * 2 ** this._attempt);
+    const delay = Math.round(base / 2 + Math.random() * base / 2);
+    this._attempt += 1;
+    this._setState('reconnecting', { delay, code, reason });
+    this._timer = setTimeout(() => this.connect(), delay);
+  }
+}
