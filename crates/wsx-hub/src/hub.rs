@@ -20,8 +20,8 @@ pub struct HubConfig {
     /// Options per namespace (`""` is the default namespace). Namespaces not listed use
     /// `default_options`.
     pub namespaces: Vec<(String, ChannelOptions)>,
-    /// Options of unlisted namespaces. Default: presence with join/leave, history of 100
-    /// publications for 5 minutes.
+    /// Options of unlisted namespaces. Default: presence (without join/leave pushes, which
+    /// cost O(subscribers) per join), history of 100 publications for 5 minutes.
     pub default_options: ChannelOptions,
     /// Each connection's outbound queue limits.
     pub queue: QueueLimits,
@@ -39,7 +39,7 @@ impl Default for HubConfig {
             namespaces: Vec::new(),
             default_options: ChannelOptions {
                 presence: true,
-                join_leave: true,
+                join_leave: false,
                 history_size: 100,
                 ..ChannelOptions::default()
             },

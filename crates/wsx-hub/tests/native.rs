@@ -170,7 +170,13 @@ async fn recovery_after_reconnect_gets_exactly_the_missed_ten() {
 
 #[tokio::test]
 async fn presence_history_and_join_leave() {
-    let url = server(HubConfig::default()).await;
+    let mut cfg = HubConfig::default();
+    let mut room = wsx_hub::ChannelOptions::default();
+    room.presence = true;
+    room.join_leave = true;
+    room.history_size = 100;
+    cfg.namespaces.push(("room".into(), room));
+    let url = server(cfg).await;
     let mut a = Client::connected(&url).await;
     a.call("subscribe", json!({"channel": "room:1"})).await;
     let mut b = Client::connected(&url).await;
