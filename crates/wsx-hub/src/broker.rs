@@ -185,6 +185,7 @@ impl Broker {
             let join = Delivery::Join {
                 channel: ch.name.clone(),
                 info: info.clone(),
+                native_frame: Arc::default(),
             };
             for s in ch.subscribers.values() {
                 let _ = s.queue.push(join.clone());
@@ -211,6 +212,7 @@ impl Broker {
             let leave = Delivery::Leave {
                 channel: ch.name.clone(),
                 info: sub.info,
+                native_frame: Arc::default(),
             };
             for s in ch.subscribers.values() {
                 let _ = s.queue.push(leave.clone());

@@ -496,12 +496,24 @@ impl Session {
                     .get_or_init(|| SharedFrame::text(&publication_push(channel, publication)))
                     .clone(),
             ),
-            Delivery::Join { channel, info } => {
-                Some(SharedFrame::text(&presence_push("join", channel, info)))
-            }
-            Delivery::Leave { channel, info } => {
-                Some(SharedFrame::text(&presence_push("leave", channel, info)))
-            }
+            Delivery::Join {
+                channel,
+                info,
+                native_frame,
+            } => Some(
+                native_frame
+                    .get_or_init(|| SharedFrame::text(&presence_push("join", channel, info)))
+                    .clone(),
+            ),
+            Delivery::Leave {
+                channel,
+                info,
+                native_frame,
+            } => Some(
+                native_frame
+                    .get_or_init(|| SharedFrame::text(&presence_push("leave", channel, info)))
+                    .clone(),
+            ),
         }
     }
 

@@ -24,6 +24,8 @@ pub enum Delivery {
         channel: Arc<str>,
         /// Who joined.
         info: Arc<crate::broker::ClientInfo>,
+        /// The native frame, encoded once for every recipient of this event.
+        native_frame: Arc<std::sync::OnceLock<wsx::SharedFrame>>,
     },
     /// A client left a channel.
     Leave {
@@ -31,6 +33,8 @@ pub enum Delivery {
         channel: Arc<str>,
         /// Who left.
         info: Arc<crate::broker::ClientInfo>,
+        /// The native frame, encoded once for every recipient of this event.
+        native_frame: Arc<std::sync::OnceLock<wsx::SharedFrame>>,
     },
 }
 
