@@ -134,6 +134,23 @@ impl Broker {
         &self.shards[(h.finish() as usize) % SHARDS]
     }
 
+    /// The channel, created with `opts` if it does not exist yet.
+    fn channel_entry<'a>(
+        &self,
+        shard: &'a mut HashMap<String, Channel>,
+        channel: &ChannelName,
+        opts: &ChannelOptions,
+    ) -> &'a mut Channel {
+        shard
+            .entry(channel.as_str().to_string())
+            .or_insert_with(|| Channel {
+                name: Arc::from(channel.as_str()),
+                opts: opts.clone(),
+                subscribers: HashMap::new(),
+                history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
+            })
+    }
+
     /// Subscribe `info.client` with its queue. With `recover`, the publications after
     /// that position are queued first (or `recovered: Some(false)` when history cannot
     /// cover the gap), then every later publication: no gap, no duplicate.
@@ -147,14 +164,7 @@ impl Broker {
         now: Instant,
     ) -> Result<Subscribed, BrokerError> {
         let mut shard = lock(self.shard(channel.as_str()));
-        let ch = shard
-            .entry(channel.as_str().to_string())
-            .or_insert_with(|| Channel {
-                name: Arc::from(channel.as_str()),
-                opts: opts.clone(),
-                subscribers: HashMap::new(),
-                history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
-            });
+        let ch = self.channel_entry(&mut shard, channel, opts);
         if ch.subscribers.contains_key(&info.client) {
             return Err(BrokerError::AlreadySubscribed);
         }
@@ -235,14 +245,7 @@ impl Broker {
         now: Instant,
     ) -> (Arc<Publication>, Vec<ClientId>) {
         let mut shard = lock(self.shard(channel.as_str()));
-        let ch = shard
-            .entry(channel.as_str().to_string())
-            .or_insert_with(|| Channel {
-                name: Arc::from(channel.as_str()),
-                opts: opts.clone(),
-                subscribers: HashMap::new(),
-                history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
-            });
+        let ch = self.channel_entry(&mut shard, channel, opts);
         let publication = ch.history.push(now, data);
         let mut slow = Vec::new();
         let delivery = Delivery::Publication {

@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wsx_proto::handshake::server::{self, Refusal, Request};
 use wsx_proto::handshake::Headers;
-use wsx_proto::{Connection, DeflateParams, HandshakeError, Role, TimeoutKind};
+use wsx_proto::{DeflateParams, HandshakeError, Role, TimeoutKind};
 
 use crate::config::ServerConfig;
 use crate::error::{Error, Result};
@@ -83,18 +83,15 @@ where
     let (request, accepted, leftover) = tokio::time::timeout(cfg.handshake_timeout, exchange)
         .await
         .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
-    let mut conn = Connection::new(
+    let deflate = accepted.deflate.zip(cfg.handshake.deflate.as_ref());
+    let ws = WebSocket::after_handshake(
+        io,
         Role::Server,
-        cfg.protocol.clone(),
-        tokio::time::Instant::now().into_std(),
+        &cfg.protocol,
+        deflate,
+        &leftover,
+        cfg.io.clone(),
     );
-    if let (Some(params), Some(dcfg)) = (accepted.deflate, cfg.handshake.deflate.as_ref()) {
-        conn.enable_deflate(params, dcfg);
-    }
-    if !leftover.is_empty() {
-        conn.input_buffer().extend_from_slice(&leftover);
-    }
-    let ws = WebSocket::from_connection(io, conn, cfg.io.clone());
     Ok((
         ws,
         Accepted {

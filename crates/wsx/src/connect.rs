@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use wsx_proto::handshake::client::{ClientAccepted, ClientHandshake};
-use wsx_proto::{Connection, HandshakeError, Role, TimeoutKind};
+use wsx_proto::{HandshakeError, Role, TimeoutKind};
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
@@ -170,19 +170,16 @@ where
     let (accepted, leftover) = tokio::time::timeout(cfg.handshake_timeout, exchange)
         .await
         .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
-    let mut conn = Connection::new(
-        Role::Client,
-        cfg.protocol.clone(),
-        tokio::time::Instant::now().into_std(),
-    );
-    if let (Some(params), Some(dcfg)) = (accepted.deflate, cfg.handshake.deflate.as_ref()) {
-        conn.enable_deflate(params, dcfg);
-    }
-    if !leftover.is_empty() {
-        conn.input_buffer().extend_from_slice(&leftover);
-    }
+    let deflate = accepted.deflate.zip(cfg.handshake.deflate.as_ref());
     Ok((
-        WebSocket::from_connection(io, conn, cfg.io.clone()),
+        WebSocket::after_handshake(
+            io,
+            Role::Client,
+            &cfg.protocol,
+            deflate,
+            &leftover,
+            cfg.io.clone(),
+        ),
         accepted,
     ))
 }

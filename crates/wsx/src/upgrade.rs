@@ -28,7 +28,6 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use wsx_proto::handshake::server::{self, Refusal, Request};
 use wsx_proto::handshake::Headers;
-use wsx_proto::Connection;
 
 use crate::accept::Accepted;
 use crate::config::ServerConfig;
@@ -122,17 +121,18 @@ impl Upgrade {
             .on_upgrade
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?;
-        let mut conn = Connection::new(
+        let deflate = self
+            .accepted
+            .deflate
+            .zip(self.cfg.handshake.deflate.as_ref());
+        let ws = WebSocket::after_handshake(
+            TokioIo::new(upgraded),
             wsx_proto::Role::Server,
-            self.cfg.protocol.clone(),
-            tokio::time::Instant::now().into_std(),
+            &self.cfg.protocol,
+            deflate,
+            &[],
+            self.cfg.io.clone(),
         );
-        if let (Some(params), Some(dcfg)) =
-            (self.accepted.deflate, self.cfg.handshake.deflate.as_ref())
-        {
-            conn.enable_deflate(params, dcfg);
-        }
-        let ws = WebSocket::from_connection(TokioIo::new(upgraded), conn, self.cfg.io.clone());
         Ok((ws, self.accepted))
     }
 }

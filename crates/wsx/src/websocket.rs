@@ -373,6 +373,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         }
     }
 
+    /// A WebSocket after a handshake that negotiated `deflate` (with our `deflate_cfg`),
+    /// with `leftover` bytes already read past the handshake.
+    pub(crate) fn after_handshake(
+        io: S,
+        role: wsx_proto::Role,
+        protocol: &wsx_proto::Config,
+        deflate: Option<(wsx_proto::DeflateParams, &wsx_proto::DeflateConfig)>,
+        leftover: &[u8],
+        io_cfg: IoConfig,
+    ) -> Self {
+        let mut conn = Connection::new(role, protocol.clone(), now_std());
+        if let Some((params, cfg)) = deflate {
+            conn.enable_deflate(params, cfg);
+        }
+        conn.input_buffer().extend_from_slice(leftover);
+        Self::from_connection(io, conn, io_cfg)
+    }
+
     /// The next message (or control frame); `None` once the connection is closed.
     pub async fn recv(&mut self) -> Option<Result<Message>> {
         poll_fn(|cx| self.inner.poll_next_message(cx)).await
