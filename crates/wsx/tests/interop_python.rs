@@ -4,137 +4,54 @@
 mod common;
 
 use common::*;
-use wsx::DeflateConfig;
 
-async fn python_client_against_wsx(mode: &str, tls: bool) {
-    require_python_websockets();
-    let pki = tls.then(|| test_pki(&format!("py-{mode}")));
-    let (port, mut seen) = echo_server(
-        server_config(Some(DeflateConfig::default())),
-        pki.as_ref().map(|p| p.server_tls()),
-    )
-    .await;
-    let scheme = if tls { "wss" } else { "ws" };
-    let host = if tls { "localhost" } else { "127.0.0.1" };
-    let mut args = vec![
-        peer_script("py_client.py").display().to_string(),
-        format!("{scheme}://{host}:{port}/"),
-        mode.to_string(),
-    ];
-    if let Some(p) = &pki {
-        args.push(p.ca_pem.display().to_string());
-    }
-    let out = run_client("python3", &args).await;
-    assert!(out.contains("OK"), "{out}");
-    // What the server saw on the first connection.
-    let first = seen_until_close(&mut seen).await;
-    let Seen::Accepted(proto, deflate) = &first[0] else {
-        panic!("{first:?}")
-    };
-    assert_eq!(proto.as_deref(), Some("chat"), "server preference wins");
-    assert_mode(mode, *deflate);
-    assert!(
-        first.contains(&Seen::Pong(b"from-wsx".to_vec())),
-        "{first:?}"
-    );
-    // websockets echoes the code and the reason.
-    assert_eq!(
-        first.last(),
-        Some(&Seen::Close(Some(wsx::CloseFrame::new(
-            wsx::CloseCode(4001),
-            "bye from server"
-        ))))
-    );
-    // The second connection: the client's close code and reason.
-    let second = seen_until_close(&mut seen).await;
-    assert_eq!(
-        second.last(),
-        Some(&Seen::Close(Some(wsx::CloseFrame::new(
-            wsx::CloseCode(4002),
-            "bye from client"
-        ))))
-    );
-}
+const PYTHON: Peer = Peer {
+    name: "py",
+    program: "python3",
+    client_script: "py_client.py",
+    server_script: "py_server.py",
+    require: require_python_websockets,
+    server_subprotocol: "superchat",
+    plain_suffix: "[]",
+    deflate_marker: "PerMessageDeflate",
+};
 
 #[tokio::test]
 async fn python_client_plain() {
-    python_client_against_wsx("plain", false).await;
+    peer_client_against_wsx(&PYTHON, "plain", false).await;
 }
 
 #[tokio::test]
 async fn python_client_deflate() {
-    python_client_against_wsx("deflate", false).await;
+    peer_client_against_wsx(&PYTHON, "deflate", false).await;
 }
 
 #[tokio::test]
 async fn python_client_deflate_no_context_takeover() {
-    python_client_against_wsx("deflate-nct", false).await;
+    peer_client_against_wsx(&PYTHON, "deflate-nct", false).await;
 }
 
 #[tokio::test]
 async fn python_client_wss() {
-    python_client_against_wsx("deflate", true).await;
-}
-
-async fn wsx_client_against_python(mode: &str, tls: bool) {
-    require_python_websockets();
-    let pki = tls.then(|| test_pki(&format!("pys-{mode}")));
-    let mut args = vec![
-        peer_script("py_server.py").display().to_string(),
-        mode.to_string(),
-    ];
-    if let Some(p) = &pki {
-        args.push(p.cert_pem.display().to_string());
-        args.push(p.key_pem.display().to_string());
-    }
-    let mut server = start_server("python3", &args).await;
-    let port = server.port;
-    let mut cfg = client_config(mode);
-    let url = match &pki {
-        Some(p) => {
-            cfg = cfg.ca_cert(p.ca_der.clone());
-            format!("wss://localhost:{port}/")
-        }
-        None => format!("ws://127.0.0.1:{port}/"),
-    };
-    let accepted = wsx_client_cases(&url, &cfg).await;
-    assert_eq!(
-        accepted.subprotocol.as_deref(),
-        Some("superchat"),
-        "the Python server's preference"
-    );
-    assert_mode(mode, accepted.deflate);
-    let line = server.line("accepted").await;
-    if mode == "plain" {
-        assert!(line.ends_with("[]"), "{line}");
-    } else {
-        assert!(line.contains("PerMessageDeflate"), "{line}");
-    }
-    assert_eq!(
-        server.line("closed").await,
-        "closed 4001 ",
-        "the server's own close: no reason echoed"
-    );
-    server.line("accepted").await;
-    assert_eq!(server.line("closed").await, "closed 4002 bye from client");
+    peer_client_against_wsx(&PYTHON, "deflate", true).await;
 }
 
 #[tokio::test]
 async fn wsx_client_to_python_plain() {
-    wsx_client_against_python("plain", false).await;
+    wsx_client_against_peer(&PYTHON, "plain", false).await;
 }
 
 #[tokio::test]
 async fn wsx_client_to_python_deflate() {
-    wsx_client_against_python("deflate", false).await;
+    wsx_client_against_peer(&PYTHON, "deflate", false).await;
 }
 
 #[tokio::test]
 async fn wsx_client_to_python_deflate_no_context_takeover() {
-    wsx_client_against_python("deflate-nct", false).await;
+    wsx_client_against_peer(&PYTHON, "deflate-nct", false).await;
 }
 
 #[tokio::test]
 async fn wsx_client_to_python_wss() {
-    wsx_client_against_python("deflate", true).await;
+    wsx_client_against_peer(&PYTHON, "deflate", true).await;
 }

@@ -444,3 +444,117 @@ pub fn assert_mode(mode: &str, deflate: Option<wsx::wsx_proto::DeflateParams>) {
         }
     }
 }
+
+/// A third-party peer: how to run its client and server scripts and what it reports.
+pub struct Peer {
+    /// Tag for temp files.
+    pub name: &'static str,
+    /// The interpreter (`python3`, `node`).
+    pub program: &'static str,
+    pub client_script: &'static str,
+    pub server_script: &'static str,
+    /// Checks it is installed.
+    pub require: fn(),
+    /// The subprotocol its server picks from the wsx client's offer.
+    pub server_subprotocol: &'static str,
+    /// How its server's `accepted` line ends without compression, and what it contains with.
+    pub plain_suffix: &'static str,
+    pub deflate_marker: &'static str,
+}
+
+/// The peer's client runs every case against a wsx echo server.
+pub async fn peer_client_against_wsx(peer: &Peer, mode: &str, tls: bool) {
+    (peer.require)();
+    let pki = tls.then(|| test_pki(&format!("{}-{mode}", peer.name)));
+    let (port, mut seen) = echo_server(
+        server_config(Some(DeflateConfig::default())),
+        pki.as_ref().map(|p| p.server_tls()),
+    )
+    .await;
+    let (scheme, host) = if tls {
+        ("wss", "localhost")
+    } else {
+        ("ws", "127.0.0.1")
+    };
+    let mut args = vec![
+        peer_script(peer.client_script).display().to_string(),
+        format!("{scheme}://{host}:{port}/"),
+        mode.to_string(),
+    ];
+    if let Some(p) = &pki {
+        args.push(p.ca_pem.display().to_string());
+    }
+    let out = run_client(peer.program, &args).await;
+    assert!(out.contains("OK"), "{out}");
+    // What the server saw on the first connection.
+    let first = seen_until_close(&mut seen).await;
+    let Seen::Accepted(proto, deflate) = &first[0] else {
+        panic!("{first:?}")
+    };
+    assert_eq!(proto.as_deref(), Some("chat"), "server preference wins");
+    assert_mode(mode, *deflate);
+    assert!(
+        first.contains(&Seen::Pong(b"from-wsx".to_vec())),
+        "{first:?}"
+    );
+    // The peer echoes the code and the reason of the server's close.
+    assert_eq!(
+        first.last(),
+        Some(&Seen::Close(Some(wsx::CloseFrame::new(
+            CloseCode(4001),
+            "bye from server"
+        ))))
+    );
+    // The second connection: the client's close code and reason.
+    let second = seen_until_close(&mut seen).await;
+    assert_eq!(
+        second.last(),
+        Some(&Seen::Close(Some(wsx::CloseFrame::new(
+            CloseCode(4002),
+            "bye from client"
+        ))))
+    );
+}
+
+/// A wsx client runs every case against the peer's echo server.
+pub async fn wsx_client_against_peer(peer: &Peer, mode: &str, tls: bool) {
+    (peer.require)();
+    let pki = tls.then(|| test_pki(&format!("{}s-{mode}", peer.name)));
+    let mut args = vec![
+        peer_script(peer.server_script).display().to_string(),
+        mode.to_string(),
+    ];
+    if let Some(p) = &pki {
+        args.push(p.cert_pem.display().to_string());
+        args.push(p.key_pem.display().to_string());
+    }
+    let mut server = start_server(peer.program, &args).await;
+    let port = server.port;
+    let mut cfg = client_config(mode);
+    let url = match &pki {
+        Some(p) => {
+            cfg = cfg.ca_cert(p.ca_der.clone());
+            format!("wss://localhost:{port}/")
+        }
+        None => format!("ws://127.0.0.1:{port}/"),
+    };
+    let accepted = wsx_client_cases(&url, &cfg).await;
+    assert_eq!(
+        accepted.subprotocol.as_deref(),
+        Some(peer.server_subprotocol)
+    );
+    assert_mode(mode, accepted.deflate);
+    let line = server.line("accepted").await;
+    if mode == "plain" {
+        assert!(line.ends_with(peer.plain_suffix), "{line}");
+    } else {
+        assert!(line.contains(peer.deflate_marker), "{line}");
+    }
+    assert_eq!(
+        server.line("closed").await,
+        "closed 4001 ",
+        "wsx echoes the code, not the reason"
+    );
+    server.line("accepted").await;
+    assert_eq!(server.line("closed").await, "closed 4002 bye from client");
+}
