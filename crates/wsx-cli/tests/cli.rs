@@ -13,6 +13,11 @@ const WSX: &str = env!("CARGO_BIN_EXE_wsx");
 
 /// `wsx serve` on a free port; returns the child and its address once it logged it.
 async fn serve(extra: &[&str]) -> (Child, String) {
+    launch(extra, "http").await
+}
+
+/// `wsx serve` with `extra` arguments, waiting for its `open SCHEME://ADDR/` log line.
+async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
     let mut child = Command::new(WSX)
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
         .args(extra)
@@ -22,9 +27,10 @@ async fn serve(extra: &[&str]) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = format!("open {scheme}://");
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("open http://").nth(1) {
+            if let Some(rest) = line.split(marker.as_str()).nth(1) {
                 return rest.split('/').next().unwrap().to_string();
             }
         }
@@ -324,33 +330,7 @@ async fn serve_over_tls_and_connect_with_a_ca() {
 }
 
 async fn serve_tls(cert: &str, key: &str) -> (Child, String) {
-    let mut child = Command::new(WSX)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--tls-cert",
-            cert,
-            "--tls-key",
-            key,
-        ])
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split("open https://").nth(1) {
-                return rest.split('/').next().unwrap().to_string();
-            }
-        }
-        panic!("wsx serve exited before listening");
-    })
-    .await
-    .unwrap();
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    launch(&["--tls-cert", cert, "--tls-key", key], "https").await
 }
 
 #[tokio::test]
