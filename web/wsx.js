@@ -189,6 +189,11 @@ export class Client {
       sub.handlers.onJoin(push.join);
     } else if (push.leave && sub.handlers.onLeave) {
       sub.handlers.onLeave(push.leave);
+    } else if (push.unsubscribe) {
+      // The server removed the subscription: do not resubscribe on reconnect.
+      sub.active = false;
+      this._subs.delete(push.channel);
+      if (sub.handlers.onUnsubscribed) sub.handlers.onUnsubscribed();
     }
   }
 

@@ -251,6 +251,32 @@ async fn call(
                 .collect();
             ok(json!({ "channels": channels }))
         }
+        "unsubscribe" => {
+            let v = match parse(&bytes) {
+                Ok(v) => v,
+                Err(e) => return error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e),
+            };
+            let Some(channel) = v["channel"].as_str() else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "missing channel",
+                );
+            };
+            let user = v["user"].as_str();
+            let client = v["client"]
+                .as_str()
+                .and_then(|c| c.parse().ok())
+                .or(v["client"].as_u64());
+            if user.is_none() && client.is_none() {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    codes::BAD_REQUEST,
+                    "give user or client",
+                );
+            }
+            ok(json!({ "unsubscribed": api.hub.unsubscribe(channel, user, client) }))
+        }
         "disconnect" => {
             let v = match parse(&bytes) {
                 Ok(v) => v,

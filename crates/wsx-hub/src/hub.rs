@@ -124,6 +124,32 @@ impl Hub {
         n
     }
 
+    /// Remove the subscriptions of `user`'s connections (and/or the connection `client`)
+    /// to `channel`; each gets an `unsubscribe` push. Returns how many were removed.
+    pub fn unsubscribe(
+        &self,
+        channel: &str,
+        user: Option<&str>,
+        client: Option<ClientId>,
+    ) -> usize {
+        let targets: Vec<(ClientId, Arc<Outbound>)> = self
+            .sessions()
+            .iter()
+            .filter(|(id, (u, _))| user.is_some_and(|want| want == u) || client == Some(**id))
+            .map(|(id, (_, q))| (*id, q.clone()))
+            .collect();
+        let mut n = 0;
+        for (id, q) in targets {
+            if self.broker.unsubscribe(channel, id).is_ok() {
+                let _ = q.push(crate::queue::Delivery::Unsubscribed {
+                    channel: Arc::from(channel),
+                });
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.sessions().len()

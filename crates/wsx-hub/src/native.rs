@@ -505,6 +505,9 @@ impl Session {
                     .get_or_init(|| SharedFrame::text(&presence_push("join", channel, info)))
                     .clone(),
             ),
+            Delivery::Unsubscribed { channel } => Some(SharedFrame::text(
+                &json!({ "push": { "channel": channel.as_ref(), "unsubscribe": {} } }).to_string(),
+            )),
             Delivery::Leave {
                 channel,
                 info,
@@ -563,6 +566,12 @@ impl Session {
                 },
                 d = std::future::poll_fn(|cx| self.queue.poll_next(cx)) => match d {
                     Some(Ok(d)) => {
+                        if let Delivery::Unsubscribed { channel } = &d {
+                            if let Some(i) = self.subscriptions.iter().position(|c| c.as_str() == channel.as_ref()) {
+                                self.subscriptions.swap_remove(i);
+                                self.hub.metrics().subscriptions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                            }
+                        }
                         if let Some(frame) = self.frame_for(&d) {
                             self.count_out();
                             if ws.send_shared(&frame).await.is_err() {

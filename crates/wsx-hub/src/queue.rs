@@ -27,6 +27,11 @@ pub enum Delivery {
         /// The native frame, encoded once for every recipient of this event.
         native_frame: Arc<std::sync::OnceLock<wsx::SharedFrame>>,
     },
+    /// The server removed this connection's subscription to a channel.
+    Unsubscribed {
+        /// The channel.
+        channel: Arc<str>,
+    },
     /// A client left a channel.
     Leave {
         /// The channel.
@@ -42,7 +47,7 @@ impl Delivery {
     fn cost(&self) -> usize {
         match self {
             Delivery::Publication { publication, .. } => publication.data.len() + 64,
-            Delivery::Join { .. } | Delivery::Leave { .. } => 128,
+            Delivery::Join { .. } | Delivery::Leave { .. } | Delivery::Unsubscribed { .. } => 128,
         }
     }
 }

@@ -238,3 +238,66 @@ async fn disconnect_a_user() {
     .await;
     assert_eq!(next_pub(&mut c).await["data"], "still here");
 }
+
+#[tokio::test]
+async fn server_side_unsubscribe() {
+    let addr = server().await;
+    let mut mallory = subscriber(&addr, "mallory", "room").await;
+    let mut bob = subscriber(&addr, "bob", "room").await;
+    let (status, body) = post(
+        &addr,
+        "/api/unsubscribe",
+        Some(KEY),
+        r#"{"channel":"room","user":"mallory"}"#,
+    )
+    .await;
+    assert_eq!(
+        (status, body["result"]["unsubscribed"].as_u64()),
+        (200, Some(1)),
+        "{body}"
+    );
+    loop {
+        let Message::Text(t) = mallory.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        if v["push"]["unsubscribe"].is_object() {
+            assert_eq!(v["push"]["channel"], "room");
+            break;
+        }
+    }
+    post(
+        &addr,
+        "/api/publish",
+        Some(KEY),
+        r#"{"channel":"room","data":"only bob"}"#,
+    )
+    .await;
+    assert_eq!(next_pub(&mut bob).await["data"], "only bob");
+    let (_, body) = post(
+        &addr,
+        "/api/presence_stats",
+        Some(KEY),
+        r#"{"channel":"room"}"#,
+    )
+    .await;
+    assert_eq!(body["result"]["num_clients"], 1);
+    // Mallory's connection is still open and can subscribe again.
+    mallory
+        .send(Message::text(r#"{"id":7,"ping":{}}"#))
+        .await
+        .unwrap();
+    loop {
+        let Message::Text(t) = mallory.next().await.unwrap().unwrap() else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(t.as_str()).unwrap();
+        assert!(
+            v["push"]["pub"].is_null(),
+            "no publication after the server unsubscribed: {v}"
+        );
+        if v["id"] == 7 {
+            break;
+        }
+    }
+}
