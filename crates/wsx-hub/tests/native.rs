@@ -588,3 +588,52 @@ async fn concurrency_stress_every_message_in_per_channel_order() {
         SUBSCRIBERS * 2 * PUBLISHERS * PER_PUBLISHER / CHANNELS
     );
 }
+
+/// RS256: the hub holds only the public key. The key pair is a throwaway made for this
+/// test (tests/keys), never used anywhere else.
+#[tokio::test]
+async fn jwt_rs256_connect_tokens() {
+    let private = include_str!("keys/test-rsa-private.pem");
+    let public = include_str!("keys/test-rsa-public.pem");
+    let mut cfg = HubConfig::default();
+    cfg.auth.rsa_public_key_pem = Some(public.into());
+    let url = server(cfg).await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(private.as_bytes()).unwrap();
+    let sign = |claims: Value| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            &key,
+        )
+        .unwrap()
+    };
+    let mut c = Client::open(&url).await;
+    let r = c
+        .call(
+            "connect",
+            json!({"token": sign(json!({"sub": "rsa-user", "exp": now + 60}))}),
+        )
+        .await;
+    assert_eq!(r["connect"]["user"], "rsa-user", "{r}");
+    let mut c = Client::open(&url).await;
+    let r = c
+        .call(
+            "connect",
+            json!({"token": sign(json!({"sub": "rsa-user", "exp": now - 5}))}),
+        )
+        .await;
+    assert_eq!(r["error"]["code"], 109);
+    // An HS256 token signed with the public key as secret (algorithm confusion) fails.
+    let forged = token(public, "mallory", 60, &[]);
+    let mut c = Client::open(&url).await;
+    let r = c.call("connect", json!({"token": forged})).await;
+    assert_eq!(r["error"]["code"], 101, "{r}");
+    // Without a token: refused, since a key is configured.
+    let mut c = Client::open(&url).await;
+    let r = c.call("connect", json!({})).await;
+    assert_eq!(r["error"]["code"], 101);
+}
