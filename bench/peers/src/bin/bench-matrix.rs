@@ -3,7 +3,7 @@
 //! pinned to different cores; medians, ratios, server CPU, idle memory; JSON and a PNG.
 //!
 //! bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration SECS]
-//!              [--warmup SECS] [--depth N] [--idle N] [--fanout-only]
+//!              [--warmup SECS] [--depth N] [--idle N] [--sizes 20,1024] [--conns 10,100]
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
@@ -349,8 +349,15 @@ fn main() {
     let idle_n = flag("--idle")
         .map(|v| v as usize)
         .unwrap_or(if quick { 1000 } else { 10_000 });
-    let sizes = [20usize, 1024, 16 * 1024, 64 * 1024];
-    let conns = [10usize, 100, 500];
+    let list = |name: &str, default: &[usize]| -> Vec<usize> {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+            .unwrap_or_else(|| default.to_vec())
+    };
+    let sizes = list("--sizes", &[20, 1024, 16 * 1024, 64 * 1024]);
+    let conns = list("--conns", &[10, 100, 500]);
     std::fs::create_dir_all(out).expect("out dir");
 
     let mut runs = Vec::new();
