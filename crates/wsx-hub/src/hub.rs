@@ -31,6 +31,10 @@ pub struct HubConfig {
     pub ping_interval_secs: u64,
     /// Connection tokens.
     pub auth: crate::auth::AuthConfig,
+    /// A connection whose peer takes no data for this long while a push is being
+    /// written is dropped (its queue is already bounded; this frees the task and the
+    /// socket). Default: 30 s.
+    pub write_timeout: std::time::Duration,
 }
 
 impl Default for HubConfig {
@@ -47,6 +51,7 @@ impl Default for HubConfig {
             max_subscriptions: 128,
             ping_interval_secs: 25,
             auth: crate::auth::AuthConfig::default(),
+            write_timeout: std::time::Duration::from_secs(30),
         }
     }
 }

@@ -542,7 +542,8 @@ impl Session {
                     Some(Ok(Message::Text(t))) => match self.handle(t.as_str()) {
                         Outcome::Reply(r) => {
                             self.count_out();
-                            if ws.feed(Message::text(r)).await.is_err() {
+                            let write = tokio::time::timeout(self.hub.config().write_timeout, ws.feed(Message::text(r)));
+                            if !matches!(write.await, Ok(Ok(()))) {
                                 break;
                             }
                         }
@@ -574,7 +575,8 @@ impl Session {
                         }
                         if let Some(frame) = self.frame_for(&d) {
                             self.count_out();
-                            if ws.send_shared(&frame).await.is_err() {
+                            let write = tokio::time::timeout(self.hub.config().write_timeout, ws.send_shared(&frame));
+                            if !matches!(write.await, Ok(Ok(()))) {
                                 break;
                             }
                         }

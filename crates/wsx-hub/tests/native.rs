@@ -637,3 +637,62 @@ async fn jwt_rs256_connect_tokens() {
     let r = c.call("connect", json!({})).await;
     assert_eq!(r["error"]["code"], 101);
 }
+
+/// A peer that stops reading entirely: once the socket and write buffers are full, the
+/// session waits at most `write_timeout`, then drops the connection (paused clock).
+#[tokio::test(start_paused = true)]
+async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut cfg = HubConfig::default();
+    cfg.write_timeout = std::time::Duration::from_secs(30);
+    let hub = Arc::new(Hub::new(cfg));
+    let (server_io, mut peer) = tokio::io::duplex(4096);
+    let session_hub = hub.clone();
+    let mut io_cfg = wsx::IoConfig::default();
+    io_cfg.write_buffer_size = 8192;
+    let server_cfg = wsx::ServerConfig::default().io(io_cfg);
+    let session = tokio::spawn(async move {
+        let (ws, _) = wsx::accept(server_io, &server_cfg).await.unwrap();
+        wsx_hub::Session::new(session_hub, String::new())
+            .run(ws)
+            .await;
+    });
+    // Handshake and subscribe by hand, then never read again.
+    peer.write_all(
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 129];
+    peer.read_exact(&mut head).await.unwrap();
+    for cmd in [
+        r#"{"id":1,"connect":{}}"#,
+        r#"{"id":2,"subscribe":{"channel":"firehose"}}"#,
+    ] {
+        let mut frame = vec![0x81, 0x80 | cmd.len() as u8, 0, 0, 0, 0];
+        frame.extend_from_slice(cmd.as_bytes());
+        peer.write_all(&frame).await.unwrap();
+    }
+    // Wait until the subscription exists, then publish more than the buffers hold.
+    while hub.broker().channels().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(hub.connections(), 1);
+    for _ in 0..64 {
+        hub.publish(
+            "firehose",
+            bytes::Bytes::from(format!("\"{}\"", "x".repeat(1024))),
+        )
+        .unwrap();
+    }
+    // The session is stuck writing; after the timeout it gives up.
+    tokio::time::timeout(std::time::Duration::from_secs(31), session)
+        .await
+        .expect("dropped by the write timeout")
+        .unwrap();
+    assert_eq!(hub.connections(), 0);
+    assert!(
+        hub.broker().channels().is_empty(),
+        "its subscription is gone"
+    );
+}
