@@ -19,7 +19,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use crate::hub::Hub;
-use crate::native::{codes, ReplyError};
+use crate::native::{codes, history_json, presence_json, ReplyError};
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]
@@ -134,191 +134,165 @@ async fn call(
             )
         }
     };
-    let parse = |bytes: &Bytes| -> Result<Value, String> {
-        if bytes.is_empty() {
-            return Ok(json!({}));
+    // Every method's arguments, parsed once; each method takes what it needs.
+    let req: ApiRequest<'_> = if bytes.is_empty() {
+        ApiRequest::default()
+    } else {
+        match serde_json::from_slice(&bytes) {
+            Ok(r) => r,
+            Err(e) => return bad_request(format!("bad JSON: {e}")),
         }
-        serde_json::from_slice(bytes).map_err(|e| format!("bad JSON: {e}"))
     };
-    match method.as_str() {
+    let broker = api.hub.broker();
+    let result = match method.as_str() {
         "publish" => {
-            #[derive(Deserialize)]
-            struct Req<'a> {
-                channel: String,
-                #[serde(borrow)]
-                data: &'a RawValue,
-            }
-            let req: Req<'_> = match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        codes::BAD_REQUEST,
-                        format!("bad JSON: {e}"),
-                    )
-                }
+            let Some(channel) = req.channel.as_deref() else {
+                return bad_request("missing channel");
             };
-            match api.hub.publish(
-                &req.channel,
-                Bytes::copy_from_slice(req.data.get().as_bytes()),
-            ) {
-                Ok(p) => ok(json!({ "offset": p.offset })),
-                Err(e) => reply_error(e),
-            }
+            let Some(data) = req.data else {
+                return bad_request("missing data");
+            };
+            api.hub
+                .publish(channel, Bytes::copy_from_slice(data.get().as_bytes()))
+                .map(|p| json!({ "offset": p.offset }))
         }
         "broadcast" => {
-            #[derive(Deserialize)]
-            struct Req<'a> {
-                channels: Vec<String>,
-                #[serde(borrow)]
-                data: &'a RawValue,
-            }
-            let req: Req<'_> = match serde_json::from_slice(&bytes) {
-                Ok(r) => r,
-                Err(e) => {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        codes::BAD_REQUEST,
-                        format!("bad JSON: {e}"),
-                    )
-                }
+            let (Some(channels), Some(data)) = (&req.channels, req.data) else {
+                return bad_request("missing channels or data");
             };
-            let data = Bytes::copy_from_slice(req.data.get().as_bytes());
-            let responses: Vec<Value> = req
-                .channels
+            let data = Bytes::copy_from_slice(data.get().as_bytes());
+            let responses: Vec<Value> = channels
                 .iter()
                 .map(|c| match api.hub.publish(c, data.clone()) {
                     Ok(p) => json!({ "offset": p.offset }),
                     Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
                 })
                 .collect();
-            ok(json!({ "responses": responses }))
+            Ok(json!({ "responses": responses }))
         }
         "presence" | "presence_stats" | "history" => {
-            let v = match parse(&bytes) {
-                Ok(v) => v,
-                Err(e) => return error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e),
+            let Some(channel) = req.channel.as_deref() else {
+                return bad_request("missing channel");
             };
-            let Some(channel) = v["channel"].as_str() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "missing channel",
-                );
-            };
-            let broker = api.hub.broker();
-            let result = match method.as_str() {
-                "presence" => broker.presence(channel).map(|members| {
-                    let map: serde_json::Map<String, Value> = members
-                        .iter()
-                        .map(|m| {
-                            (
-                                m.client.to_string(),
-                                json!({ "client": m.client.to_string(), "user": m.user }),
-                            )
-                        })
-                        .collect();
-                    json!({ "presence": map })
-                }),
+            let r = match method.as_str() {
+                "presence" => broker.presence(channel).map(|m| presence_json(&m)),
                 "presence_stats" => broker
                     .presence_stats(channel)
                     .map(|(c, u)| json!({ "num_clients": c, "num_users": u })),
-                _ => {
-                    let limit = v["limit"].as_u64().unwrap_or(100) as usize;
-                    let since = v["since"]["offset"].as_u64();
-                    let reverse = v["reverse"].as_bool().unwrap_or(false);
-                    broker.history(channel, limit, since, reverse, Instant::now()).map(|(pubs, pos)| {
-                        let pubs: Vec<Value> = pubs
-                            .iter()
-                            .map(|p| json!({ "offset": p.offset, "data": serde_json::from_slice::<Value>(&p.data).unwrap_or(Value::Null) }))
-                            .collect();
-                        json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch })
-                    })
-                }
+                _ => broker
+                    .history(
+                        channel,
+                        req.limit.unwrap_or(100),
+                        req.since.as_ref().map(|s| s.offset),
+                        req.reverse,
+                        Instant::now(),
+                    )
+                    .map(|(pubs, pos)| history_json(&pubs, &pos)),
             };
-            match result {
-                Ok(r) => ok(r),
-                Err(e) => reply_error(e.into()),
-            }
+            r.map_err(ReplyError::from)
         }
         "channels" => {
-            let channels: serde_json::Map<String, Value> = api
-                .hub
-                .broker()
+            let channels: serde_json::Map<String, Value> = broker
                 .channels()
                 .into_iter()
                 .map(|(name, n)| (name, json!({ "num_clients": n })))
                 .collect();
-            ok(json!({ "channels": channels }))
+            Ok(json!({ "channels": channels }))
         }
         "unsubscribe" => {
-            let v = match parse(&bytes) {
-                Ok(v) => v,
-                Err(e) => return error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e),
+            let Some(channel) = req.channel.as_deref() else {
+                return bad_request("missing channel");
             };
-            let Some(channel) = v["channel"].as_str() else {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "missing channel",
-                );
+            let Some((user, client)) = req.target() else {
+                return bad_request("give user or client");
             };
-            let user = v["user"].as_str();
-            let client = v["client"]
-                .as_str()
-                .and_then(|c| c.parse().ok())
-                .or(v["client"].as_u64());
-            if user.is_none() && client.is_none() {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "give user or client",
-                );
-            }
-            ok(json!({ "unsubscribed": api.hub.unsubscribe(channel, user, client) }))
+            Ok(json!({ "unsubscribed": api.hub.unsubscribe(channel, user, client) }))
         }
         "disconnect" => {
-            let v = match parse(&bytes) {
-                Ok(v) => v,
-                Err(e) => return error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, e),
+            let Some((user, client)) = req.target() else {
+                return bad_request("give user or client");
             };
-            let user = v["user"].as_str();
-            let client = v["client"]
-                .as_str()
-                .and_then(|c| c.parse().ok())
-                .or(v["client"].as_u64());
-            if user.is_none() && client.is_none() {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "give user or client",
-                );
-            }
-            let code = v["code"]
-                .as_u64()
-                .and_then(|c| u16::try_from(c).ok())
-                .unwrap_or(3000);
+            let code = req.code.unwrap_or(3000);
             if !(3000..=4999).contains(&code) {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    codes::BAD_REQUEST,
-                    "code must be 3000-4999",
-                );
+                return bad_request("code must be 3000-4999");
             }
-            let reason = v["reason"].as_str().unwrap_or("disconnected by the server");
-            let n = api.hub.disconnect(
-                user,
-                client,
-                code,
-                reason,
-                v["reconnect"].as_bool().unwrap_or(false),
-            );
-            ok(json!({ "disconnected": n }))
+            let reason = req
+                .reason
+                .as_deref()
+                .unwrap_or("disconnected by the server");
+            let n = api
+                .hub
+                .disconnect(user, client, code, reason, req.reconnect);
+            Ok(json!({ "disconnected": n }))
         }
-        other => error(
-            StatusCode::NOT_FOUND,
-            codes::METHOD_NOT_FOUND,
-            format!("unknown API method `{other}`"),
-        ),
+        other => {
+            return error(
+                StatusCode::NOT_FOUND,
+                codes::METHOD_NOT_FOUND,
+                format!("unknown API method `{other}`"),
+            )
+        }
+    };
+    match result {
+        Ok(r) => ok(r),
+        Err(e) => reply_error(e),
     }
+}
+
+/// The arguments of every API method (each uses some of them).
+#[derive(Deserialize, Default)]
+struct ApiRequest<'a> {
+    channel: Option<String>,
+    channels: Option<Vec<String>>,
+    #[serde(borrow)]
+    data: Option<&'a RawValue>,
+    user: Option<String>,
+    client: Option<ClientRef>,
+    limit: Option<usize>,
+    since: Option<Since>,
+    #[serde(default)]
+    reverse: bool,
+    code: Option<u16>,
+    reason: Option<String>,
+    #[serde(default)]
+    reconnect: bool,
+}
+
+impl ApiRequest<'_> {
+    /// The connections a method acts on: a user's, and/or one client; `None` if neither.
+    fn target(&self) -> Option<(Option<&str>, Option<crate::broker::ClientId>)> {
+        match (
+            self.user.as_deref(),
+            self.client.as_ref().and_then(ClientRef::id),
+        ) {
+            (None, None) => None,
+            t => Some(t),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Since {
+    offset: u64,
+}
+
+/// A client id, as the string the protocol shows or as a number.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ClientRef {
+    Text(String),
+    Number(u64),
+}
+
+impl ClientRef {
+    fn id(&self) -> Option<crate::broker::ClientId> {
+        match self {
+            ClientRef::Text(s) => s.parse().ok(),
+            ClientRef::Number(n) => Some(*n),
+        }
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> Response {
+    error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)
 }

@@ -174,8 +174,30 @@ fn publication_push(channel: &str, p: &Publication) -> String {
 }
 
 fn presence_push(kind: &str, channel: &str, info: &ClientInfo) -> String {
-    json!({ "push": { "channel": channel, kind: { "client": info.client.to_string(), "user": info.user, "info": info.info } } })
-        .to_string()
+    json!({ "push": { "channel": channel, kind: client_json(info) } }).to_string()
+}
+
+/// A client as presence shows it (native replies, pushes and the HTTP API).
+pub(crate) fn client_json(m: &ClientInfo) -> Value {
+    json!({ "client": m.client.to_string(), "user": m.user, "info": m.info })
+}
+
+/// The `presence` result: members by client id.
+pub(crate) fn presence_json(members: &[Arc<ClientInfo>]) -> Value {
+    let map: serde_json::Map<String, Value> = members
+        .iter()
+        .map(|m| (m.client.to_string(), client_json(m)))
+        .collect();
+    json!({ "presence": map })
+}
+
+/// The `history` result.
+pub(crate) fn history_json(pubs: &[Arc<Publication>], pos: &StreamPosition) -> Value {
+    let pubs: Vec<Value> = pubs
+        .iter()
+        .map(|p| json!({ "offset": p.offset, "data": serde_json::from_slice::<Value>(&p.data).unwrap_or(Value::Null) }))
+        .collect();
+    json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch })
 }
 
 pub(crate) fn channel(name: &str) -> Result<ChannelName, ReplyError> {
@@ -389,12 +411,7 @@ impl Session {
             }
             "presence" => {
                 let req: ChannelReq = parse(body)?;
-                let members = broker.presence(&req.channel)?;
-                let map: serde_json::Map<String, Value> = members
-                    .iter()
-                    .map(|m| (m.client.to_string(), json!({ "client": m.client.to_string(), "user": m.user, "info": m.info })))
-                    .collect();
-                Ok(json!({ "presence": map }))
+                Ok(presence_json(&broker.presence(&req.channel)?))
             }
             "presence_stats" => {
                 let req: ChannelReq = parse(body)?;
@@ -415,14 +432,7 @@ impl Session {
                     req.reverse,
                     now,
                 )?;
-                let pubs: Vec<Value> = pubs
-                    .iter()
-                    .map(|p| {
-                        let data: Value = serde_json::from_slice(&p.data).unwrap_or(Value::Null);
-                        json!({ "offset": p.offset, "data": data })
-                    })
-                    .collect();
-                Ok(json!({ "publications": pubs, "offset": pos.offset, "epoch": pos.epoch }))
+                Ok(history_json(&pubs, &pos))
             }
             "ping" => Ok(json!({})),
             other => Err(err(
@@ -485,37 +495,31 @@ impl Session {
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
-    fn frame_for(&self, d: &Delivery) -> Option<SharedFrame> {
+    fn frame_for(&self, d: &Delivery) -> SharedFrame {
         match d {
             Delivery::Publication {
                 channel,
                 publication,
-            } => Some(
-                publication
-                    .native_frame
-                    .get_or_init(|| SharedFrame::text(&publication_push(channel, publication)))
-                    .clone(),
-            ),
+            } => publication
+                .native_frame
+                .get_or_init(|| SharedFrame::text(&publication_push(channel, publication)))
+                .clone(),
             Delivery::Join {
                 channel,
                 info,
                 native_frame,
-            } => Some(
-                native_frame
-                    .get_or_init(|| SharedFrame::text(&presence_push("join", channel, info)))
-                    .clone(),
-            ),
-            Delivery::Unsubscribed { channel } => Some(SharedFrame::text(
-                &json!({ "push": { "channel": channel.as_ref(), "unsubscribe": {} } }).to_string(),
-            )),
+            } => native_frame
+                .get_or_init(|| SharedFrame::text(&presence_push("join", channel, info)))
+                .clone(),
             Delivery::Leave {
                 channel,
                 info,
                 native_frame,
-            } => Some(
-                native_frame
-                    .get_or_init(|| SharedFrame::text(&presence_push("leave", channel, info)))
-                    .clone(),
+            } => native_frame
+                .get_or_init(|| SharedFrame::text(&presence_push("leave", channel, info)))
+                .clone(),
+            Delivery::Unsubscribed { channel } => SharedFrame::text(
+                &json!({ "push": { "channel": channel.as_ref(), "unsubscribe": {} } }).to_string(),
             ),
         }
     }
@@ -538,8 +542,16 @@ impl Session {
                     let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
                     break;
                 }
-                msg = ws.next() => match msg {
-                    Some(Ok(Message::Text(t))) => match self.handle(t.as_str()) {
+                msg = ws.next() => {
+                    let outcome = match msg {
+                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()),
+                        Some(Ok(Message::Binary(_))) => {
+                            self.bad(0, err(codes::BAD_REQUEST, "binary frames are not commands"))
+                        }
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => break,
+                    };
+                    match outcome {
                         Outcome::Reply(r) => {
                             self.count_out();
                             let write = tokio::time::timeout(self.hub.config().write_timeout, ws.feed(Message::text(r)));
@@ -551,20 +563,8 @@ impl Session {
                             let _ = ws.close(CloseCode(code), reason).await;
                             break;
                         }
-                    },
-                    Some(Ok(Message::Binary(_))) => {
-                        if let Outcome::Close(code, reason) = self.bad(0, err(codes::BAD_REQUEST, "binary frames are not commands")) {
-                            let _ = ws.close(CloseCode(code), reason).await;
-                            break;
-                        }
-                        let e = err(codes::BAD_REQUEST, "binary frames are not commands");
-                        if ws.feed(Message::text(error_reply(0, &e))).await.is_err() {
-                            break;
-                        }
                     }
-                    Some(Ok(_)) => {}
-                    Some(Err(_)) | None => break,
-                },
+                }
                 d = std::future::poll_fn(|cx| self.queue.poll_next(cx)) => match d {
                     Some(Ok(d)) => {
                         if let Delivery::Unsubscribed { channel } = &d {
@@ -573,12 +573,11 @@ impl Session {
                                 self.hub.metrics().subscriptions.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
                             }
                         }
-                        if let Some(frame) = self.frame_for(&d) {
-                            self.count_out();
-                            let write = tokio::time::timeout(self.hub.config().write_timeout, ws.send_shared(&frame));
-                            if !matches!(write.await, Ok(Ok(()))) {
-                                break;
-                            }
+                        let frame = self.frame_for(&d);
+                        self.count_out();
+                        let write = tokio::time::timeout(self.hub.config().write_timeout, ws.send_shared(&frame));
+                        if !matches!(write.await, Ok(Ok(()))) {
+                            break;
                         }
                     }
                     Some(Err(d)) => {
