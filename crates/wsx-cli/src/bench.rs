@@ -193,16 +193,15 @@ async fn run(args: BenchArgs) -> Report {
     let start = Instant::now() + args.warmup;
     let end = start + args.duration;
     let _ = ready_tx.send(Some((start, end)));
-    let cpu_at_start = std::cell::Cell::new(0.0);
+    // The CPU time at the start of the measured window, once it starts.
+    let mut cpu_at_start: Option<f64> = None;
     // Progress: current rate every 250 ms until the end.
     let mut last = (Instant::now(), shared.received.load(Ordering::Relaxed));
-    let mut cpu_marked = false;
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let now = Instant::now();
-        if !cpu_marked && now >= start {
-            cpu_at_start.set(cpu_seconds());
-            cpu_marked = true;
+        if cpu_at_start.is_none() && now >= start {
+            cpu_at_start = Some(cpu_seconds());
             if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
                 // A marker for scripts that sample the server's CPU over this window.
                 eprintln!("wsx bench: measuring");
@@ -215,7 +214,7 @@ async fn run(args: BenchArgs) -> Report {
         progress.tick();
         last = (now, n);
     }
-    let cpu = cpu_seconds() - cpu_at_start.get();
+    let cpu = cpu_seconds() - cpu_at_start.unwrap_or_else(cpu_seconds);
     progress.finish_and_clear();
     let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()));

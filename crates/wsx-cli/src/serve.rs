@@ -79,7 +79,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         .with_state(app)
         .merge(wsx_hub::http::router(hub, api));
 
-    let mut stop = shutdown_rx.clone();
+    let stop = shutdown_rx.clone();
     let signal = shutdown_signal();
     tokio::pin!(signal);
     loop {
@@ -138,7 +138,6 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     }
     info!("shutting down: closing every WebSocket with 1001");
     let _ = shutdown_tx.send(true);
-    let _ = stop.borrow_and_update();
     tasks.close();
     if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
         .await

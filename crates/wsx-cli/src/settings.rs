@@ -67,7 +67,7 @@ settings! {
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
     token_hmac_secret, "WSX_TOKEN_HMAC_SECRET", "SECRET", "none", "Secret for HS256 connection tokens (JWT with sub, exp, optional channels)";
     token_rsa_public_key, "WSX_TOKEN_RSA_PUBLIC_KEY", "PEM", "none", "Public key file for RS256 connection tokens";
-    allow_anonymous, "WSX_ALLOW_ANONYMOUS", "on|off", "on without a token key, off with one", "Accept connections without a token";
+    allow_anonymous, "WSX_ALLOW_ANONYMOUS", "on|off|auto", "auto", "Accept connections without a token (auto: on without a token key, off with one)";
 }
 
 /// Log output formats.
@@ -347,7 +347,7 @@ impl ServeArgs {
             ),
         };
         auth.allow_anonymous = match get("allow_anonymous").trim() {
-            v if v.starts_with("on without") => None,
+            "auto" => None,
             v => Some(parse_bool(v).map_err(bad("allow_anonymous"))?),
         };
         let namespaces = match file.get("namespaces") {

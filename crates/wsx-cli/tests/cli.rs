@@ -43,6 +43,15 @@ async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
     (child, addr)
 }
 
+/// Send one raw HTTP/1.1 request (with `Connection: close`) and read the whole answer.
+async fn http(addr: &str, request: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    resp
+}
+
 async fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
     let mut child = Command::new(WSX)
         .args(args)
@@ -213,14 +222,11 @@ async fn graceful_shutdown_sends_1001_and_exits_0() {
 #[tokio::test]
 async fn serves_the_console_page() {
     let (_server, addr) = serve(&[]).await;
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    tcp.write_all(
-        format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    let resp = http(
+        &addr,
+        &format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
-    .await
-    .unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
+    .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert!(resp.contains("Echo console"), "{resp}");
 }
@@ -428,14 +434,11 @@ async fn serve_mounts_the_hub_native_protocol_and_http_api() {
         assert!(!t.as_str().contains("error"), "{t}");
     }
     let body = r#"{"channel":"judge:7","data":{"case":1,"verdict":"AC"}}"#;
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let req = format!(
         "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     );
-    tcp.write_all(req.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
+    let resp = http(&addr, &req).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
         panic!()
@@ -482,16 +485,11 @@ async fn metrics_and_healthz() {
     let get = |path: &'static str| {
         let addr = addr.clone();
         async move {
-            let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-            tcp.write_all(
-                format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
+            http(
+                &addr,
+                &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
             )
             .await
-            .unwrap();
-            let mut resp = String::new();
-            tcp.read_to_string(&mut resp).await.unwrap();
-            resp
         }
     };
     assert!(get("/healthz").await.ends_with("ok\n"));
@@ -507,4 +505,32 @@ async fn metrics_and_healthz() {
     ] {
         assert!(m.contains(line), "{line} missing in\n{m}");
     }
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_get_503() {
+    let (_server, addr) = serve(&["--max-connections", "1"]).await;
+    let url = format!("ws://{addr}/echo");
+    let (mut first, _) = wsx::connect(&url, &ClientConfig::default()).await.unwrap();
+    first.send(Message::text("held")).await.unwrap();
+    assert_eq!(first.next().await.unwrap().unwrap(), Message::text("held"));
+    let (code, _, err) = run(&["connect", &url], "").await;
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("503") && err.contains("too many connections"),
+        "{err}"
+    );
+    // The slot is given back when the first connection ends.
+    first.close(CloseCode::NORMAL, "").await.unwrap();
+    let mut ok = false;
+    for _ in 0..50 {
+        let (code, out, _) = run(&["connect", &url], "again\n").await;
+        if code == 0 {
+            assert_eq!(out, "again\n");
+            ok = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(ok, "the slot was never released");
 }

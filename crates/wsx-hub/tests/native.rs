@@ -696,3 +696,21 @@ async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
         "its subscription is gone"
     );
 }
+
+#[tokio::test]
+async fn subscriptions_per_connection_are_limited() {
+    let mut cfg = HubConfig::default();
+    cfg.max_subscriptions = 2;
+    let url = server(cfg).await;
+    let mut c = Client::connected(&url).await;
+    for ch in ["a", "b"] {
+        let r = c.call("subscribe", json!({"channel": ch})).await;
+        assert!(r["error"].is_null(), "{r}");
+    }
+    let r = c.call("subscribe", json!({"channel": "c"})).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    // Freeing one makes room again.
+    c.call("unsubscribe", json!({"channel": "a"})).await;
+    let r = c.call("subscribe", json!({"channel": "c"})).await;
+    assert!(r["error"].is_null(), "{r}");
+}

@@ -42,8 +42,8 @@ impl Error {
     pub fn close_code(&self) -> Option<CloseCode> {
         match self {
             Error::Protocol(e) => e.close_code(),
-            Error::Timeout(TimeoutKind::Keepalive) => Some(CloseCode::INTERNAL_ERROR),
-            Error::Timeout(TimeoutKind::Idle) => Some(CloseCode::GOING_AWAY),
+            // The core decides which timeout sends which code.
+            Error::Timeout(t) => wsx_proto::Error::Timeout(*t).close_code(),
             _ => None,
         }
     }

@@ -49,9 +49,8 @@ struct Idle {
     bytes_per_connection: f64,
 }
 
-fn clk_tck() -> f64 {
-    100.0
-}
+/// Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux).
+const CLK_TCK: f64 = 100.0;
 
 fn proc_cpu_seconds(pid: u32) -> f64 {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -60,7 +59,7 @@ fn proc_cpu_seconds(pid: u32) -> f64 {
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / clk_tck()
+    (t(11) + t(12)) / CLK_TCK
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -119,7 +118,6 @@ fn run_point(
     let s = start_server(peer, server);
     let pid = s.child.id();
     let url = format!("ws://127.0.0.1:{}/", s.port);
-    let started = Instant::now();
     let bench = Command::new("taskset")
         .args(["-c", "1", wsx, "bench", &url])
         .args([
@@ -151,7 +149,6 @@ fn run_point(
     while err.read_line(&mut line).map(|n| n > 0).unwrap_or(false) && !line.contains("measuring") {
         line.clear();
     }
-    let _ = warmup;
     let cpu0 = proc_cpu_seconds(pid);
     let t0 = Instant::now();
     std::thread::sleep(Duration::from_secs_f64(duration * 0.9));
@@ -159,7 +156,6 @@ fn run_point(
     let window = t0.elapsed().as_secs_f64();
     let out = bench.wait_with_output().expect("wsx bench output");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    let _ = started;
     Run {
         server: server.to_string(),
         size,

@@ -15,6 +15,22 @@ pub struct Seen {
     pub errors: Vec<Error>,
 }
 
+impl Seen {
+    /// Poll `conn` until it needs input, recording events and the first error.
+    pub fn drain(&mut self, conn: &mut Connection) {
+        loop {
+            match conn.poll_event() {
+                Ok(Some(ev)) => self.events.push(ev),
+                Ok(None) => break,
+                Err(e) => {
+                    self.errors.push(e);
+                    break;
+                }
+            }
+        }
+    }
+}
+
 pub struct Pair {
     pub client: Connection,
     pub server: Connection,
@@ -97,16 +113,7 @@ impl Pair {
                 break;
             }
             conn.handle_input(now, piece);
-            loop {
-                match conn.poll_event() {
-                    Ok(Some(ev)) => seen.events.push(ev),
-                    Ok(None) => break,
-                    Err(e) => {
-                        seen.errors.push(e);
-                        break;
-                    }
-                }
-            }
+            seen.drain(conn);
         }
         // A pending timeout error surfaces without input.
         if let Err(e) = conn.poll_event() {
@@ -203,16 +210,7 @@ pub fn raw_frame(b0: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
 pub fn feed_raw(conn: &mut Connection, bytes: &[u8]) -> Seen {
     let mut seen = Seen::default();
     conn.handle_input(Instant::now(), bytes);
-    loop {
-        match conn.poll_event() {
-            Ok(Some(ev)) => seen.events.push(ev),
-            Ok(None) => break,
-            Err(e) => {
-                seen.errors.push(e);
-                break;
-            }
-        }
-    }
+    seen.drain(conn);
     seen
 }
 
