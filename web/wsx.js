@@ -50,6 +50,7 @@ export class Client {
     this.options = {
       token: undefined,
       name: 'wsx.js',
+      info: undefined, // free text shown in presence (a nickname, say)
       minReconnectDelay: 500,
       maxReconnectDelay: 20000,
       WebSocket: globalThis.WebSocket,
@@ -132,7 +133,7 @@ export class Client {
 
   async _onOpen() {
     try {
-      const r = await this._call('connect', { token: this.options.token, name: this.options.name });
+      const r = await this._call('connect', { token: this.options.token, name: this.options.name, info: this.options.info });
       this.clientId = r.client;
       this._attempt = 0;
       this._setState('connected', { client: r.client });

@@ -25,7 +25,9 @@ pub struct ClientInfo {
     pub client: ClientId,
     /// The authenticated user ("" for anonymous).
     pub user: String,
-    /// Free-form connection info (client name, transport).
+    /// The client's name (`connect`'s `name`, e.g. `wsx.js`).
+    pub name: String,
+    /// Free-form connection info the client gave at `connect` (a nickname, say).
     pub info: String,
 }
 
@@ -343,6 +345,7 @@ mod tests {
             Arc::new(ClientInfo {
                 client: id,
                 user: user.into(),
+                name: String::new(),
                 info: String::new(),
             }),
             Outbound::new(QueueLimits::default()),

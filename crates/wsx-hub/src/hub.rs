@@ -35,6 +35,9 @@ pub struct HubConfig {
     /// written is dropped (its queue is already bounded; this frees the task and the
     /// socket). Default: 30 s.
     pub write_timeout: std::time::Duration,
+    /// Longest `name` and `info` a client may give at `connect` (shown in presence).
+    /// Default: 256 bytes.
+    pub max_info_size: usize,
 }
 
 impl Default for HubConfig {
@@ -52,6 +55,7 @@ impl Default for HubConfig {
             ping_interval_secs: 25,
             auth: crate::auth::AuthConfig::default(),
             write_timeout: std::time::Duration::from_secs(30),
+            max_info_size: 256,
         }
     }
 }

@@ -77,6 +77,8 @@ struct ConnectReq {
     name: String,
     #[serde(default)]
     version: String,
+    #[serde(default)]
+    info: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -179,7 +181,7 @@ fn presence_push(kind: &str, channel: &str, info: &ClientInfo) -> String {
 
 /// A client as presence shows it (native replies, pushes and the HTTP API).
 pub(crate) fn client_json(m: &ClientInfo) -> Value {
-    json!({ "client": m.client.to_string(), "user": m.user, "info": m.info })
+    json!({ "client": m.client.to_string(), "user": m.user, "name": m.name, "info": m.info })
 }
 
 /// The `presence` result: members by client id.
@@ -235,6 +237,7 @@ impl Session {
             info: Arc::new(ClientInfo {
                 client,
                 user,
+                name: String::new(),
                 info: String::new(),
             }),
             hub,
@@ -301,13 +304,21 @@ impl Session {
                             err(codes::UNAUTHORIZED, format!("invalid token: {why}"))
                         }
                     })?;
+                let max = self.hub.config().max_info_size;
+                if req.info.len() > max || req.name.len() > max {
+                    return Err(err(
+                        codes::LIMIT_EXCEEDED,
+                        format!("name and info are limited to {max} bytes"),
+                    ));
+                }
                 let mut subscribed = Vec::new();
+                self.info = Arc::new(ClientInfo {
+                    client: self.info.client,
+                    user: claims.as_ref().map(|c| c.sub.clone()).unwrap_or_default(),
+                    name: req.name,
+                    info: req.info,
+                });
                 if let Some(c) = &claims {
-                    self.info = Arc::new(ClientInfo {
-                        client: self.info.client,
-                        user: c.sub.clone(),
-                        info: req.name.clone(),
-                    });
                     self.hub
                         .register(self.info.client, &c.sub, self.queue.clone());
                 }

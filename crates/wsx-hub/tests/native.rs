@@ -179,14 +179,27 @@ async fn presence_history_and_join_leave() {
     let url = server(cfg).await;
     let mut a = Client::connected(&url).await;
     a.call("subscribe", json!({"channel": "room:1"})).await;
-    let mut b = Client::connected(&url).await;
+    // An anonymous client's name and info (a nickname) show in presence.
+    let mut b = Client::open(&url).await;
+    let r = b
+        .call("connect", json!({"name": "t", "info": "nick:bob"}))
+        .await;
+    let b_id = r["connect"]["client"].as_str().unwrap().to_string();
     b.call("subscribe", json!({"channel": "room:1"})).await;
     let join = a.push().await;
-    assert!(join["push"]["join"]["client"].is_string(), "{join}");
+    assert_eq!(join["push"]["join"]["client"], b_id.as_str(), "{join}");
+    assert_eq!(join["push"]["join"]["info"], "nick:bob", "{join}");
     let r = a.call("presence_stats", json!({"channel": "room:1"})).await;
     assert_eq!(r["presence_stats"]["num_clients"], 2);
     let r = a.call("presence", json!({"channel": "room:1"})).await;
-    assert_eq!(r["presence"]["presence"].as_object().unwrap().len(), 2);
+    let members = r["presence"]["presence"].as_object().unwrap();
+    assert_eq!(members.len(), 2);
+    assert_eq!(members[&b_id]["info"], "nick:bob");
+    assert_eq!(members[&b_id]["name"], "t");
+    // Info is bounded.
+    let mut c = Client::open(&url).await;
+    let r = c.call("connect", json!({"info": "x".repeat(257)})).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
     for i in 0..5 {
         a.call("publish", json!({"channel": "room:1", "data": {"i": i}}))
             .await;
