@@ -3,6 +3,7 @@
 
 mod bench;
 mod connect;
+mod demo;
 mod serve;
 mod settings;
 mod units;

@@ -53,6 +53,13 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     let tasks = TaskTracker::new();
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
+    if settings.demo.is_some() {
+        for (name, opts) in crate::demo::namespaces() {
+            if !settings.namespaces.iter().any(|(n, _)| *n == name) {
+                hub_cfg.namespaces.push((name, opts));
+            }
+        }
+    }
     for (name, opts) in &settings.namespaces {
         if name.is_empty() {
             hub_cfg.default_options = opts.clone();
@@ -70,6 +77,15 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         shutdown: shutdown_rx.clone(),
         tasks: tasks.clone(),
     };
+    let demo = match &settings.demo {
+        Some(demo) => crate::demo::start(
+            hub.clone(),
+            demo,
+            addr,
+            settings.server.handshake.origin.clone(),
+        ),
+        None => Router::new(),
+    };
     let router = Router::new()
         .route("/echo", get(echo))
         .route("/connection/websocket", get(native))
@@ -77,7 +93,8 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         .route("/metrics", get(metrics))
         .fallback(get(static_file))
         .with_state(app)
-        .merge(wsx_hub::http::router(hub, api));
+        .merge(wsx_hub::http::router(hub, api))
+        .merge(demo);
 
     let stop = shutdown_rx.clone();
     let signal = shutdown_signal();

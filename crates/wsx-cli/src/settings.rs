@@ -21,7 +21,11 @@ macro_rules! settings {
             #[arg(long, env = "WSX_CONFIG", value_name = "FILE")]
             pub config: Option<PathBuf>,
             $(
-                #[arg(long, env = $env, hide_env_values = true, value_name = $value, help = concat!($help, " [default: ", $default, "]"))]
+                #[arg(long, env = $env, hide_env_values = true, value_name = $value,
+                      help = concat!($help, " [default: ", $default, "]"),
+                      // An on|off switch given alone means on.
+                      num_args = if $value == "on|off" { 0..=1 } else { 1..=1 },
+                      default_missing_value = "on")]
                 pub $field: Option<String>,
             )*
         }
@@ -68,6 +72,13 @@ settings! {
     token_hmac_secret, "WSX_TOKEN_HMAC_SECRET", "SECRET", "none", "Secret for HS256 connection tokens (JWT with sub, exp, optional channels)";
     token_rsa_public_key, "WSX_TOKEN_RSA_PUBLIC_KEY", "PEM", "none", "Public key file for RS256 connection tokens";
     allow_anonymous, "WSX_ALLOW_ANONYMOUS", "on|off|auto", "auto", "Accept connections without a token (auto: on without a token key, off with one)";
+    demo, "WSX_DEMO", "on|off", "on", "The demo: judge, chat and chart channels, the tick publisher, the judge's endpoints";
+    demo_judge_allow_remote, "WSX_DEMO_JUDGE_ALLOW_REMOTE", "on|off", "off", "Run the demo judge even when listening on a non-loopback address (it runs submitted Python: not a sandbox)";
+    demo_judge_python, "WSX_DEMO_JUDGE_PYTHON", "PATH", "auto", "Python interpreter of the demo judge (auto: /usr/bin/python3 if present, else python3 on PATH)";
+    demo_judge_time_limit, "WSX_DEMO_JUDGE_TIME_LIMIT", "DURATION", "2s", "Wall-clock limit per test case (CPU limit: this + 1 s)";
+    demo_judge_memory_limit, "WSX_DEMO_JUDGE_MEMORY_LIMIT", "SIZE", "256MiB", "Address-space limit per test case";
+    demo_judge_parallel, "WSX_DEMO_JUDGE_PARALLEL", "N", "4", "Test cases run at once, over all submissions";
+    demo_judge_max_code, "WSX_DEMO_JUDGE_MAX_CODE", "SIZE", "64KiB", "Largest submission";
 }
 
 /// Log output formats.
@@ -92,6 +103,8 @@ pub struct Settings {
     pub auth: wsx_hub::auth::AuthConfig,
     /// `[namespaces.NAME]` tables of the config file (`default` is the default namespace).
     pub namespaces: Vec<(String, wsx_hub::ChannelOptions)>,
+    /// The demo, unless `--demo off`.
+    pub demo: Option<crate::demo::DemoSettings>,
 }
 
 /// A bad setting: which key, and why. Displayed as one line.
@@ -362,7 +375,42 @@ impl ServeArgs {
                 ))
             }
         };
+        let count = |key: &'static str| -> Result<usize, SettingError> {
+            get(key)
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| bad(key)(format!("`{}` is not a positive number", get(key))))
+        };
+        let demo = if flag("demo")? {
+            let judge = crate::demo::JudgeConfig {
+                python: match get("demo_judge_python").trim() {
+                    "auto" if std::path::Path::new("/usr/bin/python3").exists() => {
+                        "/usr/bin/python3".to_string()
+                    }
+                    "auto" => "python3".to_string(),
+                    path => path.to_string(),
+                },
+                time_limit: dur("demo_judge_time_limit")?,
+                memory_limit: size("demo_judge_memory_limit")? as u64,
+                parallel: count("demo_judge_parallel")?,
+                max_code: size("demo_judge_max_code")?,
+                ..crate::demo::JudgeConfig::default()
+            };
+            if judge.time_limit.is_zero() {
+                return Err(bad("demo_judge_time_limit")("must be more than 0".into()));
+            }
+            Some(crate::demo::DemoSettings {
+                judge,
+                judge_allow_remote: flag("demo_judge_allow_remote")?,
+                tick_seed: 42,
+            })
+        } else {
+            None
+        };
         Ok(Settings {
+            demo,
             namespaces,
             auth,
             api_key,

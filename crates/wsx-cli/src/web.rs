@@ -1,33 +1,29 @@
 //! The pages under `web/`, embedded in the binary.
 
-/// (path, content type, body)
-const FILES: &[(&str, &str, &str)] = &[
-    (
-        "/",
-        "text/html; charset=utf-8",
-        include_str!("../../../web/index.html"),
-    ),
-    (
-        "/index.html",
-        "text/html; charset=utf-8",
-        include_str!("../../../web/index.html"),
-    ),
-    (
-        "/wsx.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../web/wsx.js"),
-    ),
-    (
-        "/console.js",
-        "text/javascript; charset=utf-8",
-        include_str!("../../../web/console.js"),
-    ),
-    (
-        "/style.css",
-        "text/css; charset=utf-8",
-        include_str!("../../../web/style.css"),
-    ),
-];
+macro_rules! files {
+    ($( $path:literal => $file:literal, $kind:literal; )*) => {
+        /// (path, content type, body)
+        const FILES: &[(&str, &str, &str)] = &[
+            $( ($path, $kind, include_str!(concat!("../../../web/", $file))), )*
+        ];
+    };
+}
+
+files! {
+    "/" => "index.html", "text/html; charset=utf-8";
+    "/index.html" => "index.html", "text/html; charset=utf-8";
+    "/grading" => "grading.html", "text/html; charset=utf-8";
+    "/chat" => "chat.html", "text/html; charset=utf-8";
+    "/chart" => "chart.html", "text/html; charset=utf-8";
+    "/console" => "console.html", "text/html; charset=utf-8";
+    "/wsx.js" => "wsx.js", "text/javascript; charset=utf-8";
+    "/demo.js" => "demo.js", "text/javascript; charset=utf-8";
+    "/grading.js" => "grading.js", "text/javascript; charset=utf-8";
+    "/chat.js" => "chat.js", "text/javascript; charset=utf-8";
+    "/chart.js" => "chart.js", "text/javascript; charset=utf-8";
+    "/console.js" => "console.js", "text/javascript; charset=utf-8";
+    "/style.css" => "style.css", "text/css; charset=utf-8";
+}
 
 /// The file served at `path`, if any: content type and body.
 pub fn file(path: &str) -> Option<(&'static str, &'static str)> {

@@ -224,7 +224,7 @@ async fn serves_the_console_page() {
     let (_server, addr) = serve(&[]).await;
     let resp = http(
         &addr,
-        &format!("GET / HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+        &format!("GET /console HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -449,7 +449,8 @@ async fn serve_mounts_the_hub_native_protocol_and_http_api() {
 
 #[tokio::test]
 async fn metrics_and_healthz() {
-    let (_server, addr) = serve(&[]).await;
+    // Without the demo's ticker, so that the counts below are this test's alone.
+    let (_server, addr) = serve(&["--demo", "off"]).await;
     // One refused handshake, one live native connection with a subscription.
     let (code, _, _) = run(
         &[
@@ -533,4 +534,109 @@ async fn connections_beyond_the_limit_get_503() {
         tokio::task::yield_now().await;
     }
     assert!(ok, "the slot was never released");
+}
+
+/// POST a JSON body with extra header lines; returns the whole response.
+async fn post(addr: &str, path: &str, headers: &str, body: &str) -> String {
+    http(
+        addr,
+        &format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn demo_judge_refuses_what_a_browser_page_elsewhere_could_send() {
+    let (_server, addr) = serve(&["--demo-judge-max-code", "1KiB"]).await;
+    let json = "Content-Type: application/json\r\n";
+    let ok_body = r#"{"session":"abcdefgh12345678","code":"print(1)"}"#;
+    // A cross-site form post: not JSON.
+    let r = post(
+        &addr,
+        "/demo/judge/submit",
+        "Content-Type: text/plain\r\n",
+        ok_body,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 415"), "{r}");
+    // JSON from another origin.
+    let r = post(
+        &addr,
+        "/demo/judge/submit",
+        &format!("{json}Origin: http://evil.example\r\n"),
+        ok_body,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    // A host name that is not loopback (DNS rebinding) is refused too.
+    let r = http(
+        &addr,
+        &format!("POST /demo/judge/submit HTTP/1.1\r\nHost: rebind.example:3000\r\nConnection: close\r\n{json}Content-Length: {}\r\n\r\n{ok_body}", ok_body.len()),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 403"), "{r}");
+    let r = post(
+        &addr,
+        "/demo/judge/submit",
+        json,
+        r#"{"session":"x","code":""}"#,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("session"),
+        "{r}"
+    );
+    let r = post(&addr, "/demo/judge/submit", json, "{not json").await;
+    assert!(r.starts_with("HTTP/1.1 400"), "{r}");
+    let big = format!(
+        r#"{{"session":"abcdefgh12345678","code":"{}"}}"#,
+        "x".repeat(2048)
+    );
+    let r = post(&addr, "/demo/judge/submit", json, &big).await;
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    // Same origin, loopback host, JSON: accepted.
+    let r = post(
+        &addr,
+        "/demo/judge/submit",
+        &format!("{json}Origin: http://{addr}\r\n"),
+        ok_body,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 202") && r.contains(r#""channel":"judge:abcdefgh12345678""#),
+        "{r}"
+    );
+}
+
+#[tokio::test]
+async fn demo_judge_says_when_python_is_missing_and_demo_off_removes_it() {
+    let (_server, addr) = serve(&["--demo-judge-python", "/nonexistent/python3"]).await;
+    let get =
+        format!("GET /demo/judge/problem HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let r = http(&addr, &get).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(
+        r.contains("was not found") && r.contains(r#""python":null"#),
+        "{r}"
+    );
+    let r = post(
+        &addr,
+        "/demo/judge/submit",
+        "Content-Type: application/json\r\n",
+        r#"{"session":"abcdefgh12345678","code":"print(1)"}"#,
+    )
+    .await;
+    assert!(
+        r.starts_with("HTTP/1.1 503") && r.contains("was not found"),
+        "{r}"
+    );
+
+    let (_server, addr) = serve(&["--demo", "off"]).await;
+    let get =
+        format!("GET /demo/judge/problem HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let r = http(&addr, &get).await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
 }

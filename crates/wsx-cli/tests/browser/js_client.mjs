@@ -2,49 +2,15 @@
 // missed messages after a server-side disconnect, and reconnect after a server restart
 // (where recovery is refused: a new epoch).
 // usage: node js_client.mjs WSX_BIN PORT SCREENSHOT
-import { spawn } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { chromium } from 'playwright-core';
+import { Server, launch } from './lib.mjs';
 
 const [wsxBin, port, screenshot] = process.argv.slice(2);
-const base = `http://127.0.0.1:${port}`;
-const KEY = 'js-client-test-key-0123456789';
+const server = await new Server(wsxBin, port).start();
+const base = server.base;
+const api = (method, body) => server.api(method, body);
 
-async function startServer() {
-  const child = spawn(wsxBin, ['serve', '--listen', `127.0.0.1:${port}`, '--api-key', KEY], { stdio: ['ignore', 'ignore', 'pipe'] });
-  child.stderr.resume();
-  for (let i = 0; i < 200; i++) {
-    try {
-      const r = await fetch(`${base}/healthz`);
-      if (r.ok) return child;
-    } catch {}
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error('wsx serve did not start');
-}
-
-async function stopServer(child) {
-  const exited = new Promise((r) => child.once('exit', r));
-  child.kill('SIGTERM');
-  await exited;
-}
-
-async function api(method, body) {
-  const r = await fetch(`${base}/api/${method}`, {
-    method: 'POST',
-    headers: { Authorization: `apikey ${KEY}` },
-    body: JSON.stringify(body),
-  });
-  const text = await r.text();
-  assert.equal(r.status, 200, `${method}: ${text}`);
-  return JSON.parse(text).result;
-}
-
-let server = await startServer();
-const browser = await chromium.launch({
-  executablePath: '/usr/bin/chromium',
-  args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update', '--no-first-run'],
-});
+const browser = await launch();
 try {
   const page = await browser.newPage();
   page.on('console', (m) => console.error('page:', m.text()));
@@ -84,9 +50,9 @@ try {
 
   // The server restarts: the client reconnects by itself; history is gone (new epoch),
   // so it is told `recovered: false` instead of receiving a partial stream.
-  await stopServer(server);
+  await server.stop();
   await page.waitForFunction(() => window.client.state === 'reconnecting');
-  server = await startServer();
+  await server.start();
   await page.waitForFunction((n) => window.events.filter((e) => 'subscribed' in e).length > n, (await subscribedCount()) - 1, { timeout: 30000 });
   await page.waitForFunction(() => window.client.state === 'connected');
   events = await page.evaluate(() => window.events);
@@ -99,5 +65,5 @@ try {
   console.log('OK', JSON.stringify(events.map((e) => e.state || `subscribed:${e.subscribed}`)));
 } finally {
   await browser.close();
-  await stopServer(server).catch(() => {});
+  await server.stop().catch(() => {});
 }

@@ -1,0 +1,81 @@
+//! In Chromium (playwright-core) against `wsx serve`: `web/wsx.js` (reconnect with
+//! backoff, recovery of missed publications, reconnect after a server restart) and the
+//! demo pages (grading with the real judge, chat, chart). Screenshots go to
+//! `target/screenshots/`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// Run `tests/browser/<script>` with the wsx binary, a free port (reused across server
+/// restarts inside the script) and `args`; it prints OK on success.
+fn run_script(script: &str, args: &[&str]) {
+    let root = root();
+    let has = |check: &[&str]| {
+        Command::new(check[0])
+            .args(&check[1..])
+            .current_dir(&root)
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    assert!(
+        has(&["node", "-e", "require.resolve('playwright-core')"])
+            && Path::new("/usr/bin/chromium").exists(),
+        "playwright-core and chromium are not installed: run scripts/test"
+    );
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new("node")
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/browser")
+                .join(script),
+        )
+        .arg(env!("CARGO_BIN_EXE_wsx"))
+        .arg(port.to_string())
+        .args(args)
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.starts_with("OK"),
+        "{stdout}\n{stderr}"
+    );
+}
+
+fn screenshots() -> PathBuf {
+    let dir = root().join("target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[test]
+fn js_client_reconnects_and_recovers_in_chromium() {
+    let shot = screenshots().join("js-client.png");
+    run_script("js_client.mjs", &[shot.to_str().unwrap()]);
+}
+
+#[test]
+fn demo_grading_page_with_the_real_judge() {
+    run_script("demo.mjs", &[screenshots().to_str().unwrap(), "grading"]);
+}
+
+#[test]
+fn demo_chat_between_two_windows() {
+    run_script("demo.mjs", &[screenshots().to_str().unwrap(), "chat"]);
+}
+
+#[test]
+fn demo_chart_receives_ticks_and_recovers() {
+    run_script("demo.mjs", &[screenshots().to_str().unwrap(), "chart"]);
+}
