@@ -1,18 +1,17 @@
-//! The broker: channels, subscriptions, publish with fan-out, presence, history and
-//! recovery. Every front-end (native, STOMP, Socket.IO, SockJS) maps onto this one
-//! model. In-process and synchronous: locks are held only for map updates and queue
-//! pushes, never across I/O, and publishing never waits for a subscriber.
+//! The node-local broker: this node's subscribers of each channel, their queues, and
+//! the fan-out of what the [`Backplane`](crate::backplane::Backplane) delivers. Every
+//! front-end (native, STOMP, Socket.IO, SockJS) maps onto this one model through the
+//! [`Hub`](crate::Hub). Synchronous: locks are held only for map updates and queue
+//! pushes, never across I/O, and a delivery never waits for a subscriber.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use bytes::Bytes;
-
-use crate::channel::ChannelName;
-use crate::history::{History, Publication, Recovery, StreamPosition};
+use crate::backplane::{Deliver, Event};
+use crate::history::{Publication, StreamPosition};
 use crate::queue::{Delivery, Outbound, SlowConsumer};
 
 /// A connection's id, unique within the hub.
@@ -90,24 +89,39 @@ pub struct Subscribed {
 }
 
 struct Subscriber {
-    info: Arc<ClientInfo>,
     queue: Arc<Outbound>,
+    /// While the subscription recovers: events held back until the missed publications
+    /// are queued ([`Broker::go_live`]).
+    held: Option<Vec<Delivery>>,
 }
 
-struct Channel {
+impl Subscriber {
+    /// Queue or hold `d`; `Err` when the consumer is too slow.
+    fn offer(&mut self, d: &Delivery) -> Result<(), SlowConsumer> {
+        match &mut self.held {
+            None => self.queue.push(d.clone()),
+            Some(held) if held.len() < self.queue.limits().max_messages => {
+                held.push(d.clone());
+                Ok(())
+            }
+            Some(_) => {
+                self.queue.mark_slow();
+                Err(SlowConsumer)
+            }
+        }
+    }
+}
+
+struct LocalChannel {
     name: Arc<str>,
-    opts: ChannelOptions,
     subscribers: HashMap<ClientId, Subscriber>,
-    history: History,
 }
 
 const SHARDS: usize = 32;
 
-/// The in-memory broker.
+/// This node's subscribers, by channel.
 pub struct Broker {
-    shards: Vec<Mutex<HashMap<String, Channel>>>,
-    /// Changes with every process start: recovery across a restart is refused.
-    epoch: String,
+    shards: Vec<Mutex<HashMap<String, LocalChannel>>>,
 }
 
 impl Default for Broker {
@@ -121,193 +135,115 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Broker {
-    /// An empty broker with a fresh epoch.
+    /// A broker with no subscribers.
     pub fn new() -> Broker {
-        let epoch: u64 = rand::random();
         Broker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            epoch: format!("{epoch:016x}"),
         }
     }
 
-    fn shard(&self, channel: &str) -> &Mutex<HashMap<String, Channel>> {
+    fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, LocalChannel>> {
         let mut h = DefaultHasher::new();
         channel.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        lock(&self.shards[(h.finish() as usize) % SHARDS])
     }
 
-    /// The channel, created with `opts` if it does not exist yet.
-    fn channel_entry<'a>(
+    /// Add a subscriber. With `recovering`, its events are held back until
+    /// [`go_live`](Self::go_live). Returns whether it is the channel's first subscriber
+    /// on this node (the node must then listen on the backplane).
+    pub fn add(
         &self,
-        shard: &'a mut HashMap<String, Channel>,
-        channel: &ChannelName,
-        opts: &ChannelOptions,
-    ) -> &'a mut Channel {
-        shard
-            .entry(channel.as_str().to_string())
-            .or_insert_with(|| Channel {
-                name: Arc::from(channel.as_str()),
-                opts: opts.clone(),
-                subscribers: HashMap::new(),
-                history: History::new(opts.history_size, opts.history_ttl, self.epoch.clone()),
-            })
-    }
-
-    /// Subscribe `info.client` with its queue. With `recover`, the publications after
-    /// that position are queued first (or `recovered: Some(false)` when history cannot
-    /// cover the gap), then every later publication: no gap, no duplicate.
-    pub fn subscribe(
-        &self,
-        channel: &ChannelName,
-        opts: &ChannelOptions,
-        info: Arc<ClientInfo>,
+        channel: &str,
+        client: ClientId,
         queue: Arc<Outbound>,
-        recover: Option<&StreamPosition>,
-        now: Instant,
-    ) -> Result<Subscribed, BrokerError> {
-        let mut shard = lock(self.shard(channel.as_str()));
-        let ch = self.channel_entry(&mut shard, channel, opts);
-        if ch.subscribers.contains_key(&info.client) {
+        recovering: bool,
+    ) -> Result<bool, BrokerError> {
+        let mut shard = self.shard(channel);
+        let ch = shard
+            .entry(channel.to_string())
+            .or_insert_with(|| LocalChannel {
+                name: Arc::from(channel),
+                subscribers: HashMap::new(),
+            });
+        if ch.subscribers.contains_key(&client) {
             return Err(BrokerError::AlreadySubscribed);
         }
-        let mut recovered = None;
-        if let Some(pos) = recover {
-            match ch.history.recover(now, pos) {
-                Recovery::Recovered(missed) => {
-                    for p in missed {
-                        if queue
-                            .push(Delivery::Publication {
-                                channel: ch.name.clone(),
-                                publication: p,
-                            })
-                            .is_err()
-                        {
-                            return Ok(Subscribed {
-                                position: None,
-                                recovered: Some(false),
-                            });
-                        }
-                    }
-                    recovered = Some(true);
-                }
-                Recovery::NotRecovered => recovered = Some(false),
-            }
-        }
-        if ch.opts.presence && ch.opts.join_leave {
-            let join = Delivery::Join {
-                channel: ch.name.clone(),
-                info: info.clone(),
-                native_frame: Arc::default(),
-            };
-            for s in ch.subscribers.values() {
-                let _ = s.queue.push(join.clone());
-            }
-        }
-        let position = (ch.opts.history_size > 0).then(|| ch.history.position());
-        ch.subscribers
-            .insert(info.client, Subscriber { info, queue });
-        Ok(Subscribed {
-            position,
-            recovered,
-        })
+        ch.subscribers.insert(
+            client,
+            Subscriber {
+                queue,
+                held: recovering.then(Vec::new),
+            },
+        );
+        Ok(ch.subscribers.len() == 1)
     }
 
-    /// Remove a subscription (pushes a leave event when enabled).
-    pub fn unsubscribe(&self, channel: &str, client: ClientId) -> Result<(), BrokerError> {
-        let mut shard = lock(self.shard(channel));
+    /// Whether `client` is subscribed to `channel` here.
+    pub fn contains(&self, channel: &str, client: ClientId) -> bool {
+        self.shard(channel)
+            .get(channel)
+            .is_some_and(|c| c.subscribers.contains_key(&client))
+    }
+
+    /// Remove a subscriber. Returns whether the channel has no subscriber left on this
+    /// node (the node may then stop listening).
+    pub fn remove(&self, channel: &str, client: ClientId) -> Result<bool, BrokerError> {
+        let mut shard = self.shard(channel);
         let ch = shard.get_mut(channel).ok_or(BrokerError::NotSubscribed)?;
-        let sub = ch
-            .subscribers
+        ch.subscribers
             .remove(&client)
             .ok_or(BrokerError::NotSubscribed)?;
-        if ch.opts.presence && ch.opts.join_leave {
-            let leave = Delivery::Leave {
-                channel: ch.name.clone(),
-                info: sub.info,
-                native_frame: Arc::default(),
-            };
-            for s in ch.subscribers.values() {
-                let _ = s.queue.push(leave.clone());
-            }
-        }
-        if ch.subscribers.is_empty() && ch.history.is_empty() {
+        let empty = ch.subscribers.is_empty();
+        if empty {
             shard.remove(channel);
+        }
+        Ok(empty)
+    }
+
+    /// Whether anyone on this node is subscribed to `channel`.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.shard(channel).contains_key(channel)
+    }
+
+    /// End a recovery: queue `missed` in order, then what was held back meanwhile
+    /// (publications after the last missed one, and presence events), and deliver live
+    /// from now on: no gap, no duplicate. `Err` if the consumer overflowed (it is then
+    /// dropped with 3008 and should recover again).
+    pub fn go_live(
+        &self,
+        channel: &str,
+        client: ClientId,
+        missed: Vec<Arc<Publication>>,
+    ) -> Result<(), SlowConsumer> {
+        let mut shard = self.shard(channel);
+        let Some(ch) = shard.get_mut(channel) else {
+            return Err(SlowConsumer);
+        };
+        let name = ch.name.clone();
+        let Some(sub) = ch.subscribers.get_mut(&client) else {
+            return Err(SlowConsumer);
+        };
+        let mut last = 0;
+        for p in missed {
+            last = p.offset;
+            sub.queue.push(Delivery::Publication {
+                channel: name.clone(),
+                publication: p,
+            })?;
+        }
+        for d in sub.held.take().unwrap_or_default() {
+            let fresh = match &d {
+                Delivery::Publication { publication, .. } => publication.offset > last,
+                _ => true,
+            };
+            if fresh {
+                sub.queue.push(d)?;
+            }
         }
         Ok(())
     }
 
-    /// Publish to a channel: record it in history (when on) and queue it for every
-    /// subscriber without waiting. Returns the publication and the clients found too
-    /// slow (their queues are closed; their connections should be closed).
-    pub fn publish(
-        &self,
-        channel: &ChannelName,
-        opts: &ChannelOptions,
-        data: Bytes,
-        now: Instant,
-    ) -> (Arc<Publication>, Vec<ClientId>) {
-        let mut shard = lock(self.shard(channel.as_str()));
-        let ch = self.channel_entry(&mut shard, channel, opts);
-        let publication = ch.history.push(now, data);
-        let mut slow = Vec::new();
-        let delivery = Delivery::Publication {
-            channel: ch.name.clone(),
-            publication: publication.clone(),
-        };
-        for (id, s) in &ch.subscribers {
-            if s.queue.push(delivery.clone()) == Err(SlowConsumer) {
-                slow.push(*id);
-            }
-        }
-        for id in &slow {
-            ch.subscribers.remove(id);
-        }
-        if ch.subscribers.is_empty() && ch.history.is_empty() {
-            shard.remove(channel.as_str());
-        }
-        (publication, slow)
-    }
-
-    /// Who is in a channel.
-    pub fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, BrokerError> {
-        let shard = lock(self.shard(channel));
-        let ch = shard.get(channel).ok_or(BrokerError::UnknownChannel)?;
-        if !ch.opts.presence {
-            return Err(BrokerError::NotAvailable);
-        }
-        Ok(ch.subscribers.values().map(|s| s.info.clone()).collect())
-    }
-
-    /// (connections, distinct users) in a channel.
-    pub fn presence_stats(&self, channel: &str) -> Result<(usize, usize), BrokerError> {
-        let members = self.presence(channel)?;
-        let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
-        users.sort_unstable();
-        users.dedup();
-        Ok((members.len(), users.len()))
-    }
-
-    /// Retained history of a channel.
-    pub fn history(
-        &self,
-        channel: &str,
-        limit: usize,
-        since: Option<u64>,
-        reverse: bool,
-        now: Instant,
-    ) -> Result<(Vec<Arc<Publication>>, StreamPosition), BrokerError> {
-        let mut shard = lock(self.shard(channel));
-        let ch = shard.get_mut(channel).ok_or(BrokerError::UnknownChannel)?;
-        if ch.opts.history_size == 0 {
-            return Err(BrokerError::NotAvailable);
-        }
-        Ok((
-            ch.history.query(now, limit, since, reverse),
-            ch.history.position(),
-        ))
-    }
-
-    /// Active channels with their subscriber counts.
+    /// Channels with subscribers on this node, with their counts.
     pub fn channels(&self) -> Vec<(String, usize)> {
         let mut all: Vec<(String, usize)> = self
             .shards
@@ -318,73 +254,103 @@ impl Broker {
                     .map(|(k, c)| (k.clone(), c.subscribers.len()))
                     .collect::<Vec<_>>()
             })
-            .filter(|(_, n)| *n > 0)
             .collect();
         all.sort();
         all
     }
+}
 
-    /// The broker's epoch.
-    pub fn epoch(&self) -> &str {
-        &self.epoch
+impl Deliver for Broker {
+    /// Fan `event` out to this node's subscribers of `channel`; one [`Delivery`] (one
+    /// shared publication, one encoded frame per front-end) for all of them. Consumers
+    /// that overflow are dropped from the channel (their connections close with 3008).
+    fn deliver(&self, channel: &str, event: Event) {
+        let mut shard = self.shard(channel);
+        let Some(ch) = shard.get_mut(channel) else {
+            return;
+        };
+        let name = ch.name.clone();
+        // The joiner itself is not told of its own join.
+        let joiner = match &event {
+            Event::Join(info) => Some(info.client),
+            _ => None,
+        };
+        let d = match event {
+            Event::Publication(publication) => Delivery::Publication {
+                channel: name,
+                publication,
+            },
+            Event::Join(info) => Delivery::Join {
+                channel: name,
+                info,
+                native_frame: Arc::default(),
+            },
+            Event::Leave(info) => Delivery::Leave {
+                channel: name,
+                info,
+                native_frame: Arc::default(),
+            },
+        };
+        let mut slow = Vec::new();
+        for (id, s) in ch.subscribers.iter_mut() {
+            if Some(*id) != joiner && s.offer(&d).is_err() {
+                slow.push(*id);
+            }
+        }
+        for id in slow {
+            ch.subscribers.remove(&id);
+        }
+        if ch.subscribers.is_empty() {
+            shard.remove(channel);
+        }
     }
+}
+
+/// Whether a history page covers everything after `since`: same epoch, not ahead of
+/// the stream, and the first missed offset still retained.
+pub fn covers(page: &crate::backplane::HistoryPage, since: &StreamPosition) -> bool {
+    since.epoch == page.position.epoch
+        && since.offset <= page.position.offset
+        && page.first_retained <= since.offset + 1
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use bytes::Bytes;
 
     use super::*;
     use crate::queue::QueueLimits;
 
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-
-    fn client(user: &str) -> (Arc<ClientInfo>, Arc<Outbound>) {
-        let id = NEXT.fetch_add(1, Ordering::Relaxed);
-        (
-            Arc::new(ClientInfo {
-                client: id,
-                user: user.into(),
-                name: String::new(),
-                info: String::new(),
-            }),
-            Outbound::new(QueueLimits::default()),
-        )
+    fn publication(offset: u64) -> Event {
+        Event::Publication(Arc::new(Publication::new(offset, Bytes::from_static(b"1"))))
     }
 
-    fn offsets(q: &Outbound) -> Vec<u64> {
-        q.drain()
-            .unwrap()
-            .into_iter()
-            .filter_map(|d| match d {
-                Delivery::Publication { publication, .. } => Some(publication.offset),
-                _ => None,
-            })
-            .collect()
-    }
+    use crate::queue::drain_offsets as offsets;
 
-    fn with_history() -> ChannelOptions {
-        ChannelOptions {
-            history_size: 100,
-            presence: true,
-            join_leave: true,
-            ..Default::default()
-        }
+    fn info(client: ClientId) -> Arc<ClientInfo> {
+        Arc::new(ClientInfo {
+            client,
+            user: format!("u{client}"),
+            name: String::new(),
+            info: String::new(),
+        })
     }
 
     #[test]
-    fn publish_fans_out_shared_bytes_to_every_subscriber() {
+    fn one_publication_is_shared_by_every_subscriber() {
         let b = Broker::new();
-        let ch = ChannelName::parse("chat:room").unwrap();
-        let opts = ChannelOptions::default();
-        let subs: Vec<_> = (0..3).map(|_| client("u")).collect();
-        for (info, q) in &subs {
-            b.subscribe(&ch, &opts, info.clone(), q.clone(), None, Instant::now())
-                .unwrap();
+        let queues: Vec<_> = (0..3)
+            .map(|_| Outbound::new(QueueLimits::default()))
+            .collect();
+        for (i, q) in queues.iter().enumerate() {
+            let first = b.add("chat:room", i as ClientId, q.clone(), false).unwrap();
+            assert_eq!(first, i == 0);
         }
-        let (p, slow) = b.publish(&ch, &opts, Bytes::from_static(b"{\"x\":1}"), Instant::now());
-        assert!(slow.is_empty());
-        for (_, q) in &subs {
+        let Event::Publication(p) = publication(1) else {
+            unreachable!()
+        };
+        b.deliver("chat:room", Event::Publication(p.clone()));
+        for q in &queues {
             let got = q.drain().unwrap();
             let [Delivery::Publication { publication, .. }] = got.as_slice() else {
                 panic!("{got:?}")
@@ -397,151 +363,81 @@ mod tests {
     }
 
     #[test]
-    fn double_subscribe_is_refused() {
+    fn double_subscribe_is_refused_and_removal_reports_the_last() {
         let b = Broker::new();
-        let ch = ChannelName::parse("a").unwrap();
-        let (info, q) = client("u");
-        let opts = ChannelOptions::default();
-        b.subscribe(&ch, &opts, info.clone(), q.clone(), None, Instant::now())
-            .unwrap();
+        let q = Outbound::new(QueueLimits::default());
+        b.add("a", 1, q.clone(), false).unwrap();
         assert_eq!(
-            b.subscribe(&ch, &opts, info, q, None, Instant::now()),
+            b.add("a", 1, q.clone(), false),
             Err(BrokerError::AlreadySubscribed)
         );
-    }
-
-    #[test]
-    fn recovery_gives_exactly_the_missed_publications_then_live_ones() {
-        let b = Broker::new();
-        let ch = ChannelName::parse("news:x").unwrap();
-        let opts = with_history();
-        let now = Instant::now();
-        let (info, q) = client("u");
-        let sub = b
-            .subscribe(&ch, &opts, info.clone(), q.clone(), None, now)
-            .unwrap();
-        b.publish(&ch, &opts, Bytes::from_static(b"1"), now);
-        let last = StreamPosition {
-            offset: offsets(&q).last().copied().unwrap(),
-            epoch: sub.position.unwrap().epoch,
-        };
-        b.unsubscribe(ch.as_str(), info.client).unwrap();
-        for _ in 0..10 {
-            b.publish(&ch, &opts, Bytes::from_static(b"missed"), now);
-        }
-        let (info2, q2) = client("u");
-        let res = b
-            .subscribe(&ch, &opts, info2, q2.clone(), Some(&last), now)
-            .unwrap();
-        assert_eq!(res.recovered, Some(true));
-        b.publish(&ch, &opts, Bytes::from_static(b"live"), now);
-        assert_eq!(
-            offsets(&q2),
-            (2..=12).collect::<Vec<_>>(),
-            "10 missed, then live, no gap or duplicate"
-        );
-    }
-
-    #[test]
-    fn recovery_from_another_epoch_is_refused() {
-        let b = Broker::new();
-        let ch = ChannelName::parse("news:y").unwrap();
-        let opts = with_history();
-        let now = Instant::now();
-        b.publish(&ch, &opts, Bytes::from_static(b"1"), now);
-        let (info, q) = client("u");
-        let stale = StreamPosition {
-            offset: 1,
-            epoch: "before-restart".into(),
-        };
-        let res = b
-            .subscribe(&ch, &opts, info, q.clone(), Some(&stale), now)
-            .unwrap();
-        assert_eq!(res.recovered, Some(false));
-        assert!(offsets(&q).is_empty(), "no partial stream");
+        b.add("a", 2, q, false).unwrap();
+        assert_eq!(b.remove("a", 1), Ok(false));
+        assert_eq!(b.remove("a", 2), Ok(true));
+        assert_eq!(b.remove("a", 2), Err(BrokerError::NotSubscribed));
+        assert!(!b.has_subscribers("a"));
     }
 
     #[test]
     fn slow_consumer_is_dropped_while_others_get_everything() {
         let b = Broker::new();
-        let ch = ChannelName::parse("ticks").unwrap();
-        let opts = ChannelOptions::default();
-        let (slow_info, _) = client("slow");
-        let slow_q = Outbound::new(QueueLimits {
+        let slow = Outbound::new(QueueLimits {
             max_messages: 10,
             max_bytes: 1 << 20,
         });
-        b.subscribe(
-            &ch,
-            &opts,
-            slow_info.clone(),
-            slow_q.clone(),
-            None,
-            Instant::now(),
-        )
-        .unwrap();
-        let (fast_info, fast_q) = client("fast");
-        b.subscribe(&ch, &opts, fast_info, fast_q.clone(), None, Instant::now())
-            .unwrap();
-        let mut dropped = Vec::new();
+        let fast = Outbound::new(QueueLimits::default());
+        b.add("ticks", 1, slow.clone(), false).unwrap();
+        b.add("ticks", 2, fast.clone(), false).unwrap();
         let mut got = Vec::new();
-        for i in 0..100 {
-            let (_, slow) = b.publish(&ch, &opts, Bytes::from(format!("{i}")), Instant::now());
-            dropped.extend(slow);
-            got.extend(offsets(&fast_q)); // the fast consumer keeps up
+        for i in 1..=100 {
+            b.deliver("ticks", publication(i));
+            got.extend(offsets(&fast)); // the fast consumer keeps up
         }
-        assert_eq!(dropped, vec![slow_info.client]);
         assert_eq!(got, (1..=100).collect::<Vec<_>>());
+        assert!(slow.drain().is_err(), "the slow queue is closed");
         assert_eq!(b.channels(), vec![("ticks".to_string(), 1)]);
     }
 
     #[test]
-    fn presence_and_join_leave() {
+    fn going_live_queues_missed_then_held_without_duplicates() {
         let b = Broker::new();
-        let ch = ChannelName::parse("room:1").unwrap();
-        let opts = with_history();
-        let (a, qa) = client("alice");
-        let (c, qc) = client("bob");
-        b.subscribe(&ch, &opts, a.clone(), qa.clone(), None, Instant::now())
-            .unwrap();
-        b.subscribe(&ch, &opts, c.clone(), qc.clone(), None, Instant::now())
-            .unwrap();
-        assert_eq!(b.presence_stats("room:1"), Ok((2, 2)));
-        assert!(
-            matches!(qa.drain().unwrap().as_slice(), [Delivery::Join { info, .. }] if info.user == "bob")
-        );
-        b.unsubscribe("room:1", c.client).unwrap();
-        assert!(
-            matches!(qa.drain().unwrap().as_slice(), [Delivery::Leave { info, .. }] if info.user == "bob")
-        );
-        assert_eq!(b.presence("room:1").unwrap().len(), 1);
-        assert_eq!(b.presence("nope"), Err(BrokerError::UnknownChannel));
+        let q = Outbound::new(QueueLimits::default());
+        b.add("news", 1, q.clone(), true).unwrap();
+        // Live publications 5 and 6 arrive while history (3..=5) is being read.
+        b.deliver("news", publication(5));
+        b.deliver("news", Event::Join(info(9)));
+        b.deliver("news", publication(6));
+        assert!(q.is_empty(), "held back while recovering");
+        let missed = (3..=5)
+            .map(|o| Arc::new(Publication::new(o, Bytes::new())))
+            .collect();
+        b.go_live("news", 1, missed).unwrap();
+        let got: Vec<String> = q
+            .drain()
+            .unwrap()
+            .into_iter()
+            .map(|d| match d {
+                Delivery::Publication { publication, .. } => publication.offset.to_string(),
+                Delivery::Join { info, .. } => format!("join {}", info.client),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(got, ["3", "4", "5", "join 9", "6"]);
+        b.deliver("news", publication(7));
+        assert_eq!(offsets(&q), vec![7], "live after going live");
     }
 
     #[test]
-    fn history_is_unavailable_where_not_enabled() {
+    fn a_joiner_is_not_told_of_its_own_join() {
         let b = Broker::new();
-        let ch = ChannelName::parse("plain").unwrap();
-        b.publish(
-            &ch,
-            &ChannelOptions::default(),
-            Bytes::new(),
-            Instant::now(),
+        let (qa, qb) = (
+            Outbound::new(QueueLimits::default()),
+            Outbound::new(QueueLimits::default()),
         );
-        let (info, q) = client("u");
-        b.subscribe(
-            &ch,
-            &ChannelOptions::default(),
-            info,
-            q,
-            None,
-            Instant::now(),
-        )
-        .unwrap();
-        assert_eq!(
-            b.history("plain", 10, None, false, Instant::now())
-                .map(|_| ()),
-            Err(BrokerError::NotAvailable)
-        );
+        b.add("room", 1, qa.clone(), false).unwrap();
+        b.add("room", 2, qb.clone(), false).unwrap();
+        b.deliver("room", Event::Join(info(2)));
+        assert_eq!(qa.len(), 1);
+        assert!(qb.is_empty());
     }
 }

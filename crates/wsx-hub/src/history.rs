@@ -39,16 +39,6 @@ pub struct StreamPosition {
     pub epoch: String,
 }
 
-/// The answer to a recovery request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Recovery {
-    /// Exactly the publications after the position, in order (possibly none).
-    Recovered(Vec<Arc<Publication>>),
-    /// The history no longer covers the gap, or the epoch changed: the client must
-    /// re-fetch its state instead of receiving a partial stream.
-    NotRecovered,
-}
-
 /// A bounded log of one channel's publications.
 #[derive(Debug)]
 pub struct History {
@@ -69,6 +59,19 @@ impl History {
             last_offset: 0,
             epoch,
         }
+    }
+
+    /// Change the bounds (a namespace's settings); takes effect at the next push.
+    pub fn configure(&mut self, max_len: usize, ttl: Duration) {
+        self.max_len = max_len;
+        self.ttl = ttl;
+    }
+
+    /// The oldest offset retained (the next offset when nothing is).
+    pub fn first_offset(&self) -> u64 {
+        self.entries
+            .front()
+            .map_or(self.last_offset + 1, |(_, p)| p.offset)
     }
 
     /// Record a publication at `now`; returns it with its offset.
@@ -101,29 +104,6 @@ impl History {
         StreamPosition {
             offset: self.last_offset,
             epoch: self.epoch.clone(),
-        }
-    }
-
-    /// What a client at `since` missed: everything after it, or `NotRecovered` when
-    /// that cannot be given whole.
-    pub fn recover(&mut self, now: Instant, since: &StreamPosition) -> Recovery {
-        self.prune(now);
-        if since.epoch != self.epoch || since.offset > self.last_offset {
-            return Recovery::NotRecovered;
-        }
-        if since.offset == self.last_offset {
-            return Recovery::Recovered(Vec::new());
-        }
-        // The first missed offset must still be in the log.
-        match self.entries.front() {
-            Some((_, first)) if first.offset <= since.offset + 1 => Recovery::Recovered(
-                self.entries
-                    .iter()
-                    .filter(|(_, p)| p.offset > since.offset)
-                    .map(|(_, p)| p.clone())
-                    .collect(),
-            ),
-            _ => Recovery::NotRecovered,
         }
     }
 
@@ -179,6 +159,18 @@ mod tests {
         Bytes::from(format!("{i}"))
     }
 
+    /// What recovery from `since` would give: the missed offsets, or `None` when the
+    /// history cannot cover the gap (the hub's decision, `broker::covers`).
+    fn recover(h: &mut History, now: Instant, since: &StreamPosition) -> Option<Vec<u64>> {
+        let page = crate::backplane::HistoryPage {
+            publications: h.query(now, usize::MAX, Some(since.offset), false),
+            position: h.position(),
+            first_retained: h.first_offset(),
+        };
+        crate::broker::covers(&page, since)
+            .then(|| page.publications.iter().map(|p| p.offset).collect())
+    }
+
     #[test]
     fn offsets_increase_from_one() {
         let (mut h, now) = h(10, 60);
@@ -203,14 +195,9 @@ mod tests {
         for i in 6..=15 {
             h.push(now, data(i));
         }
-        let Recovery::Recovered(missed) = h.recover(now, &pos) else {
-            panic!()
-        };
-        assert_eq!(
-            missed.iter().map(|p| p.offset).collect::<Vec<_>>(),
-            (6..=15).collect::<Vec<_>>()
-        );
-        assert_eq!(h.recover(now, &h.position()), Recovery::Recovered(vec![]));
+        assert_eq!(recover(&mut h, now, &pos), Some((6..=15).collect()));
+        let end = h.position();
+        assert_eq!(recover(&mut h, now, &end), Some(vec![]));
     }
 
     #[test]
@@ -222,7 +209,7 @@ mod tests {
             h.push(now, data(i));
         }
         assert_eq!(h.len(), 3);
-        assert_eq!(h.recover(now, &pos), Recovery::NotRecovered);
+        assert_eq!(recover(&mut h, now, &pos), None);
     }
 
     #[test]
@@ -232,7 +219,7 @@ mod tests {
         let pos = h.position();
         h.push(now, data(2));
         let later = now + Duration::from_secs(11);
-        assert_eq!(h.recover(later, &pos), Recovery::NotRecovered);
+        assert_eq!(recover(&mut h, later, &pos), None);
         assert!(h.is_empty());
     }
 
@@ -244,12 +231,12 @@ mod tests {
             offset: 1,
             epoch: "old".into(),
         };
-        assert_eq!(h.recover(now, &pos), Recovery::NotRecovered);
+        assert_eq!(recover(&mut h, now, &pos), None);
         let ahead = StreamPosition {
             offset: 9,
             epoch: "e1".into(),
         };
-        assert_eq!(h.recover(now, &ahead), Recovery::NotRecovered);
+        assert_eq!(recover(&mut h, now, &ahead), None);
     }
 
     #[test]

@@ -3,10 +3,9 @@
 //!
 //! Errors are JSON (`{"error": {"code": C, "message": "..."}}`) with a status: 401 no
 //! key, 403 wrong key (or the API is off: no key configured), 400 bad JSON, 404 unknown
-//! channel or method, 413 body too large.
+//! channel or method, 413 body too large, 503 backplane unavailable.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
@@ -18,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::backplane::HistoryQuery;
 use crate::hub::Hub;
 use crate::native::{codes, history_json, presence_json, ReplyError};
 
@@ -71,6 +71,7 @@ fn reply_error(e: ReplyError) -> Response {
         codes::UNKNOWN_CHANNEL => StatusCode::NOT_FOUND,
         codes::BAD_REQUEST => StatusCode::BAD_REQUEST,
         codes::NOT_AVAILABLE => StatusCode::BAD_REQUEST,
+        codes::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     error(status, e.code, e.message)
@@ -143,7 +144,7 @@ async fn call(
             Err(e) => return bad_request(format!("bad JSON: {e}")),
         }
     };
-    let broker = api.hub.broker();
+    let hub = &api.hub;
     let result = match method.as_str() {
         "publish" => {
             let Some(channel) = req.channel.as_deref() else {
@@ -152,8 +153,8 @@ async fn call(
             let Some(data) = req.data else {
                 return bad_request("missing data");
             };
-            api.hub
-                .publish(channel, Bytes::copy_from_slice(data.get().as_bytes()))
+            hub.publish(channel, Bytes::copy_from_slice(data.get().as_bytes()))
+                .await
                 .map(|p| json!({ "offset": p.offset }))
         }
         "broadcast" => {
@@ -161,38 +162,41 @@ async fn call(
                 return bad_request("missing channels or data");
             };
             let data = Bytes::copy_from_slice(data.get().as_bytes());
-            let responses: Vec<Value> = channels
-                .iter()
-                .map(|c| match api.hub.publish(c, data.clone()) {
+            let mut responses = Vec::with_capacity(channels.len());
+            for c in channels {
+                responses.push(match hub.publish(c, data.clone()).await {
                     Ok(p) => json!({ "offset": p.offset }),
                     Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
-                })
-                .collect();
+                });
+            }
             Ok(json!({ "responses": responses }))
         }
         "presence" | "presence_stats" | "history" => {
             let Some(channel) = req.channel.as_deref() else {
                 return bad_request("missing channel");
             };
-            let r = match method.as_str() {
-                "presence" => broker.presence(channel).map(|m| presence_json(&m)),
-                "presence_stats" => broker
+            match method.as_str() {
+                "presence" => hub.presence(channel).await.map(|m| presence_json(&m)),
+                "presence_stats" => hub
                     .presence_stats(channel)
+                    .await
                     .map(|(c, u)| json!({ "num_clients": c, "num_users": u })),
-                _ => broker
+                _ => hub
                     .history(
                         channel,
-                        req.limit.unwrap_or(100),
-                        req.since.as_ref().map(|s| s.offset),
-                        req.reverse,
-                        Instant::now(),
+                        HistoryQuery {
+                            limit: req.limit.unwrap_or(100),
+                            since: req.since.as_ref().map(|s| s.offset),
+                            reverse: req.reverse,
+                        },
                     )
-                    .map(|(pubs, pos)| history_json(&pubs, &pos)),
-            };
-            r.map_err(ReplyError::from)
+                    .await
+                    .map(|page| history_json(&page.publications, &page.position)),
+            }
         }
         "channels" => {
-            let channels: serde_json::Map<String, Value> = broker
+            let channels: serde_json::Map<String, Value> = hub
+                .broker()
                 .channels()
                 .into_iter()
                 .map(|(name, n)| (name, json!({ "num_clients": n })))
@@ -206,7 +210,7 @@ async fn call(
             let Some((user, client)) = req.target() else {
                 return bad_request("give user or client");
             };
-            Ok(json!({ "unsubscribed": api.hub.unsubscribe(channel, user, client) }))
+            Ok(json!({ "unsubscribed": hub.unsubscribe(channel, user, client).await }))
         }
         "disconnect" => {
             let Some((user, client)) = req.target() else {
@@ -295,4 +299,27 @@ impl ClientRef {
 
 fn bad_request(message: impl Into<String>) -> Response {
     error(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::err;
+
+    #[test]
+    fn error_codes_map_to_statuses() {
+        for (code, status) in [
+            (codes::UNKNOWN_CHANNEL, 404),
+            (codes::BAD_REQUEST, 400),
+            (codes::NOT_AVAILABLE, 400),
+            (codes::UNAVAILABLE, 503),
+            (codes::INTERNAL, 500),
+        ] {
+            assert_eq!(
+                reply_error(err(code, "x")).status().as_u16(),
+                status,
+                "{code}"
+            );
+        }
+    }
 }

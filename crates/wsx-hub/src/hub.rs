@@ -7,10 +7,13 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use crate::broker::{Broker, ChannelOptions, ClientId};
+use crate::backplane::{
+    Backplane, BackplaneError, HistoryPage, HistoryQuery, MemoryBackplane, NodeId,
+};
+use crate::broker::{Broker, BrokerError, ChannelOptions, ClientId, ClientInfo, Subscribed};
 use crate::channel::ChannelName;
-use crate::history::Publication;
-use crate::native::ReplyError;
+use crate::history::{Publication, StreamPosition};
+use crate::native::{codes, ReplyError};
 use crate::queue::{Disconnect, Outbound, QueueLimits};
 
 /// Hub settings.
@@ -62,22 +65,48 @@ impl Default for HubConfig {
 
 /// The hub.
 pub struct Hub {
-    broker: Broker,
+    broker: Arc<Broker>,
+    backplane: Arc<dyn Backplane>,
+    node: NodeId,
+    /// Serialises listen/unlisten decisions per shard of channels, so that "this node
+    /// listens on a channel" always matches "it has subscribers of it".
+    listen_locks: Vec<tokio::sync::Mutex<()>>,
     config: HubConfig,
     next_client: AtomicU64,
     sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
-    metrics: crate::metrics::Metrics,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+fn unavailable(e: BackplaneError) -> ReplyError {
+    match e {
+        BackplaneError::UnknownChannel => {
+            crate::native::err(codes::UNKNOWN_CHANNEL, "unknown channel")
+        }
+        other => crate::native::err(codes::UNAVAILABLE, other.to_string()),
+    }
 }
 
 impl Hub {
-    /// A hub with an in-memory broker.
+    /// A single-node hub with an in-memory backplane.
     pub fn new(config: HubConfig) -> Hub {
+        Hub::with_backplane(config, Arc::new(MemoryBackplane::new()))
+    }
+
+    /// A hub that shares channel streams, history and presence with other nodes through
+    /// `backplane`.
+    pub fn with_backplane(config: HubConfig, backplane: Arc<dyn Backplane>) -> Hub {
+        let broker = Arc::new(Broker::new());
+        let node = backplane.attach(broker.clone());
         Hub {
-            broker: Broker::new(),
+            broker,
+            backplane,
+            node,
+            listen_locks: (0..32).map(|_| tokio::sync::Mutex::new(())).collect(),
             config,
-            next_client: AtomicU64::new(1),
+            // Unique in the cluster: the backplane's node id above a per-node counter.
+            next_client: AtomicU64::new((node << 40) + 1),
             sessions: Mutex::new(HashMap::new()),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: Arc::default(),
         }
     }
 
@@ -88,6 +117,12 @@ impl Hub {
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, (String, Arc<Outbound>)>> {
         self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn listen_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(channel, &mut h);
+        &self.listen_locks[(std::hash::Hasher::finish(&h) as usize) % self.listen_locks.len()]
     }
 
     /// Record a live connection (for server-side disconnects).
@@ -133,9 +168,110 @@ impl Hub {
         n
     }
 
+    /// Subscribe a connection. With `recover`, the publications after that position
+    /// are queued first (or `recovered: Some(false)` when history cannot cover the gap),
+    /// then every later one: no gap, no duplicate. The node listens on the backplane
+    /// first and holds back what arrives while it reads history, then merges by offset.
+    pub async fn subscribe(
+        &self,
+        channel: &ChannelName,
+        opts: &ChannelOptions,
+        info: Arc<ClientInfo>,
+        queue: Arc<Outbound>,
+        recover: Option<&StreamPosition>,
+    ) -> Result<Subscribed, ReplyError> {
+        let name = channel.as_str();
+        let client = info.client;
+        if self.broker.contains(name, client) {
+            return Err(BrokerError::AlreadySubscribed.into());
+        }
+        {
+            let _guard = self.listen_lock(name).lock().await;
+            let first = self
+                .broker
+                .add(name, client, queue.clone(), recover.is_some())?;
+            if first {
+                if let Err(e) = self.backplane.listen(self.node, name).await {
+                    let _ = self.broker.remove(name, client);
+                    return Err(unavailable(e));
+                }
+            }
+        }
+        let undo = |e: BackplaneError| async move {
+            self.drop_subscription(name, opts, client).await;
+            Err(unavailable(e))
+        };
+        if opts.presence {
+            if let Err(e) = self.backplane.join(name, opts, info.clone()).await {
+                return undo(e).await;
+            }
+        }
+        let query = HistoryQuery {
+            limit: if recover.is_some() { usize::MAX } else { 0 },
+            since: recover.map(|p| p.offset),
+            reverse: false,
+        };
+        let page = if opts.history_size > 0 || recover.is_some() {
+            match self.backplane.history(name, opts, query).await {
+                Ok(page) => Some(page),
+                Err(e) => return undo(e).await,
+            }
+        } else {
+            None
+        };
+        let mut recovered = None;
+        if let (Some(since), Some(page)) = (recover, &page) {
+            let whole = crate::broker::covers(page, since);
+            let missed = if whole {
+                page.publications.clone()
+            } else {
+                Vec::new()
+            };
+            // A consumer that overflows here is dropped (3008) and will recover again.
+            let _ = self.broker.go_live(name, client, missed);
+            recovered = Some(whole);
+        }
+        Ok(Subscribed {
+            position: page.filter(|_| opts.history_size > 0).map(|p| p.position),
+            recovered,
+        })
+    }
+
+    /// Remove a subscription: from this node, from presence (a leave event where
+    /// enabled), and stop listening when it was the node's last one.
+    pub async fn unsubscribe_client(
+        &self,
+        channel: &str,
+        client: ClientId,
+    ) -> Result<(), ReplyError> {
+        let ch = crate::native::channel(channel)?;
+        let opts = self.options(&ch);
+        if !self.broker.contains(channel, client) {
+            // Dropped as a slow consumer, or never subscribed: still leave presence.
+            self.drop_subscription(channel, &opts, client).await;
+            return Err(BrokerError::NotSubscribed.into());
+        }
+        self.drop_subscription(channel, &opts, client).await;
+        Ok(())
+    }
+
+    async fn drop_subscription(&self, channel: &str, opts: &ChannelOptions, client: ClientId) {
+        {
+            let _guard = self.listen_lock(channel).lock().await;
+            let _ = self.broker.remove(channel, client);
+            if !self.broker.has_subscribers(channel) {
+                let _ = self.backplane.unlisten(self.node, channel).await;
+            }
+        }
+        if opts.presence {
+            // Best effort: a backplane that lost the presence entry has nothing to undo.
+            let _ = self.backplane.leave(channel, opts, client).await;
+        }
+    }
+
     /// Remove the subscriptions of `user`'s connections (and/or the connection `client`)
     /// to `channel`; each gets an `unsubscribe` push. Returns how many were removed.
-    pub fn unsubscribe(
+    pub async fn unsubscribe(
         &self,
         channel: &str,
         user: Option<&str>,
@@ -149,7 +285,7 @@ impl Hub {
             .collect();
         let mut n = 0;
         for (id, q) in targets {
-            if self.broker.unsubscribe(channel, id).is_ok() {
+            if self.unsubscribe_client(channel, id).await.is_ok() {
                 let _ = q.push(crate::queue::Delivery::Unsubscribed {
                     channel: Arc::from(channel),
                 });
@@ -165,20 +301,63 @@ impl Hub {
     }
 
     /// Publish `data` (JSON text for the native protocol) to a channel.
-    pub fn publish(&self, channel: &str, data: Bytes) -> Result<Arc<Publication>, ReplyError> {
+    pub async fn publish(
+        &self,
+        channel: &str,
+        data: Bytes,
+    ) -> Result<Arc<Publication>, ReplyError> {
         let ch = crate::native::channel(channel)?;
         let opts = self.options(&ch);
         let start = Instant::now();
-        let (p, slow) = self.broker.publish(&ch, &opts, data, start);
+        let p = self
+            .backplane
+            .publish(ch.as_str(), &opts, data)
+            .await
+            .map_err(unavailable)?;
         self.metrics.observe_publish(start.elapsed());
         self.metrics.publications.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .slow_consumers
-            .fetch_add(slow.len() as u64, Ordering::Relaxed);
         Ok(p)
     }
 
-    /// The broker.
+    /// Who is in a channel (where its namespace keeps presence).
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, ReplyError> {
+        let ch = crate::native::channel(channel)?;
+        if !self.options(&ch).presence {
+            return Err(BrokerError::NotAvailable.into());
+        }
+        self.backplane
+            .presence(ch.as_str())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// (connections, distinct users) in a channel.
+    pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), ReplyError> {
+        let members = self.presence(channel).await?;
+        let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
+        users.sort_unstable();
+        users.dedup();
+        Ok((members.len(), users.len()))
+    }
+
+    /// A channel's retained history (where its namespace keeps one).
+    pub async fn history(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+    ) -> Result<HistoryPage, ReplyError> {
+        let ch = crate::native::channel(channel)?;
+        let opts = self.options(&ch);
+        if opts.history_size == 0 {
+            return Err(BrokerError::NotAvailable.into());
+        }
+        self.backplane
+            .history(ch.as_str(), &opts, query)
+            .await
+            .map_err(unavailable)
+    }
+
+    /// This node's broker.
     pub fn broker(&self) -> &Broker {
         &self.broker
     }
@@ -201,5 +380,369 @@ impl Hub {
             .find(|(ns, _)| ns == channel.namespace())
             .map(|(_, o)| o.clone())
             .unwrap_or_else(|| self.config.default_options.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+    use crate::backplane::{BoxFuture, Deliver};
+    use crate::queue::Delivery;
+
+    fn history_opts() -> ChannelOptions {
+        ChannelOptions {
+            history_size: 100,
+            presence: true,
+            join_leave: true,
+            ..ChannelOptions::default()
+        }
+    }
+
+    fn hub_on(backplane: Arc<dyn Backplane>) -> Arc<Hub> {
+        let cfg = HubConfig {
+            default_options: history_opts(),
+            ..HubConfig::default()
+        };
+        Arc::new(Hub::with_backplane(cfg, backplane))
+    }
+
+    fn client(hub: &Hub) -> (Arc<ClientInfo>, Arc<Outbound>) {
+        let id = hub.next_client_id();
+        (
+            Arc::new(ClientInfo {
+                client: id,
+                user: format!("user{id}"),
+                name: String::new(),
+                info: String::new(),
+            }),
+            Outbound::new(QueueLimits::default()),
+        )
+    }
+
+    use crate::queue::drain_offsets as offsets;
+
+    fn name(s: &str) -> ChannelName {
+        ChannelName::parse(s).unwrap()
+    }
+
+    async fn publish_n(hub: &Hub, channel: &str, n: usize) {
+        for _ in 0..n {
+            hub.publish(channel, Bytes::from_static(b"1"))
+                .await
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn recovery_gives_exactly_the_missed_publications_then_live_ones() {
+        let hub = hub_on(Arc::new(MemoryBackplane::new()));
+        let ch = name("news:x");
+        let opts = hub.options(&ch);
+        let (info, q) = client(&hub);
+        let sub = hub
+            .subscribe(&ch, &opts, info.clone(), q.clone(), None)
+            .await
+            .unwrap();
+        publish_n(&hub, "news:x", 1).await;
+        let last = StreamPosition {
+            offset: *offsets(&q).last().unwrap(),
+            epoch: sub.position.unwrap().epoch,
+        };
+        hub.unsubscribe_client("news:x", info.client).await.unwrap();
+        publish_n(&hub, "news:x", 10).await;
+        let (info2, q2) = client(&hub);
+        let res = hub
+            .subscribe(&ch, &opts, info2, q2.clone(), Some(&last))
+            .await
+            .unwrap();
+        assert_eq!(res.recovered, Some(true));
+        publish_n(&hub, "news:x", 1).await;
+        assert_eq!(
+            offsets(&q2),
+            (2..=12).collect::<Vec<_>>(),
+            "no gap or duplicate"
+        );
+    }
+
+    #[tokio::test]
+    async fn recovery_from_another_epoch_or_beyond_history_is_refused() {
+        let hub = hub_on(Arc::new(MemoryBackplane::new()));
+        let ch = name("news:y");
+        let mut opts = hub.options(&ch);
+        publish_n(&hub, "news:y", 1).await;
+        let (info, q) = client(&hub);
+        let stale = StreamPosition {
+            offset: 1,
+            epoch: "before-restart".into(),
+        };
+        let res = hub
+            .subscribe(&ch, &opts, info, q.clone(), Some(&stale))
+            .await
+            .unwrap();
+        assert_eq!(res.recovered, Some(false));
+        assert!(offsets(&q).is_empty(), "no partial stream");
+        // History of 3: a gap of 10 cannot be covered.
+        opts.history_size = 3;
+        let epoch = res.position.unwrap().epoch;
+        publish_n(&hub, "news:z", 1).await;
+        let (info, q) = client(&hub);
+        let pos = StreamPosition { offset: 1, epoch };
+        let ch = name("news:z");
+        for _ in 0..10 {
+            hub.backplane
+                .publish("news:z", &opts, Bytes::new())
+                .await
+                .unwrap();
+        }
+        let res = hub
+            .subscribe(&ch, &opts, info, q.clone(), Some(&pos))
+            .await
+            .unwrap();
+        assert_eq!(res.recovered, Some(false));
+        assert!(offsets(&q).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_while_publishing_has_no_gap_or_duplicate() {
+        let hub = hub_on(Arc::new(MemoryBackplane::new()));
+        publish_n(&hub, "race", 50).await;
+        let epoch = hub
+            .history(
+                "race",
+                HistoryQuery {
+                    limit: 0,
+                    since: None,
+                    reverse: false,
+                },
+            )
+            .await
+            .unwrap()
+            .position
+            .epoch;
+        let publisher = {
+            let hub = hub.clone();
+            tokio::spawn(async move { publish_n(&hub, "race", 2000).await })
+        };
+        let ch = name("race");
+        let mut opts = hub.options(&ch);
+        opts.history_size = 10_000;
+        let (info, q) = client(&hub);
+        let since = StreamPosition { offset: 50, epoch };
+        let res = hub
+            .subscribe(&ch, &opts, info, q.clone(), Some(&since))
+            .await
+            .unwrap();
+        assert_eq!(res.recovered, Some(true));
+        publisher.await.unwrap();
+        assert_eq!(offsets(&q), (51..=2050).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn two_nodes_share_streams_presence_and_history() {
+        let backplane = Arc::new(MemoryBackplane::new());
+        let a = hub_on(backplane.clone());
+        let b = hub_on(backplane);
+        let ch = name("room:1");
+        let opts = a.options(&ch);
+        let (alice, qa) = client(&a);
+        let (bob, qb) = client(&b);
+        a.subscribe(&ch, &opts, alice.clone(), qa.clone(), None)
+            .await
+            .unwrap();
+        b.subscribe(&ch, &opts, bob.clone(), qb.clone(), None)
+            .await
+            .unwrap();
+        // Alice (node A) hears Bob (node B) join.
+        assert!(
+            matches!(qa.drain().unwrap().as_slice(), [Delivery::Join { info, .. }] if info.client == bob.client)
+        );
+        // Presence is the cluster's, asked of either node.
+        assert_eq!(b.presence_stats("room:1").await.unwrap(), (2, 2));
+        // A publication on either node reaches both, with one offset sequence.
+        publish_n(&a, "room:1", 2).await;
+        publish_n(&b, "room:1", 1).await;
+        assert_eq!(offsets(&qa), vec![1, 2, 3]);
+        assert_eq!(offsets(&qb), vec![1, 2, 3]);
+        // Bob leaves node B and comes back on node A, recovering what he missed there.
+        let pos = b
+            .history(
+                "room:1",
+                HistoryQuery {
+                    limit: 0,
+                    since: None,
+                    reverse: false,
+                },
+            )
+            .await
+            .unwrap()
+            .position;
+        b.unsubscribe_client("room:1", bob.client).await.unwrap();
+        assert!(
+            matches!(qa.drain().unwrap().as_slice(), [Delivery::Leave { info, .. }] if info.client == bob.client)
+        );
+        publish_n(&b, "room:1", 4).await;
+        let (bob2, qb2) = client(&a);
+        let r = a
+            .subscribe(&ch, &opts, bob2, qb2.clone(), Some(&pos))
+            .await
+            .unwrap();
+        assert_eq!(r.recovered, Some(true));
+        assert_eq!(offsets(&qb2), vec![4, 5, 6, 7]);
+        // Node B has no subscriber left: it no longer listens, yet still publishes.
+        assert!(b.broker().channels().is_empty());
+        publish_n(&b, "room:1", 1).await;
+        assert_eq!(offsets(&qb2), vec![8]);
+    }
+
+    /// A backplane that fails on demand (a Redis that went away).
+    struct Flaky {
+        inner: MemoryBackplane,
+        down: AtomicBool,
+    }
+
+    impl Flaky {
+        fn check(&self) -> Result<(), BackplaneError> {
+            if self.down.load(Ordering::Relaxed) {
+                Err(BackplaneError::Unavailable("connection refused".into()))
+            } else {
+                Ok(())
+            }
+        }
+    }
+
+    macro_rules! flaky {
+        ($self:ident . $m:ident ( $($a:expr),* )) => {
+            match $self.check() {
+                Ok(()) => $self.inner.$m($($a),*),
+                Err(e) => Box::pin(std::future::ready(Err(e))),
+            }
+        };
+    }
+
+    impl Backplane for Flaky {
+        fn attach(&self, node: Arc<dyn Deliver>) -> NodeId {
+            self.inner.attach(node)
+        }
+        fn listen<'a>(
+            &'a self,
+            node: NodeId,
+            channel: &'a str,
+        ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+            flaky!(self.listen(node, channel))
+        }
+        fn unlisten<'a>(
+            &'a self,
+            node: NodeId,
+            channel: &'a str,
+        ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+            flaky!(self.unlisten(node, channel))
+        }
+        fn publish<'a>(
+            &'a self,
+            channel: &'a str,
+            opts: &'a ChannelOptions,
+            data: Bytes,
+        ) -> BoxFuture<'a, Result<Arc<Publication>, BackplaneError>> {
+            flaky!(self.publish(channel, opts, data))
+        }
+        fn history<'a>(
+            &'a self,
+            channel: &'a str,
+            opts: &'a ChannelOptions,
+            q: HistoryQuery,
+        ) -> BoxFuture<'a, Result<HistoryPage, BackplaneError>> {
+            flaky!(self.history(channel, opts, q))
+        }
+        fn join<'a>(
+            &'a self,
+            channel: &'a str,
+            opts: &'a ChannelOptions,
+            info: Arc<ClientInfo>,
+        ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+            flaky!(self.join(channel, opts, info))
+        }
+        fn leave<'a>(
+            &'a self,
+            channel: &'a str,
+            opts: &'a ChannelOptions,
+            client: ClientId,
+        ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+            flaky!(self.leave(channel, opts, client))
+        }
+        fn presence<'a>(
+            &'a self,
+            channel: &'a str,
+        ) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BackplaneError>> {
+            flaky!(self.presence(channel))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_backplane_gives_clear_errors_and_leaves_nothing_behind() {
+        let flaky = Arc::new(Flaky {
+            inner: MemoryBackplane::new(),
+            down: AtomicBool::new(true),
+        });
+        let hub = hub_on(flaky.clone());
+        let ch = name("news:down");
+        let opts = hub.options(&ch);
+        let e = hub.publish("news:down", Bytes::new()).await.unwrap_err();
+        assert_eq!(e.code, codes::UNAVAILABLE);
+        assert!(e.message.contains("connection refused"), "{}", e.message);
+        let (info, q) = client(&hub);
+        let e = hub
+            .subscribe(&ch, &opts, info.clone(), q.clone(), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, codes::UNAVAILABLE);
+        assert!(
+            hub.broker().channels().is_empty(),
+            "no half-made subscription"
+        );
+        assert_eq!(
+            hub.presence("news:down").await.unwrap_err().code,
+            codes::UNAVAILABLE
+        );
+        // Back up: the same client subscribes and receives.
+        flaky.down.store(false, Ordering::Relaxed);
+        hub.subscribe(&ch, &opts, info, q.clone(), None)
+            .await
+            .unwrap();
+        publish_n(&hub, "news:down", 1).await;
+        assert_eq!(offsets(&q), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn presence_and_history_only_where_enabled() {
+        let cfg = HubConfig {
+            default_options: ChannelOptions::default(),
+            ..HubConfig::default()
+        };
+        let hub = Hub::new(cfg);
+        let ch = name("plain");
+        let (info, q) = client(&hub);
+        hub.subscribe(&ch, &hub.options(&ch), info, q, None)
+            .await
+            .unwrap();
+        assert_eq!(
+            hub.presence("plain").await.unwrap_err().code,
+            codes::NOT_AVAILABLE
+        );
+        let q = HistoryQuery {
+            limit: 10,
+            since: None,
+            reverse: false,
+        };
+        assert_eq!(
+            hub.history("plain", q).await.unwrap_err().code,
+            codes::NOT_AVAILABLE
+        );
+        let hub = Hub::new(HubConfig::default());
+        assert_eq!(
+            hub.presence("nobody").await.unwrap_err().code,
+            codes::UNKNOWN_CHANNEL
+        );
     }
 }

@@ -5,8 +5,8 @@
 //! half) maps commands onto the [`Broker`](crate::Broker) and drains the connection's
 //! outbound queue.
 
+use crate::backplane::HistoryQuery;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -46,6 +46,8 @@ pub mod codes {
     pub const TOKEN_EXPIRED: u16 = 109;
     /// Not subscribed to the channel.
     pub const NOT_SUBSCRIBED: u16 = 110;
+    /// The backplane is unavailable; the command was not done and may be retried.
+    pub const UNAVAILABLE: u16 = 111;
 }
 
 /// Close codes of the native protocol (RFC 6455 §7.4.2 private range).
@@ -248,7 +250,7 @@ impl Session {
         }
     }
 
-    fn handle(&mut self, text: &str) -> Outcome {
+    async fn handle(&mut self, text: &str) -> Outcome {
         self.count_in(text.len());
         let cmd: Command = match serde_json::from_str(text) {
             Ok(c) => c,
@@ -261,7 +263,7 @@ impl Session {
         if !self.connected && method != "connect" {
             return Outcome::Close(close::NOT_CONNECTED, "connect first");
         }
-        match self.dispatch(&method, body) {
+        match self.dispatch(&method, body).await {
             Ok(result) => Outcome::Reply(reply(id, &method, result)),
             Err(e) if e.code == codes::METHOD_NOT_FOUND || e.code == codes::BAD_REQUEST => {
                 self.bad(id, e)
@@ -279,9 +281,8 @@ impl Session {
         }
     }
 
-    fn dispatch(&mut self, method: &str, body: Value) -> Result<Value, ReplyError> {
-        let now = Instant::now();
-        let broker = self.hub.broker();
+    async fn dispatch(&mut self, method: &str, body: Value) -> Result<Value, ReplyError> {
+        let hub = self.hub.clone();
         match method {
             "connect" => {
                 if self.connected {
@@ -327,14 +328,8 @@ impl Session {
                 for name in claims.map(|c| c.channels).unwrap_or_default() {
                     let ch = channel(&name)?;
                     let opts = self.hub.options(&ch);
-                    broker.subscribe(
-                        &ch,
-                        &opts,
-                        self.info.clone(),
-                        self.queue.clone(),
-                        None,
-                        now,
-                    )?;
+                    hub.subscribe(&ch, &opts, self.info.clone(), self.queue.clone(), None)
+                        .await?;
                     self.subscriptions.push(name.clone());
                     subscribed.push(name);
                 }
@@ -365,14 +360,15 @@ impl Session {
                     offset: req.offset,
                     epoch: req.epoch.clone(),
                 });
-                let r = broker.subscribe(
-                    &ch,
-                    &opts,
-                    self.info.clone(),
-                    self.queue.clone(),
-                    pos.as_ref(),
-                    now,
-                )?;
+                let r = hub
+                    .subscribe(
+                        &ch,
+                        &opts,
+                        self.info.clone(),
+                        self.queue.clone(),
+                        pos.as_ref(),
+                    )
+                    .await?;
                 self.subscriptions.push(req.channel);
                 self.hub
                     .metrics()
@@ -390,7 +386,11 @@ impl Session {
             }
             "unsubscribe" => {
                 let req: ChannelReq = parse(body)?;
-                broker.unsubscribe(&req.channel, self.info.client)?;
+                if !self.subscriptions.contains(&req.channel) {
+                    return Err(BrokerError::NotSubscribed.into());
+                }
+                hub.unsubscribe_client(&req.channel, self.info.client)
+                    .await?;
                 self.subscriptions.retain(|c| *c != req.channel);
                 self.hub
                     .metrics()
@@ -414,36 +414,41 @@ impl Session {
                         "subscribe to this channel first",
                     ));
                 }
-                let p = self.hub.publish(
-                    &req.channel,
-                    Bytes::from(req.data.get().as_bytes().to_vec()),
-                )?;
+                let p = hub
+                    .publish(
+                        &req.channel,
+                        Bytes::from(req.data.get().as_bytes().to_vec()),
+                    )
+                    .await?;
                 Ok(json!({ "offset": p.offset }))
             }
             "presence" => {
                 let req: ChannelReq = parse(body)?;
-                Ok(presence_json(&broker.presence(&req.channel)?))
+                Ok(presence_json(&hub.presence(&req.channel).await?))
             }
             "presence_stats" => {
                 let req: ChannelReq = parse(body)?;
-                let (clients, users) = broker.presence_stats(&req.channel)?;
+                let (clients, users) = hub.presence_stats(&req.channel).await?;
                 Ok(json!({ "num_clients": clients, "num_users": users }))
             }
             "history" => {
                 let req: HistoryReq = parse(body)?;
+                let page = hub
+                    .history(
+                        &req.channel,
+                        HistoryQuery {
+                            limit: req.limit,
+                            since: req.since.as_ref().map(|s| s.offset),
+                            reverse: req.reverse,
+                        },
+                    )
+                    .await?;
                 if let Some(s) = &req.since {
-                    if s.epoch != broker.epoch() && !s.epoch.is_empty() {
+                    if s.epoch != page.position.epoch && !s.epoch.is_empty() {
                         return Err(err(codes::UNKNOWN_CHANNEL, "epoch changed"));
                     }
                 }
-                let (pubs, pos) = broker.history(
-                    &req.channel,
-                    req.limit,
-                    req.since.map(|s| s.offset),
-                    req.reverse,
-                    now,
-                )?;
-                Ok(history_json(&pubs, &pos))
+                Ok(history_json(&page.publications, &page.position))
             }
             "ping" => Ok(json!({})),
             other => Err(err(
@@ -555,7 +560,7 @@ impl Session {
                 }
                 msg = ws.next() => {
                     let outcome = match msg {
-                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()),
+                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()).await,
                         Some(Ok(Message::Binary(_))) => {
                             self.bad(0, err(codes::BAD_REQUEST, "binary frames are not commands"))
                         }
@@ -607,7 +612,7 @@ impl Session {
         self.queue.close();
         self.hub.unregister(self.info.client);
         for ch in std::mem::take(&mut self.subscriptions) {
-            let _ = self.hub.broker().unsubscribe(&ch, self.info.client);
+            let _ = self.hub.unsubscribe_client(&ch, self.info.client).await;
             self.hub
                 .metrics()
                 .subscriptions

@@ -177,6 +177,23 @@ impl Outbound {
         Ok(s.items.drain(..).collect())
     }
 
+    /// The limits.
+    pub fn limits(&self) -> QueueLimits {
+        self.limits
+    }
+
+    /// Mark the consumer slow, as an overflowing push does: the queue closes and its
+    /// connection is dropped with 3008.
+    pub fn mark_slow(&self) {
+        let mut s = lock(&self.state);
+        s.overflowed = true;
+        s.items.clear();
+        s.bytes = 0;
+        if let Some(w) = s.waker.take() {
+            w.wake();
+        }
+    }
+
     /// Ask the connection to close with this code and reason (server-side disconnect).
     pub fn disconnect(&self, d: Disconnect) {
         let mut s = lock(&self.state);
@@ -204,6 +221,19 @@ impl Outbound {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The offsets of the publications queued now (tests).
+#[cfg(test)]
+pub(crate) fn drain_offsets(q: &Outbound) -> Vec<u64> {
+    q.drain()
+        .expect("queue open")
+        .into_iter()
+        .filter_map(|d| match d {
+            Delivery::Publication { publication, .. } => Some(publication.offset),
+            _ => None,
+        })
+        .collect()
 }
 
 #[cfg(test)]

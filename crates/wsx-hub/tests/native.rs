@@ -696,6 +696,7 @@ async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
             "firehose",
             bytes::Bytes::from(format!("\"{}\"", "x".repeat(1024))),
         )
+        .await
         .unwrap();
     }
     // The session is stuck writing; after the timeout it gives up.

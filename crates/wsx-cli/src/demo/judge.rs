@@ -313,11 +313,16 @@ impl Judge {
         let judge = self.clone();
         let session_key = session.to_string();
         let mut runs = self.runs();
-        if let Some((old, task)) = runs.remove(session) {
+        let cancelled = runs.remove(session).map(|(old, task)| {
             task.abort();
-            self.publish(&channel, json!({"submission": old, "cancelled": true}));
-        }
+            old
+        });
         let task = tokio::spawn(async move {
+            if let Some(old) = cancelled {
+                judge
+                    .publish(&channel, json!({"submission": old, "cancelled": true}))
+                    .await;
+            }
             judge.grade(submission, &channel, &python, &code).await;
             let mut runs = judge.runs();
             if runs
@@ -331,8 +336,8 @@ impl Judge {
         Ok(submission)
     }
 
-    fn publish(&self, channel: &str, v: Value) {
-        if let Err(e) = self.hub.publish(channel, Bytes::from(v.to_string())) {
+    async fn publish(&self, channel: &str, v: Value) {
+        if let Err(e) = self.hub.publish(channel, Bytes::from(v.to_string())).await {
             warn!(channel, error = ?e, "demo judge could not publish");
         }
     }
@@ -342,7 +347,8 @@ impl Judge {
         self.publish(
             channel,
             json!({"submission": submission, "status": "running", "cases": total}),
-        );
+        )
+        .await;
         let dir =
             std::env::temp_dir().join(format!("wsx-judge-{}-{submission}", std::process::id()));
         let prepared = prepare(&dir, code);
@@ -352,7 +358,7 @@ impl Judge {
             self.publish(
                 channel,
                 json!({"submission": submission, "error": format!("cannot write the submission: {e}")}),
-            );
+            ).await;
             return;
         }
         let mut running: FuturesUnordered<_> = self
@@ -376,12 +382,13 @@ impl Judge {
             self.publish(
                 channel,
                 json!({"submission": submission, "case": i + 1, "verdict": v.verdict, "time_ms": v.time_ms, "detail": v.detail}),
-            );
+            ).await;
         }
         self.publish(
             channel,
             json!({"submission": submission, "done": true, "passed": passed, "total": total}),
-        );
+        )
+        .await;
     }
 }
 
