@@ -3,7 +3,12 @@
 //! and to the last receipt of each publication; rates stepped up to find where latency
 //! climbs. Server pinned to core 0, this process to core 1 (by scripts/bench).
 //!
-//! fanout WSX_BIN [--subscribers N] [--seconds S] [--rates 10,50,100,...]
+//! fanout WSX_BIN [--subscribers N] [--seconds S] [--rates 10,50,100,...] [--floor]
+//!
+//! `--floor` replaces `wsx serve` by the loopback floor: a process (pinned the same way)
+//! that holds N plain TCP connections and writes each pre-built push frame to all of
+//! them in a loop, one `write` per connection: what one core's kernel costs for the
+//! same fan-out, with no WebSocket server at all. The subscribers read it the same way.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -69,9 +74,72 @@ async fn post(conn: &mut TcpStream, host: &str, body: &str) -> bool {
     }
 }
 
+/// The floor's sender: accept `n` connections on `port`, then for each stdin line
+/// `K OFFSET` write one push frame to every connection and answer `ok` on stdout.
+fn floor_sender(port: u16, n: usize) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
+    eprintln!("floor: open http://127.0.0.1:{port}/");
+    let mut socks = Vec::with_capacity(n);
+    for _ in 0..n {
+        let (s, _) = listener.accept().expect("accept");
+        s.set_nodelay(true).ok();
+        socks.push(s);
+    }
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let mut it = line.split_whitespace();
+        let (Some(k), Some(off)) = (it.next(), it.next()) else {
+            break;
+        };
+        let payload =
+            format!("{{\"push\":{{\"channel\":\"fanout\",\"pub\":{{\"offset\":{off},\"data\":{{\"k\":{k}}}}}}}}}");
+        let mut frame = vec![0x81, payload.len() as u8];
+        frame.extend_from_slice(payload.as_bytes());
+        for s in &mut socks {
+            let _ = s.write_all(&frame);
+        }
+        let _ = writeln!(out, "ok");
+        let _ = out.flush();
+    }
+}
+
+/// Read the floor's frames (unmasked, unfragmented, short) off a plain TCP stream.
+async fn floor_reader(mut tcp: TcpStream, got: Arc<Mutex<Vec<(u64, Instant)>>>) {
+    let mut buf = Vec::with_capacity(4096);
+    let mut tmp = [0u8; 4096];
+    loop {
+        let Ok(n) = tcp.read(&mut tmp).await else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        buf.extend_from_slice(&tmp[..n]);
+        while buf.len() >= 2 && buf.len() >= 2 + buf[1] as usize {
+            let len = buf[1] as usize;
+            if let Some(off) = offset_of(&String::from_utf8_lossy(&buf[2..2 + len])) {
+                got.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push((off, now));
+            }
+            buf.drain(..2 + len);
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor-sender") {
+        let port = args[2].parse().expect("port");
+        let n = args[3].parse().expect("count");
+        return tokio::task::block_in_place(|| floor_sender(port, n));
+    }
+    let floor = args.iter().any(|a| a == "--floor");
     let wsx = args
         .get(1)
         .cloned()
@@ -98,26 +166,41 @@ async fn main() {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .unwrap_or(3999);
-    let mut server = Command::new("taskset")
-        .args([
-            "-c",
-            "0",
-            &wsx,
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--api-key",
-            KEY,
-        ])
-        .args([
-            "--max-connections",
-            &(n + 100).to_string(),
-            "--ping-interval",
-            "off",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start wsx serve");
+    let mut server = if floor {
+        let me = std::env::current_exe().expect("own path");
+        Command::new("taskset")
+            .args(["-c", "0"])
+            .arg(me)
+            .args(["--floor-sender", &port.to_string(), &n.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the floor sender")
+    } else {
+        Command::new("taskset")
+            .args([
+                "-c",
+                "0",
+                &wsx,
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+                "--api-key",
+                KEY,
+            ])
+            .args([
+                "--max-connections",
+                &(n + 100).to_string(),
+                "--ping-interval",
+                "off",
+                "--demo",
+                "off",
+            ])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start wsx serve")
+    };
     let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
     while let Some(Ok(l)) = lines.next() {
         if l.contains("open http://") {
@@ -147,6 +230,11 @@ async fn main() {
                 .await
                 .expect("connect");
             tcp.set_nodelay(true).ok();
+            if floor {
+                drop(permit);
+                let _ = ready.send(());
+                return floor_reader(tcp, got).await;
+            }
             let (mut ws, _) = wsx::client_handshake(
                 tcp,
                 &host,
@@ -202,11 +290,26 @@ async fn main() {
         })
         .unwrap_or(0);
 
-    let mut publisher = TcpStream::connect(&host).await.expect("publisher");
-    publisher.set_nodelay(true).ok();
+    let mut publisher = if floor {
+        None
+    } else {
+        let p = TcpStream::connect(&host).await.expect("publisher");
+        p.set_nodelay(true).ok();
+        Some(p)
+    };
+    let mut floor_io = floor.then(|| {
+        let stdin = server.stdin.take().expect("floor stdin");
+        let stdout = BufReader::new(server.stdout.take().expect("floor stdout"));
+        (stdin, stdout.lines())
+    });
     let mut published: Vec<Instant> = vec![Instant::now()]; // index = offset (1-based)
     println!(
-        "\nfan-out: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
+        "\nfan-out{}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
+        if floor {
+            " floor (plain TCP, one write per connection, no server)"
+        } else {
+            ""
+        },
         rss / 1024
     );
     println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms |");
@@ -220,8 +323,21 @@ async fn main() {
             let at = start + period * k as u32;
             tokio::time::sleep_until(at.into()).await;
             published.push(Instant::now());
-            let body = format!("{{\"channel\":\"fanout\",\"data\":{{\"k\":{k}}}}}");
-            if !post(&mut publisher, &host, &body).await {
+            let ok = match (&mut publisher, &mut floor_io) {
+                (Some(p), _) => {
+                    let body = format!("{{\"channel\":\"fanout\",\"data\":{{\"k\":{k}}}}}");
+                    post(p, &host, &body).await
+                }
+                (None, Some((stdin, stdout))) => {
+                    use std::io::Write;
+                    let off = published.len() - 1;
+                    writeln!(stdin, "{k} {off}").is_ok()
+                        && stdin.flush().is_ok()
+                        && tokio::task::block_in_place(|| stdout.next()).is_some()
+                }
+                (None, None) => false,
+            };
+            if !ok {
                 eprintln!("publish failed");
                 break;
             }
