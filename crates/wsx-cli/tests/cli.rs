@@ -469,20 +469,23 @@ async fn metrics_and_healthz() {
     )
     .await
     .unwrap();
-    ws.send(Message::text(r#"{"id":1,"connect":{}}"#))
-        .await
-        .unwrap();
-    ws.send(Message::text(r#"{"id":2,"subscribe":{"channel":"m"}}"#))
-        .await
-        .unwrap();
-    ws.send(Message::text(
+    let commands = [
+        r#"{"id":1,"connect":{}}"#,
+        r#"{"id":2,"subscribe":{"channel":"m"}}"#,
         r#"{"id":3,"publish":{"channel":"m","data":1}}"#,
-    ))
-    .await
-    .unwrap();
-    for _ in 0..4 {
-        ws.next().await.unwrap().unwrap();
+    ];
+    for c in commands {
+        ws.send(Message::text(c)).await.unwrap();
     }
+    // Three replies and one push.
+    let mut sent_to_us = 0;
+    for _ in 0..4 {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Text(t) => sent_to_us += t.as_str().len(),
+            other => panic!("{other:?}"),
+        }
+    }
+    let bytes_in: usize = commands.iter().map(|c| c.len()).sum();
     let get = |path: &'static str| {
         let addr = addr.clone();
         async move {
@@ -501,6 +504,8 @@ async fn metrics_and_healthz() {
         "wsx_channels 1\n",
         "wsx_publications_total 1\n",
         "wsx_messages_in_total{frontend=\"native\"} 3\n",
+        &format!("wsx_bytes_in_total{{frontend=\"native\"}} {bytes_in}\n"),
+        &format!("wsx_bytes_out_total{{frontend=\"native\"}} {sent_to_us}\n"),
         "wsx_handshake_refusals_total{status=\"403\",reason=\"Origin not allowed\"} 1\n",
         "wsx_publish_seconds_count 1\n",
     ] {

@@ -24,6 +24,8 @@ pub struct Metrics {
     pub messages_out: AtomicU64,
     /// Bytes received in commands.
     pub bytes_in: AtomicU64,
+    /// Payload bytes sent (replies and pushes).
+    pub bytes_out: AtomicU64,
     /// Publications accepted (clients and the HTTP API).
     pub publications: AtomicU64,
     /// Connections closed as slow consumers.
@@ -101,6 +103,12 @@ impl Metrics {
             "Bytes received in messages.",
             "{frontend=\"native\"}",
             load(&self.bytes_in),
+        );
+        counter(
+            "wsx_bytes_out_total",
+            "Bytes sent in messages.",
+            "{frontend=\"native\"}",
+            load(&self.bytes_out),
         );
         counter(
             "wsx_publications_total",

@@ -166,6 +166,15 @@ fn error_reply(id: u64, e: &ReplyError) -> String {
     json!({ "id": id, "error": { "code": e.code, "message": e.message } }).to_string()
 }
 
+/// The payload length of an unmasked server frame of `frame_len` bytes.
+fn payload_len(frame_len: usize) -> usize {
+    match frame_len {
+        n if n < 2 + 126 => n - 2,
+        n if n < 4 + 65536 => n - 4,
+        n => n - 10,
+    }
+}
+
 fn publication_push(channel: &str, p: &Publication) -> String {
     // The payload is JSON text already: embed it without re-parsing.
     let data = std::str::from_utf8(&p.data).unwrap_or("null");
@@ -504,11 +513,13 @@ impl Session {
         self.hub.metrics().bytes_in.fetch_add(bytes as u64, Relaxed);
     }
 
-    fn count_out(&self) {
+    fn count_out(&self, bytes: usize) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.hub.metrics().messages_out.fetch_add(1, Relaxed);
         self.hub
             .metrics()
-            .messages_out
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            .bytes_out
+            .fetch_add(bytes as u64, Relaxed);
     }
 
     fn frame_for(&self, d: &Delivery) -> SharedFrame {
@@ -569,7 +580,7 @@ impl Session {
                     };
                     match outcome {
                         Outcome::Reply(r) => {
-                            self.count_out();
+                            self.count_out(r.len());
                             let write = tokio::time::timeout(self.hub.config().write_timeout, ws.feed(Message::text(r)));
                             if !matches!(write.await, Ok(Ok(()))) {
                                 break;
@@ -590,7 +601,7 @@ impl Session {
                             }
                         }
                         let frame = self.frame_for(&d);
-                        self.count_out();
+                        self.count_out(payload_len(frame.as_bytes().len()));
                         let write = tokio::time::timeout(self.hub.config().write_timeout, ws.send_shared(&frame));
                         if !matches!(write.await, Ok(Ok(()))) {
                             break;
@@ -617,6 +628,19 @@ impl Session {
                 .metrics()
                 .subscriptions
                 .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_length_of_each_header_size() {
+        for n in [0usize, 125, 126, 65535, 65536, 70000] {
+            let frame = SharedFrame::text(&"x".repeat(n));
+            assert_eq!(payload_len(frame.as_bytes().len()), n, "{n}");
         }
     }
 }
