@@ -14,8 +14,8 @@ pub struct IoConfig {
     /// `try_send` returns `Full`. Default: 128 KiB. Bounds each connection's write memory
     /// (one message may exceed it: it is queued whole, then the next send waits).
     pub write_buffer_size: usize,
-    /// The least room reserved for each read. Default: 4 KiB. Reads of a large frame
-    /// reserve what the frame still needs, up to `max_read_size`.
+    /// Room reserved for each read beyond what the frame in progress still needs (so
+    /// the read that completes it comes back short). Default: 4 KiB.
     pub read_size: usize,
     /// The most room reserved for one read. Default: 256 KiB.
     pub max_read_size: usize,

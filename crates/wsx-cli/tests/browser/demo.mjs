@@ -4,7 +4,7 @@
 // usage: node demo.mjs WSX_BIN PORT SCREENSHOT_DIR [grading|chat|chart ...]
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { Server, launch, watch } from './lib.mjs';
+import { Server, freePort, launch, watch } from './lib.mjs';
 
 const [wsxBin, port, shots, ...only] = process.argv.slice(2);
 const wanted = (name) => only.length === 0 || only.includes(name);
@@ -104,6 +104,17 @@ async function grading() {
   r = await submitAndWait(page);
   assert.ok(r.rows.some((x) => x.verdict === 'AC') && r.rows.some((x) => x.verdict === 'TLE'), JSON.stringify(r.rows));
   await shot(page, 'grading');
+
+  // A server without python3: the page says so and Submit stays off.
+  const bare = await new Server(wsxBin, await freePort(), ['--demo-judge-python', '/nonexistent/python3']).start();
+  try {
+    const p = await openPage(`${bare.base}/grading`, 'grading-no-python');
+    await p.waitForSelector('#unavailable:not([hidden])');
+    assert.match(await p.textContent('#unavailable'), /python3.*was not found/);
+    assert.ok(await p.isDisabled('#submit'));
+  } finally {
+    await bare.stop();
+  }
 }
 
 async function chat() {

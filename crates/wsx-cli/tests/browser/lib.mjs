@@ -1,5 +1,6 @@
 // Shared by the browser tests: run `wsx serve`, call its HTTP API, launch Chromium.
 import { spawn } from 'node:child_process';
+import net from 'node:net';
 import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
@@ -59,4 +60,16 @@ export function watch(page, name) {
   page.on('console', (m) => console.error(`${name}:`, m.text()));
   page.on('pageerror', (e) => errors.push(`${name}: ${e.message}`));
   return errors;
+}
+
+// A port nobody listens on now.
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
 }
