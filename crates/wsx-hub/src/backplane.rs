@@ -15,10 +15,8 @@
 //! [`MemoryBackplane`] is the in-process implementation (one node, or several hubs in
 //! one process sharing it, as the multi-node tests do).
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -28,6 +26,7 @@ use bytes::Bytes;
 
 use crate::broker::{ChannelOptions, ClientId, ClientInfo};
 use crate::history::{History, Publication, StreamPosition};
+use crate::shards::{self, lock, SHARDS};
 
 /// A boxed future, as the trait's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -174,8 +173,6 @@ impl ChannelState {
     }
 }
 
-const SHARDS: usize = 32;
-
 /// The in-process backplane: channel streams and presence in memory, delivery by direct
 /// call. Events are delivered while the channel's lock is held, which gives the
 /// per-channel order. The epoch is random per instance, so recovery across a restart is
@@ -191,10 +188,6 @@ impl Default for MemoryBackplane {
     fn default() -> Self {
         Self::new()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn ready<'a, T: Send + 'a>(v: T) -> BoxFuture<'a, T> {
@@ -219,9 +212,7 @@ impl MemoryBackplane {
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, ChannelState>> {
-        let mut h = DefaultHasher::new();
-        channel.hash(&mut h);
-        lock(&self.shards[(h.finish() as usize) % SHARDS])
+        lock(&self.shards[shards::of(channel)])
     }
 
     fn with_channel<R>(

@@ -4,10 +4,10 @@
 //! [`Hub`](crate::Hub). Synchronous: locks are held only for map updates and queue
 //! pushes, never across I/O, and a delivery never waits for a subscriber.
 
-use std::collections::hash_map::DefaultHasher;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::shards::{self, lock, SHARDS};
 use std::time::Duration;
 
 use crate::backplane::{Deliver, Event};
@@ -117,8 +117,6 @@ struct LocalChannel {
     subscribers: HashMap<ClientId, Subscriber>,
 }
 
-const SHARDS: usize = 32;
-
 /// This node's subscribers, by channel.
 pub struct Broker {
     shards: Vec<Mutex<HashMap<String, LocalChannel>>>,
@@ -130,10 +128,6 @@ impl Default for Broker {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl Broker {
     /// A broker with no subscribers.
     pub fn new() -> Broker {
@@ -143,9 +137,7 @@ impl Broker {
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, LocalChannel>> {
-        let mut h = DefaultHasher::new();
-        channel.hash(&mut h);
-        lock(&self.shards[(h.finish() as usize) % SHARDS])
+        lock(&self.shards[shards::of(channel)])
     }
 
     /// Add a subscriber. With `recovering`, its events are held back until
@@ -176,13 +168,6 @@ impl Broker {
             },
         );
         Ok(ch.subscribers.len() == 1)
-    }
-
-    /// Whether `client` is subscribed to `channel` here.
-    pub fn contains(&self, channel: &str, client: ClientId) -> bool {
-        self.shard(channel)
-            .get(channel)
-            .is_some_and(|c| c.subscribers.contains_key(&client))
     }
 
     /// Remove a subscriber. Returns whether the channel has no subscriber left on this

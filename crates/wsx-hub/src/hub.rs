@@ -101,7 +101,9 @@ impl Hub {
             broker,
             backplane,
             node,
-            listen_locks: (0..32).map(|_| tokio::sync::Mutex::new(())).collect(),
+            listen_locks: (0..crate::shards::SHARDS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             config,
             // Unique in the cluster: the backplane's node id above a per-node counter.
             next_client: AtomicU64::new((node << 40) + 1),
@@ -116,13 +118,11 @@ impl Hub {
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, (String, Arc<Outbound>)>> {
-        self.sessions.lock().unwrap_or_else(|e| e.into_inner())
+        crate::shards::lock(&self.sessions)
     }
 
     fn listen_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        std::hash::Hash::hash(channel, &mut h);
-        &self.listen_locks[(std::hash::Hasher::finish(&h) as usize) % self.listen_locks.len()]
+        &self.listen_locks[crate::shards::of(channel)]
     }
 
     /// Record a live connection (for server-side disconnects).
@@ -182,9 +182,6 @@ impl Hub {
     ) -> Result<Subscribed, ReplyError> {
         let name = channel.as_str();
         let client = info.client;
-        if self.broker.contains(name, client) {
-            return Err(BrokerError::AlreadySubscribed.into());
-        }
         {
             let _guard = self.listen_lock(name).lock().await;
             let first = self
@@ -246,27 +243,35 @@ impl Hub {
     ) -> Result<(), ReplyError> {
         let ch = crate::native::channel(channel)?;
         let opts = self.options(&ch);
-        if !self.broker.contains(channel, client) {
-            // Dropped as a slow consumer, or never subscribed: still leave presence.
-            self.drop_subscription(channel, &opts, client).await;
-            return Err(BrokerError::NotSubscribed.into());
+        // Presence is left even when the subscription was already gone (dropped as a
+        // slow consumer).
+        if self.drop_subscription(channel, &opts, client).await {
+            Ok(())
+        } else {
+            Err(BrokerError::NotSubscribed.into())
         }
-        self.drop_subscription(channel, &opts, client).await;
-        Ok(())
     }
 
-    async fn drop_subscription(&self, channel: &str, opts: &ChannelOptions, client: ClientId) {
-        {
+    /// Remove a subscription everywhere; whether this node still had it.
+    async fn drop_subscription(
+        &self,
+        channel: &str,
+        opts: &ChannelOptions,
+        client: ClientId,
+    ) -> bool {
+        let removed = {
             let _guard = self.listen_lock(channel).lock().await;
-            let _ = self.broker.remove(channel, client);
+            let removed = self.broker.remove(channel, client).is_ok();
             if !self.broker.has_subscribers(channel) {
                 let _ = self.backplane.unlisten(self.node, channel).await;
             }
-        }
+            removed
+        };
         if opts.presence {
             // Best effort: a backplane that lost the presence entry has nothing to undo.
             let _ = self.backplane.leave(channel, opts, client).await;
         }
+        removed
     }
 
     /// Remove the subscriptions of `user`'s connections (and/or the connection `client`)

@@ -22,6 +22,7 @@ pub mod hub;
 pub mod metrics;
 pub mod native;
 pub mod queue;
+mod shards;
 
 pub use backplane::{Backplane, BackplaneError, MemoryBackplane};
 pub use broker::{Broker, BrokerError, ChannelOptions, ClientId, ClientInfo, Subscribed};

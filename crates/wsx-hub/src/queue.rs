@@ -3,10 +3,11 @@
 //! code) so the client reconnects and recovers, instead of the server's memory growing.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use crate::history::Publication;
+use crate::shards::lock;
 
 /// What a connection receives from the broker.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,10 +102,6 @@ struct State {
 pub struct Outbound {
     limits: QueueLimits,
     state: Mutex<State>,
-}
-
-fn lock(m: &Mutex<State>) -> MutexGuard<'_, State> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Outbound {

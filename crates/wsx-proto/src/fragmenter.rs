@@ -186,11 +186,30 @@ impl SharedFrame {
     pub fn as_bytes(&self) -> &Bytes {
         &self.0
     }
+
+    /// The payload's length (the frame without its header).
+    pub fn payload_len(&self) -> usize {
+        // Unmasked: the header is 2 bytes, plus 2 or 8 of extended length.
+        let header = match self.0[1] & 0x7f {
+            126 => 4,
+            127 => 10,
+            _ => 2,
+        };
+        self.0.len() - header
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn payload_length_of_each_header_size() {
+        for n in [0usize, 125, 126, 65535, 65536, 70000] {
+            let frame = SharedFrame::text(&"x".repeat(n));
+            assert_eq!(frame.payload_len(), n, "{n}");
+        }
+    }
 
     #[test]
     fn small_frames_coalesce_into_one_chunk() {
