@@ -521,5 +521,15 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(args.resolve().unwrap_err().key, "allowed_origins");
+        let args = ServeArgs {
+            demo_judge_parallel: Some("0".into()),
+            ..Default::default()
+        };
+        assert_eq!(args.resolve().unwrap_err().key, "demo_judge_parallel");
+        let args = ServeArgs {
+            demo_judge_time_limit: Some("0".into()),
+            ..Default::default()
+        };
+        assert_eq!(args.resolve().unwrap_err().key, "demo_judge_time_limit");
     }
 }

@@ -409,6 +409,27 @@ fn internal(why: &str) -> Verdict {
     }
 }
 
+/// Read `r` to its end keeping at most `max` bytes; with `strict`, more is an error.
+async fn collect(
+    mut r: impl tokio::io::AsyncRead + Unpin,
+    max: usize,
+    strict: bool,
+) -> std::io::Result<Vec<u8>> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = r.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(kept);
+        }
+        let room = max - kept.len();
+        if strict && n > room {
+            return Err(std::io::Error::other("output limit exceeded"));
+        }
+        kept.extend_from_slice(&chunk[..n.min(room)]);
+    }
+}
+
 /// Run one case: feed the input, collect the output, apply the limits.
 async fn run_case(cfg: &JudgeConfig, python: &Path, dir: &Path, case: &Case) -> Verdict {
     let cpu_secs = cfg.time_limit.as_secs() + 1;
@@ -441,27 +462,22 @@ async fn run_case(cfg: &JudgeConfig, python: &Path, dir: &Path, case: &Case) -> 
         drop(stdin);
     };
     let max_output = cfg.max_output;
-    async fn read_up_to(
-        r: impl tokio::io::AsyncRead + Unpin,
-        max: usize,
-    ) -> std::io::Result<Vec<u8>> {
-        let mut buf = Vec::new();
-        r.take(max as u64 + 1).read_to_end(&mut buf).await?;
-        Ok(buf)
-    }
     let mut err = Vec::new();
     let mut out = Vec::new();
     let finished = tokio::time::timeout(cfg.time_limit, async {
-        let (_, o, e) = tokio::join!(
+        let feed = async {
+            feed.await;
+            Ok(())
+        };
+        // Past the output limit the run stops at once (a RE); stderr past 64 KiB is
+        // read and dropped, so a chatty solution never blocks on a full pipe.
+        let (_, o, e) = tokio::try_join!(
             feed,
-            read_up_to(stdout, max_output),
-            read_up_to(stderr, 64 << 10)
-        );
-        out = o.map_err(|e| e.to_string())?;
-        err = e.map_err(|e| e.to_string())?;
-        if out.len() > max_output {
-            return Err("output limit exceeded".to_string());
-        }
+            collect(stdout, max_output, true),
+            collect(stderr, 64 << 10, false)
+        )
+        .map_err(|e| e.to_string())?;
+        (out, err) = (o, e);
         child.wait().await.map_err(|e| e.to_string())
     })
     .await;
@@ -619,6 +635,29 @@ mod tests {
             t,
         );
         assert_eq!(v.verdict, "AC", "{v:?}");
+    }
+
+    #[test]
+    fn output_past_the_limit_is_a_runtime_error_and_stderr_never_blocks() {
+        let t = Duration::from_secs(5);
+        // 5 MiB to stdout, over the 4 MiB limit: stopped, not left to time out.
+        let v = judge_case(
+            "import sys\nsys.stdout.write('x' * (5 << 20))\n",
+            &sample(),
+            t,
+        );
+        assert_eq!(
+            (v.verdict, v.detail.as_str()),
+            ("RE", "output limit exceeded"),
+            "{v:?}"
+        );
+        // 1 MiB to stderr (kept: 64 KiB) and a wrong answer: judged as such.
+        let v = judge_case(
+            "import sys\nsys.stderr.write('e' * (1 << 20))\nprint(42)\n",
+            &sample(),
+            t,
+        );
+        assert_eq!(v.verdict, "WA", "{v:?}");
     }
 
     #[test]
