@@ -180,6 +180,13 @@ impl Connection {
         self.input.wanted()
     }
 
+    /// Whether [`input_received`](Self::input_received) needs to be told when input
+    /// arrived: only keepalive pings and the idle timeout look at it. Without them an I/O
+    /// layer can skip both the call and reading the clock on every read.
+    pub fn tracks_input_time(&self) -> bool {
+        self.cfg.ping_interval.is_some() || self.cfg.idle_timeout.is_some()
+    }
+
     /// Bytes were appended to [`input_buffer`](Self::input_buffer) at `now`.
     pub fn input_received(&mut self, now: Instant) {
         self.now = self.now.max(now);

@@ -11,6 +11,10 @@ use crate::frame::{FrameHeader, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
 
+/// Frames up to this size are split off the read buffer even when they end it, so the
+/// buffer's allocation stays for the next read; larger ones take the buffer.
+const KEEP_BUFFER_UP_TO: usize = 4 * 1024;
+
 /// The frame being received.
 #[derive(Debug)]
 struct InFrame {
@@ -74,11 +78,13 @@ impl Deframer {
         let header = f.header;
         let len = f.len;
         self.cur = None;
-        let payload = if len == self.buf.len() {
-            // The frame ends the buffer: hand over the whole buffer, which keeps its
+        let payload = if len == self.buf.len() && len > KEEP_BUFFER_UP_TO {
+            // A large frame ends the buffer: hand over the whole buffer, which keeps its
             // cheap unshared form (no split bookkeeping to allocate).
             std::mem::take(&mut self.buf)
         } else {
+            // Split off: the buffer keeps its allocation, and once the payload is dropped
+            // the next read reuses it in place (no allocation per small message).
             self.buf.split_to(len)
         };
         Ok(Some((header, payload)))

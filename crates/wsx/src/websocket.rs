@@ -16,8 +16,12 @@ use wsx_proto::{CloseCode, CloseFrame, Connection, DataKind, Event, Message, Rol
 use crate::config::IoConfig;
 use crate::error::{Error, Result};
 
-/// Bytes read onto the stack when nothing is buffered (see `poll_event`).
+/// Bytes read onto the stack when nothing is buffered (see `poll_event`); also the
+/// largest read buffer kept between small messages.
 const STACK_READ: usize = 2 * 1024;
+
+/// The smallest read buffer kept between small messages.
+const SMALL_BUFFER: usize = 256;
 
 /// How far the transport shutdown has gone after the close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,52 +242,54 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.conn.handle_timeout(now_std());
                 continue;
             }
-            // Read. Between small messages (or idle), read onto the stack first: such a
-            // connection holds no read buffer at all. Otherwise read straight into the
-            // core's buffer, with room for what the frame still needs (or, between
-            // messages, the size of the last one) plus `read_size`: the read that
-            // completes a frame then comes back short, and the runtime waits for
-            // readiness instead of trying a read that would block. A run of 16 KiB
-            // messages takes one `recv` each instead of three.
+            // Read. Before the first small message (or idle since a large one), read onto
+            // the stack: such a connection holds no read buffer at all. Otherwise read
+            // straight into the core's buffer: between small messages into the small
+            // buffer kept from the last one (reused in place once its message is
+            // dropped: no allocation or copy per message); within a frame or after a
+            // large message with room for what the frame still needs (or the size of the
+            // last message) plus `read_size`. The read that completes a frame then comes
+            // back short, and the runtime waits for readiness instead of trying a read
+            // that would block: a run of 16 KiB messages takes one `recv` each.
             if self.conn.input_buffer().is_empty() && self.read_run > 0 {
                 self.read_hint = self.read_run;
                 self.read_run = 0;
             }
-            let n = if self.conn.input_buffer().is_empty() && self.read_hint <= STACK_READ {
+            let between = self.conn.input_buffer().is_empty();
+            let small = self.read_hint <= STACK_READ;
+            let n = if between && small && self.conn.input_buffer().capacity() == 0 {
                 let mut stack = [MaybeUninit::<u8>::uninit(); STACK_READ];
                 let mut rb = ReadBuf::uninit(&mut stack);
                 match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
-                    Poll::Pending => {
-                        let buf = self.conn.input_buffer();
-                        if buf.capacity() > self.io_cfg.max_read_size {
-                            // Give back what a large message left behind.
-                            *buf = bytes::BytesMut::new();
-                        }
-                        return Poll::Pending;
-                    }
+                    Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {
                         let filled = rb.filled();
-                        self.conn.input_buffer().extend_from_slice(filled);
+                        // Room for a message like this one and its successor.
+                        let buf = self.conn.input_buffer();
+                        buf.reserve((2 * filled.len()).clamp(SMALL_BUFFER, STACK_READ));
+                        buf.extend_from_slice(filled);
                         Ok(filled.len())
                     }
                     Poll::Ready(Err(e)) => Err(e),
                 }
             } else {
-                let needed = if self.conn.input_buffer().is_empty() {
-                    self.read_hint
+                let want = if !between {
+                    self.conn
+                        .input_wanted()
+                        .saturating_add(self.io_cfg.read_size)
+                } else if small {
+                    (2 * self.read_hint).clamp(SMALL_BUFFER, STACK_READ)
                 } else {
-                    self.conn.input_wanted()
+                    self.read_hint.saturating_add(self.io_cfg.read_size)
                 };
-                let want = needed
-                    .saturating_add(self.io_cfg.read_size)
-                    .min(self.io_cfg.max_read_size.max(self.io_cfg.read_size));
+                let want = want.min(self.io_cfg.max_read_size.max(self.io_cfg.read_size));
                 let buf = self.conn.input_buffer();
                 buf.reserve(want);
                 match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
                     Poll::Pending => {
                         let buf = self.conn.input_buffer();
-                        if buf.is_empty() {
-                            // Waiting between messages: hold no buffer meanwhile.
+                        if buf.is_empty() && (!small || buf.capacity() > STACK_READ) {
+                            // Waiting after a large message: hold no buffer meanwhile.
                             *buf = bytes::BytesMut::new();
                         }
                         return Poll::Pending;
@@ -298,7 +304,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 }
                 Ok(n) => {
                     self.read_run += n;
-                    self.conn.input_received(now_std())
+                    if self.conn.tracks_input_time() {
+                        self.conn.input_received(now_std());
+                    }
                 }
                 Err(e) => {
                     self.finish = Finish::Done;
@@ -564,16 +572,46 @@ mod tests {
     use futures_util::StreamExt;
 
     use super::STACK_READ;
-    use crate::{accept, client_handshake, ClientConfig, Message, ServerConfig};
+    use crate::{accept, client_handshake, ClientConfig, Message, ServerConfig, WebSocket};
+
+    type Duplex = WebSocket<tokio::io::DuplexStream>;
+
+    /// A client and a server connected in memory, handshake done.
+    async fn pair() -> (Duplex, Duplex) {
+        let (a, b) = tokio::io::duplex(1 << 20);
+        let server = tokio::spawn(async move { accept(b, &ServerConfig::default()).await });
+        let (client, _) = client_handshake(a, "x", "/", &ClientConfig::default())
+            .await
+            .unwrap();
+        let (server, _) = server.await.unwrap().unwrap();
+        (client, server)
+    }
+
+    #[tokio::test]
+    async fn small_messages_reuse_one_small_buffer_and_a_new_connection_holds_none() {
+        let (mut client, mut server) = pair().await;
+        // Waiting for its first message, a connection holds no read buffer.
+        let idle = tokio::time::timeout(std::time::Duration::from_millis(20), server.next()).await;
+        assert!(idle.is_err());
+        assert_eq!(server.inner.conn.input_buffer().capacity(), 0);
+        let mut kept = Vec::new();
+        for i in 0..3u8 {
+            client.send(Message::binary(vec![i; 100])).await.unwrap();
+            let got = server.next().await.unwrap().unwrap();
+            assert_eq!(got, Message::binary(vec![i; 100]));
+            drop(got);
+            let idle =
+                tokio::time::timeout(std::time::Duration::from_millis(20), server.next()).await;
+            assert!(idle.is_err());
+            kept.push(server.inner.conn.input_buffer().capacity());
+        }
+        // Between small messages the buffer stays, sized for them (not for the largest).
+        assert!(kept.iter().all(|c| *c > 0 && *c <= STACK_READ), "{kept:?}");
+    }
 
     #[tokio::test]
     async fn large_messages_are_read_whole_and_an_idle_connection_keeps_no_buffer() {
-        let (a, b) = tokio::io::duplex(1 << 20);
-        let server = tokio::spawn(async move { accept(b, &ServerConfig::default()).await });
-        let (mut client, _) = client_handshake(a, "x", "/", &ClientConfig::default())
-            .await
-            .unwrap();
-        let (mut server, _) = server.await.unwrap().unwrap();
+        let (mut client, mut server) = pair().await;
         for i in 0..3u8 {
             client
                 .send(Message::binary(vec![i; 64 << 10]))
