@@ -1,11 +1,11 @@
 //! The side-by-side benchmark behind `scripts/bench`: every server of the matrix, each
 //! point repeated, servers alternated within a repetition, server and load generator
-//! pinned to different cores; medians, ratios, server CPU, idle memory; JSON and a PNG.
+//! pinned to different cores; medians, ratios (also paired within each repetition), server CPU split into user and
+//! system time per message, idle memory; JSON and a PNG.
 //!
 //! bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration SECS]
 //!              [--warmup SECS] [--depth N] [--idle N] [--sizes 20,1024] [--conns 10,100]
 
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +24,9 @@ struct Run {
     rtt_us_p50: u64,
     rtt_us_p99: u64,
     server_cpu_seconds: f64,
+    /// The server's CPU time in its own code (user) and in the kernel (system).
+    server_user_seconds: f64,
+    server_sys_seconds: f64,
     seconds: f64,
     errors: u64,
 }
@@ -38,6 +41,10 @@ struct Point {
     rtt_us_p99: u64,
     server_cpu_percent: f64,
     messages_per_server_cpu_second: f64,
+    /// The server's user-space CPU per message: what its own code costs (all servers make
+    /// the same syscalls per message, so the kernel's share is the loopback's).
+    user_ns_per_message: f64,
+    sys_ns_per_message: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -52,14 +59,15 @@ struct Idle {
 /// Clock ticks per second of /proc/PID/stat (USER_HZ, 100 on Linux).
 const CLK_TCK: f64 = 100.0;
 
-fn proc_cpu_seconds(pid: u32) -> f64 {
+/// A process's (user, system) CPU seconds.
+fn proc_cpu_seconds(pid: u32) -> (f64, f64) {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return (0.0, 0.0);
     };
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (t(11) + t(12)) / CLK_TCK
+    (t(11) / CLK_TCK, t(12) / CLK_TCK)
 }
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -154,6 +162,8 @@ fn run_point(
     std::thread::sleep(Duration::from_secs_f64(duration * 0.9));
     let cpu1 = proc_cpu_seconds(pid);
     let window = t0.elapsed().as_secs_f64();
+    let scale = duration / window.max(1e-9);
+    let (user, sys) = ((cpu1.0 - cpu0.0) * scale, (cpu1.1 - cpu0.1) * scale);
     let out = bench.wait_with_output().expect("wsx bench output");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     Run {
@@ -164,19 +174,62 @@ fn run_point(
         messages_per_sec: v["messages_per_sec"].as_f64().unwrap_or(0.0),
         rtt_us_p50: v["rtt_us_p50"].as_u64().unwrap_or(0),
         rtt_us_p99: v["rtt_us_p99"].as_u64().unwrap_or(0),
-        server_cpu_seconds: (cpu1 - cpu0) * duration / window.max(1e-9),
+        server_cpu_seconds: user + sys,
+        server_user_seconds: user,
+        server_sys_seconds: sys,
         seconds: duration,
         errors: v["connect_errors"].as_u64().unwrap_or(0)
             + v["protocol_errors"].as_u64().unwrap_or(0),
     }
 }
 
+fn ns_per_message(cpu_seconds: f64, r: &Run) -> f64 {
+    let messages = r.messages_per_sec * r.seconds;
+    if messages > 0.0 {
+        cpu_seconds * 1e9 / messages
+    } else {
+        0.0
+    }
+}
+
+/// wsx's ratio to `peer` within each repetition (the two ran next to each other, so slow
+/// drifts of a shared machine cancel): the median of those ratios, and in how many
+/// repetitions wsx came out ahead. `value` picks what is compared.
+fn paired(
+    runs: &[Run],
+    peer: &str,
+    size: usize,
+    c: usize,
+    value: fn(&Run) -> f64,
+) -> (f64, usize, usize) {
+    let pick = |server: &str, rep: usize| {
+        runs.iter()
+            .find(|r| r.server == server && r.size == size && r.connections == c && r.rep == rep)
+            .map(value)
+    };
+    let ratios: Vec<f64> = (0..)
+        .map_while(|rep| Some((pick("wsx", rep)?, pick(peer, rep)?)))
+        .filter(|(_, b)| *b > 0.0)
+        .map(|(a, b)| a / b)
+        .collect();
+    let wins = ratios.iter().filter(|r| **r >= 1.0).count();
+    (median(ratios.clone()), wins, ratios.len())
+}
+
+fn messages_per_cpu_second(r: &Run) -> f64 {
+    if r.server_cpu_seconds > 0.0 {
+        r.messages_per_sec * r.seconds / r.server_cpu_seconds
+    } else {
+        0.0
+    }
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
-    if v.is_empty() {
-        0.0
-    } else {
-        v[v.len() / 2]
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
 }
 
@@ -338,7 +391,7 @@ fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let reps = flag("--reps")
         .map(|v| v as usize)
-        .unwrap_or(if quick { 1 } else { 3 });
+        .unwrap_or(if quick { 1 } else { 5 });
     let duration = flag("--duration").unwrap_or(if quick { 1.0 } else { 2.0 });
     let warmup = flag("--warmup").unwrap_or(0.5);
     let depth = flag("--depth").map(|v| v as usize).unwrap_or(1);
@@ -397,6 +450,16 @@ fn main() {
                     rtt_us_p99: median(rs.iter().map(|r| r.rtt_us_p99 as f64).collect()) as u64,
                     server_cpu_percent: cpu * 100.0,
                     messages_per_server_cpu_second: if cpu > 0.0 { mps / cpu } else { 0.0 },
+                    user_ns_per_message: median(
+                        rs.iter()
+                            .map(|r| ns_per_message(r.server_user_seconds, r))
+                            .collect(),
+                    ),
+                    sys_ns_per_message: median(
+                        rs.iter()
+                            .map(|r| ns_per_message(r.server_sys_seconds, r))
+                            .collect(),
+                    ),
                 });
             }
         }
@@ -416,7 +479,6 @@ fn main() {
     println!("\nmessages/s (median of {reps}), server CPU %, messages per server CPU-second; depth {depth}, {duration}s per run\n");
     println!("| size | conns | wsx | fastwebsockets | tungstenite | raw TCP | wsx/fws | wsx/tung | wsx/raw | CPU% wsx/fws/tung | msgs per CPU-s wsx/fws/tung | eff. wsx/fws | eff. wsx/tung |");
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let mut ratios = BTreeMap::new();
     for &size in &sizes {
         for &c in &conns {
             let (Some(w), Some(f), Some(t), Some(r)) = (
@@ -436,12 +498,47 @@ fn main() {
                 w.messages_per_server_cpu_second, f.messages_per_server_cpu_second, t.messages_per_server_cpu_second,
                 ratio(w.messages_per_server_cpu_second, f.messages_per_server_cpu_second), ratio(w.messages_per_server_cpu_second, t.messages_per_server_cpu_second),
             );
-            ratios.insert(
-                format!("{size}B/{c}"),
-                (
-                    ratio(w.messages_per_sec, f.messages_per_sec),
-                    ratio(w.messages_per_sec, t.messages_per_sec),
+        }
+    }
+    println!("\nwsx against each peer within a repetition (median of the per-repetition ratios, and repetitions in which wsx was ahead), and each server's CPU per message split into its own code (user) and the kernel (system)\n");
+    println!("| size | conns | msgs/s wsx/fws | msgs/s wsx/tung | per CPU-s wsx/fws | per CPU-s wsx/tung | user ns/msg wsx/fws/tung/raw | system ns/msg wsx/fws/tung/raw |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut pairs = Vec::new();
+    for &size in &sizes {
+        for &c in &conns {
+            let mut cell = |peer: &str, what: &str, value: fn(&Run) -> f64| {
+                let (r, wins, n) = paired(&runs, peer, size, c, value);
+                pairs.push(serde_json::json!({ "size": size, "connections": c, "peer": peer, "measure": what, "median_ratio": r, "wsx_ahead": wins, "repetitions": n }));
+                format!("{r:.2} ({wins}/{n})")
+            };
+            let ns = |f: fn(&Point) -> f64| {
+                SERVERS
+                    .iter()
+                    .map(|s| {
+                        get(s, size, c)
+                            .map(f)
+                            .map(|v| format!("{v:.0}"))
+                            .unwrap_or_default()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            };
+            println!(
+                "| {size} | {c} | {} | {} | {} | {} | {} | {} |",
+                cell("fastwebsockets", "messages_per_sec", |r| r.messages_per_sec),
+                cell("tungstenite", "messages_per_sec", |r| r.messages_per_sec),
+                cell(
+                    "fastwebsockets",
+                    "messages_per_cpu_second",
+                    messages_per_cpu_second
                 ),
+                cell(
+                    "tungstenite",
+                    "messages_per_cpu_second",
+                    messages_per_cpu_second
+                ),
+                ns(|p| p.user_ns_per_message),
+                ns(|p| p.sys_ns_per_message),
             );
         }
     }
@@ -454,7 +551,7 @@ fn main() {
             i.server, i.connections, i.rss_before_kib, i.rss_after_kib, i.bytes_per_connection
         );
     }
-    let json = serde_json::json!({ "depth": depth, "reps": reps, "duration": duration, "runs": runs, "points": points, "idle": idle });
+    let json = serde_json::json!({ "depth": depth, "reps": reps, "duration": duration, "runs": runs, "points": points, "paired": pairs, "idle": idle });
     let jpath = format!("{out}/results.json");
     std::fs::write(
         &jpath,
