@@ -343,8 +343,25 @@ async fn main() {
             }
         }
         let last = published.len() as u64 - 1;
-        // Let deliveries drain (bounded).
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        // Let deliveries drain: until every subscriber has every publication of this
+        // step, or 10 s (what is still missing then counts as not delivered).
+        let expected = n * (last + 1 - first) as usize;
+        let drain_until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < drain_until {
+            let have: usize = receipts
+                .iter()
+                .map(|r| {
+                    let v = r.lock().unwrap_or_else(|e| e.into_inner());
+                    v.iter()
+                        .filter(|(off, _)| *off >= first && *off <= last)
+                        .count()
+                })
+                .sum();
+            if have >= expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         let mut per_delivery = Vec::new();
         let mut last_receipt = vec![0f64; (last - first + 1) as usize];
         let mut delivered = 0usize;
