@@ -505,31 +505,32 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let args = ServeArgs {
-            max_message_size: Some("lots".into()),
-            ..Default::default()
-        };
-        let e = args.resolve().unwrap_err();
-        assert_eq!(e.key, "max_message_size");
-        let args = ServeArgs {
-            server_max_window_bits: Some("16".into()),
-            ..Default::default()
-        };
-        assert_eq!(args.resolve().unwrap_err().key, "server_max_window_bits");
-        let args = ServeArgs {
-            allowed_origins: Some("example.com".into()),
-            ..Default::default()
-        };
-        assert_eq!(args.resolve().unwrap_err().key, "allowed_origins");
-        let args = ServeArgs {
-            demo_judge_parallel: Some("0".into()),
-            ..Default::default()
-        };
-        assert_eq!(args.resolve().unwrap_err().key, "demo_judge_parallel");
-        let args = ServeArgs {
-            demo_judge_time_limit: Some("0".into()),
-            ..Default::default()
-        };
-        assert_eq!(args.resolve().unwrap_err().key, "demo_judge_time_limit");
+        // The key of the error that resolving the arguments with one setting changed gives.
+        fn key(set: impl FnOnce(&mut ServeArgs)) -> String {
+            let mut args = ServeArgs::default();
+            set(&mut args);
+            args.resolve().unwrap_err().key
+        }
+        assert_eq!(
+            key(|a| a.max_message_size = Some("lots".into())),
+            "max_message_size"
+        );
+        assert_eq!(
+            key(|a| a.server_max_window_bits = Some("16".into())),
+            "server_max_window_bits"
+        );
+        assert_eq!(
+            key(|a| a.allowed_origins = Some("example.com".into())),
+            "allowed_origins"
+        );
+        let zero = || Some("0".to_string());
+        assert_eq!(
+            key(|a| a.demo_judge_parallel = zero()),
+            "demo_judge_parallel"
+        );
+        assert_eq!(
+            key(|a| a.demo_judge_time_limit = zero()),
+            "demo_judge_time_limit"
+        );
     }
 }

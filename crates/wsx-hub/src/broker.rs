@@ -6,13 +6,12 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use crate::shards::{self, lock, SHARDS};
 use std::time::Duration;
 
 use crate::backplane::{Deliver, Event};
 use crate::history::{Publication, StreamPosition};
 use crate::queue::{Delivery, Outbound, SlowConsumer};
+use crate::shards::{self, lock, SHARDS};
 
 /// A connection's id, unique within the hub.
 pub type ClientId = u64;

@@ -12,8 +12,9 @@ use crate::mask::apply_mask;
 use crate::utf8::Utf8Validator;
 
 /// Frames up to this size are split off the read buffer even when they end it, so the
-/// buffer's allocation stays for the next read; larger ones take the buffer.
-const KEEP_BUFFER_UP_TO: usize = 4 * 1024;
+/// buffer's allocation stays for the next read; larger ones take the buffer. An I/O
+/// layer keeps a read buffer up to this size between such frames (`wsx` does).
+pub const KEEP_BUFFER_UP_TO: usize = 2 * 1024;
 
 /// The frame being received.
 #[derive(Debug)]

@@ -53,6 +53,7 @@ pub mod utf8;
 pub use close::{CloseCode, CloseFrame};
 pub use config::Config;
 pub use connection::{Connection, Role, State};
+pub use deframer::KEEP_BUFFER_UP_TO;
 pub use error::{
     CapacityError, CapacityKind, Error, HandshakeError, Initiator, ProtocolError, TimeoutKind,
 };

@@ -17,11 +17,15 @@ use crate::config::IoConfig;
 use crate::error::{Error, Result};
 
 /// Bytes read onto the stack when nothing is buffered (see `poll_event`); also the
-/// largest read buffer kept between small messages.
-const STACK_READ: usize = 2 * 1024;
+/// largest read buffer kept between small messages: the core splits frames up to this
+/// size off the buffer, so the buffer's allocation stays.
+const STACK_READ: usize = wsx_proto::KEEP_BUFFER_UP_TO;
 
-/// The smallest read buffer kept between small messages.
-const SMALL_BUFFER: usize = 256;
+/// The read buffer kept between small messages for a run of `n`-byte reads: room for
+/// one like it and its successor, 256 B to `STACK_READ`.
+fn small_buffer(n: usize) -> usize {
+    (2 * n).clamp(256, STACK_READ)
+}
 
 /// How far the transport shutdown has gone after the close handshake.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,8 +53,9 @@ pub(crate) struct Inner<S> {
     /// Bytes read since the input buffer was last empty (the message being read).
     read_run: usize,
     /// The size of the last message read (`read_run` when it ended), as a guess of the
-    /// next one's: above `STACK_READ` the next read goes straight into a buffer that
-    /// size, so a run of large messages takes one `recv` each.
+    /// next one's: up to `STACK_READ` it sizes the small buffer kept between messages;
+    /// above, the next read goes straight into a buffer that size, so a run of large
+    /// messages takes one `recv` each.
     read_hint: usize,
 }
 
@@ -264,9 +269,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     Poll::Pending => return Poll::Pending,
                     Poll::Ready(Ok(())) => {
                         let filled = rb.filled();
-                        // Room for a message like this one and its successor.
                         let buf = self.conn.input_buffer();
-                        buf.reserve((2 * filled.len()).clamp(SMALL_BUFFER, STACK_READ));
+                        buf.reserve(small_buffer(filled.len()));
                         buf.extend_from_slice(filled);
                         Ok(filled.len())
                     }
@@ -278,7 +282,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                         .input_wanted()
                         .saturating_add(self.io_cfg.read_size)
                 } else if small {
-                    (2 * self.read_hint).clamp(SMALL_BUFFER, STACK_READ)
+                    small_buffer(self.read_hint)
                 } else {
                     self.read_hint.saturating_add(self.io_cfg.read_size)
                 };

@@ -1,7 +1,7 @@
 //! The side-by-side benchmark behind `scripts/bench`: every server of the matrix, each
 //! point repeated, servers alternated within a repetition, server and load generator
-//! pinned to different cores; medians, ratios (also paired within each repetition), server CPU split into user and
-//! system time per message, idle memory; JSON and a PNG.
+//! pinned to different cores; medians, ratios (also paired within each repetition),
+//! server CPU split into user and system time per message, idle memory; JSON and a PNG.
 //!
 //! bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration SECS]
 //!              [--warmup SECS] [--depth N] [--idle N] [--sizes 20,1024] [--conns 10,100]
@@ -183,13 +183,23 @@ fn run_point(
     }
 }
 
-fn ns_per_message(cpu_seconds: f64, r: &Run) -> f64 {
-    let messages = r.messages_per_sec * r.seconds;
-    if messages > 0.0 {
-        cpu_seconds * 1e9 / messages
+impl Run {
+    fn messages(&self) -> f64 {
+        self.messages_per_sec * self.seconds
+    }
+}
+
+/// `a / b`, or 0 when there is nothing to divide by.
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 {
+        a / b
     } else {
         0.0
     }
+}
+
+fn ns_per_message(cpu_seconds: f64, r: &Run) -> f64 {
+    ratio(cpu_seconds * 1e9, r.messages())
 }
 
 /// wsx's ratio to `peer` within each repetition (the two ran next to each other, so slow
@@ -217,11 +227,7 @@ fn paired(
 }
 
 fn messages_per_cpu_second(r: &Run) -> f64 {
-    if r.server_cpu_seconds > 0.0 {
-        r.messages_per_sec * r.seconds / r.server_cpu_seconds
-    } else {
-        0.0
-    }
+    ratio(r.messages(), r.server_cpu_seconds)
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -449,7 +455,7 @@ fn main() {
                     rtt_us_p50: median(rs.iter().map(|r| r.rtt_us_p50 as f64).collect()) as u64,
                     rtt_us_p99: median(rs.iter().map(|r| r.rtt_us_p99 as f64).collect()) as u64,
                     server_cpu_percent: cpu * 100.0,
-                    messages_per_server_cpu_second: if cpu > 0.0 { mps / cpu } else { 0.0 },
+                    messages_per_server_cpu_second: ratio(mps, cpu),
                     user_ns_per_message: median(
                         rs.iter()
                             .map(|r| ns_per_message(r.server_user_seconds, r))
@@ -489,7 +495,6 @@ fn main() {
             ) else {
                 continue;
             };
-            let ratio = |a: f64, b: f64| if b > 0.0 { a / b } else { 0.0 };
             println!(
                 "| {size} | {c} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.2} | {:.2} |",
                 w.messages_per_sec, f.messages_per_sec, t.messages_per_sec, r.messages_per_sec,
