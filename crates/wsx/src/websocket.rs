@@ -598,7 +598,7 @@ mod tests {
         let idle = tokio::time::timeout(std::time::Duration::from_millis(20), server.next()).await;
         assert!(idle.is_err());
         assert_eq!(server.inner.conn.input_buffer().capacity(), 0);
-        let mut kept = Vec::new();
+        let (mut kept, mut at) = (Vec::new(), Vec::new());
         for i in 0..3u8 {
             client.send(Message::binary(vec![i; 100])).await.unwrap();
             let got = server.next().await.unwrap().unwrap();
@@ -607,10 +607,16 @@ mod tests {
             let idle =
                 tokio::time::timeout(std::time::Duration::from_millis(20), server.next()).await;
             assert!(idle.is_err());
-            kept.push(server.inner.conn.input_buffer().capacity());
+            let buf = server.inner.conn.input_buffer();
+            kept.push(buf.capacity());
+            at.push(buf.as_ptr() as usize);
         }
         // Between small messages the buffer stays, sized for them (not for the largest).
         assert!(kept.iter().all(|c| *c > 0 && *c <= STACK_READ), "{kept:?}");
+        // And it is the same memory each time: the read after a dropped message reuses
+        // it in place (a new allocation is made before the old one is freed, so it
+        // would sit elsewhere).
+        assert!(at.windows(2).all(|w| w[0] == w[1]), "{at:?}");
     }
 
     #[tokio::test]
