@@ -68,7 +68,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         }
     }
     let hub = Arc::new(wsx_hub::Hub::new(hub_cfg));
-    let mut api = wsx_hub::http::ApiConfig::default();
+    let mut api = wsx_hub::api::ApiConfig::default();
     api.api_key = settings.api_key.clone();
     let app = App {
         hub: hub.clone(),
@@ -93,7 +93,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         .route("/metrics", get(metrics))
         .fallback(get(static_file))
         .with_state(app)
-        .merge(wsx_hub::http::router(hub, api))
+        .merge(wsx_hub::api::router(hub, api))
         .merge(demo);
 
     let stop = shutdown_rx.clone();
@@ -225,7 +225,7 @@ async fn static_file(req: Request<Body>) -> Response {
 }
 
 async fn metrics(State(app): State<App>) -> Response {
-    let text = app.hub.metrics().render(app.hub.broker().channels().len());
+    let text = app.hub.metrics().render(app.hub.channels().len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 

@@ -1,33 +1,37 @@
 //! `wsx-hub`: the real-time server library.
 //!
-//! The [`Hub`] is the one channel model every client protocol maps onto: channels
+//! The [`hub`] is the one channel model every client protocol maps onto: channels
 //! (`namespace:name`), subscriptions, publish with fan-out (one shared publication per
 //! message), presence with join/leave, history with offsets and an epoch, recovery of
 //! missed publications, and a bounded outbound queue per connection that drops slow
 //! consumers instead of growing memory. What a cluster's nodes share sits behind the
-//! async [`Backplane`] trait ([`MemoryBackplane`] in process; Redis later); the
-//! node-local [`Broker`] fans out. The front-ends (native JSON protocol here; STOMP,
-//! Socket.IO, SockJS later) and the HTTP API build on the hub.
+//! async [`Backplane`] trait ([`MemoryBackplane`] in process; Redis later). The core
+//! knows no wire format: each front-end drives a protocol-neutral [`HubSession`] and
+//! maps [`HubError`] and [`Delivery`] onto its own protocol.
+//!
+//! Front-ends, each depending on the core and never the reverse:
+//! - [`native`]: JSON commands over a WebSocket (`/connection/websocket`);
+//! - [`api`]: the HTTP server API (`/api/*`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
-pub mod auth;
-pub mod backplane;
-pub mod broker;
-pub mod channel;
-pub mod history;
-pub mod http;
+pub mod api;
 pub mod hub;
-pub mod metrics;
 pub mod native;
-pub mod queue;
-mod shards;
+pub mod transport;
 
-pub use backplane::{Backplane, BackplaneError, MemoryBackplane};
-pub use broker::{Broker, BrokerError, ChannelOptions, ClientId, ClientInfo, Subscribed};
-pub use channel::{BadChannel, ChannelName};
-pub use history::{History, Publication, StreamPosition};
+pub use hub::auth;
+pub use hub::backplane::{self, Backplane, BackplaneError, MemoryBackplane};
+pub use hub::broker::{Broker, Subscribed};
+pub use hub::channel::{BadChannel, ChannelName};
+pub use hub::client::{ClientId, ClientInfo};
+pub use hub::error::{Denied, Feature, HubError, Limit};
+pub use hub::history::History;
+pub use hub::options::ChannelOptions;
+pub use hub::publication::{Payload, PayloadKind, Publication, StreamPosition};
+pub use hub::queue::{Delivery, Disconnect, Outbound, QueueLimits, SlowConsumer};
+pub use hub::session::{ConnectRequest, Connected, HubSession};
 pub use hub::{Hub, HubConfig};
 pub use native::Session;
-pub use queue::{Delivery, Outbound, QueueLimits, SlowConsumer};
+pub use transport::Gate;

@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use wsx::upgrade::WebSocketUpgrade;
 use wsx::{ClientConfig, CloseCode, Message};
-use wsx_hub::http::ApiConfig;
+use wsx_hub::api::ApiConfig;
 use wsx_hub::{Hub, HubConfig};
 
 const KEY: &str = "test-key-0123456789";
@@ -36,7 +36,7 @@ async fn server() -> String {
                 }
             }),
         )
-        .merge(wsx_hub::http::router(hub, api));
+        .merge(wsx_hub::api::router(hub, api));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -179,7 +179,7 @@ async fn auth_and_errors() {
 #[tokio::test]
 async fn api_is_off_without_a_key() {
     let hub = Arc::new(Hub::new(HubConfig::default()));
-    let app = wsx_hub::http::router(hub, ApiConfig::default());
+    let app = wsx_hub::api::router(hub, ApiConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

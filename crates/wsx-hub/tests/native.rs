@@ -694,7 +694,7 @@ async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
     for _ in 0..64 {
         hub.publish(
             "firehose",
-            bytes::Bytes::from(format!("\"{}\"", "x".repeat(1024))),
+            wsx_hub::Payload::json(format!("\"{}\"", "x".repeat(1024))),
         )
         .await
         .unwrap();

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tracing::{debug, warn};
+use wsx_hub::Payload;
 
 /// Judge limits.
 #[derive(Debug, Clone)]
@@ -337,8 +338,12 @@ impl Judge {
     }
 
     async fn publish(&self, channel: &str, v: Value) {
-        if let Err(e) = self.hub.publish(channel, Bytes::from(v.to_string())).await {
-            warn!(channel, error = ?e, "demo judge could not publish");
+        if let Err(e) = self
+            .hub
+            .publish(channel, Payload::json(v.to_string()))
+            .await
+        {
+            warn!(channel, error = %e, "demo judge could not publish");
         }
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+use wsx_hub::Payload;
 
 /// The namespace of the tick channel.
 pub const NAMESPACE: &str = "ticks";
@@ -63,9 +63,9 @@ pub fn spawn(hub: Arc<wsx_hub::Hub>, seed: u64) {
                 .map(|d| d.as_millis() as u64)
                 .unwrap_or_default();
             let data = format!("{{\"seq\":{seq},\"t\":{t},\"price\":{price},\"simulated\":true}}");
-            if let Err(e) = hub.publish(CHANNEL, Bytes::from(data)).await {
+            if let Err(e) = hub.publish(CHANNEL, Payload::json(data)).await {
                 // A backplane hiccup loses this tick; the chart shows the gap.
-                tracing::warn!(error = ?e, "ticker could not publish");
+                tracing::warn!(error = %e, "ticker could not publish");
             }
         }
     });

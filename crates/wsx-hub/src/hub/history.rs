@@ -5,39 +5,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-
-/// A published message as stored and delivered.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Publication {
-    /// Increasing per channel, from 1.
-    pub offset: u64,
-    /// The payload (JSON for the native protocol; any bytes for others).
-    pub data: Bytes,
-    /// The native front-end's WebSocket frame for this publication, encoded once on
-    /// first use and shared by every subscriber.
-    pub native_frame: std::sync::OnceLock<wsx::SharedFrame>,
-}
-
-impl Publication {
-    /// A publication at `offset`.
-    pub fn new(offset: u64, data: Bytes) -> Publication {
-        Publication {
-            offset,
-            data,
-            native_frame: std::sync::OnceLock::new(),
-        }
-    }
-}
-
-/// A position in a channel's stream: the last offset seen and the stream's epoch.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StreamPosition {
-    /// The last offset seen (0: nothing yet).
-    pub offset: u64,
-    /// The epoch of the stream that offset belongs to.
-    pub epoch: String,
-}
+use crate::hub::publication::{Payload, Publication, StreamPosition};
 
 /// A bounded log of one channel's publications.
 #[derive(Debug)]
@@ -75,9 +43,9 @@ impl History {
     }
 
     /// Record a publication at `now`; returns it with its offset.
-    pub fn push(&mut self, now: Instant, data: Bytes) -> Arc<Publication> {
+    pub fn push(&mut self, now: Instant, payload: Payload) -> Arc<Publication> {
         self.last_offset += 1;
-        let p = Arc::new(Publication::new(self.last_offset, data));
+        let p = Arc::new(Publication::new(self.last_offset, payload));
         if self.max_len > 0 {
             self.entries.push_back((now, p.clone()));
             while self.entries.len() > self.max_len {
@@ -155,19 +123,19 @@ mod tests {
         )
     }
 
-    fn data(i: u64) -> Bytes {
-        Bytes::from(format!("{i}"))
+    fn data(i: u64) -> Payload {
+        Payload::json(format!("{i}"))
     }
 
     /// What recovery from `since` would give: the missed offsets, or `None` when the
     /// history cannot cover the gap (the hub's decision, `broker::covers`).
     fn recover(h: &mut History, now: Instant, since: &StreamPosition) -> Option<Vec<u64>> {
-        let page = crate::backplane::HistoryPage {
+        let page = crate::hub::backplane::HistoryPage {
             publications: h.query(now, usize::MAX, Some(since.offset), false),
             position: h.position(),
             first_retained: h.first_offset(),
         };
-        crate::broker::covers(&page, since)
+        crate::hub::broker::covers(&page, since)
             .then(|| page.publications.iter().map(|p| p.offset).collect())
     }
 

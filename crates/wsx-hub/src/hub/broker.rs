@@ -1,81 +1,16 @@
 //! The node-local broker: this node's subscribers of each channel, their queues, and
 //! the fan-out of what the [`Backplane`](crate::backplane::Backplane) delivers. Every
-//! front-end (native, STOMP, Socket.IO, SockJS) maps onto this one model through the
-//! [`Hub`](crate::Hub). Synchronous: locks are held only for map updates and queue
+//! front-end maps onto this one model through the [`Hub`](crate::Hub). Synchronous: locks are held only for map updates and queue
 //! pushes, never across I/O, and a delivery never waits for a subscriber.
 
+use crate::hub::backplane::{Deliver, Event};
+use crate::hub::client::ClientId;
+use crate::hub::error::HubError;
+use crate::hub::publication::{Publication, StreamPosition};
+use crate::hub::queue::{Delivery, Outbound, SlowConsumer};
+use crate::hub::shards::{self, lock, SHARDS};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
-
-use crate::backplane::{Deliver, Event};
-use crate::history::{Publication, StreamPosition};
-use crate::queue::{Delivery, Outbound, SlowConsumer};
-use crate::shards::{self, lock, SHARDS};
-
-/// A connection's id, unique within the hub.
-pub type ClientId = u64;
-
-/// Who a connection is: presence shows this.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientInfo {
-    /// The connection.
-    pub client: ClientId,
-    /// The authenticated user ("" for anonymous).
-    pub user: String,
-    /// The client's name (`connect`'s `name`, e.g. `wsx.js`).
-    pub name: String,
-    /// Free-form connection info the client gave at `connect` (a nickname, say).
-    pub info: String,
-}
-
-/// What a namespace enables for its channels.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct ChannelOptions {
-    /// Keep presence.
-    pub presence: bool,
-    /// Push join and leave events to subscribers.
-    pub join_leave: bool,
-    /// Publications kept for history and recovery (0: none).
-    pub history_size: usize,
-    /// How long publications are kept.
-    pub history_ttl: Duration,
-    /// Clients may ask to recover missed publications (needs history).
-    pub recovery: bool,
-    /// Anonymous connections may subscribe.
-    pub anonymous_subscribe: bool,
-    /// Clients may publish (the HTTP API always may).
-    pub client_publish: bool,
-}
-
-impl Default for ChannelOptions {
-    fn default() -> Self {
-        ChannelOptions {
-            presence: false,
-            join_leave: false,
-            history_size: 0,
-            history_ttl: Duration::from_secs(300),
-            recovery: true,
-            anonymous_subscribe: true,
-            client_publish: true,
-        }
-    }
-}
-
-/// Errors of broker operations.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum BrokerError {
-    /// The client is already subscribed to the channel.
-    AlreadySubscribed,
-    /// The client is not subscribed to the channel.
-    NotSubscribed,
-    /// The channel does not exist (nobody subscribed, no history).
-    UnknownChannel,
-    /// The operation needs a feature the namespace does not enable.
-    NotAvailable,
-}
 
 /// The result of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,13 +77,13 @@ impl Broker {
     /// Add a subscriber. With `recovering`, its events are held back until
     /// [`go_live`](Self::go_live). Returns whether it is the channel's first subscriber
     /// on this node (the node must then listen on the backplane).
-    pub fn add(
+    pub(crate) fn add(
         &self,
         channel: &str,
         client: ClientId,
         queue: Arc<Outbound>,
         recovering: bool,
-    ) -> Result<bool, BrokerError> {
+    ) -> Result<bool, HubError> {
         let mut shard = self.shard(channel);
         let ch = shard
             .entry(channel.to_string())
@@ -157,7 +92,7 @@ impl Broker {
                 subscribers: HashMap::new(),
             });
         if ch.subscribers.contains_key(&client) {
-            return Err(BrokerError::AlreadySubscribed);
+            return Err(HubError::AlreadySubscribed);
         }
         ch.subscribers.insert(
             client,
@@ -171,12 +106,12 @@ impl Broker {
 
     /// Remove a subscriber. Returns whether the channel has no subscriber left on this
     /// node (the node may then stop listening).
-    pub fn remove(&self, channel: &str, client: ClientId) -> Result<bool, BrokerError> {
+    pub(crate) fn remove(&self, channel: &str, client: ClientId) -> Result<bool, HubError> {
         let mut shard = self.shard(channel);
-        let ch = shard.get_mut(channel).ok_or(BrokerError::NotSubscribed)?;
+        let ch = shard.get_mut(channel).ok_or(HubError::NotSubscribed)?;
         ch.subscribers
             .remove(&client)
-            .ok_or(BrokerError::NotSubscribed)?;
+            .ok_or(HubError::NotSubscribed)?;
         let empty = ch.subscribers.is_empty();
         if empty {
             shard.remove(channel);
@@ -193,7 +128,7 @@ impl Broker {
     /// (publications after the last missed one, and presence events), and deliver live
     /// from now on: no gap, no duplicate. `Err` if the consumer overflowed (it is then
     /// dropped with 3008 and should recover again).
-    pub fn go_live(
+    pub(crate) fn go_live(
         &self,
         channel: &str,
         client: ClientId,
@@ -267,12 +202,12 @@ impl Deliver for Broker {
             Event::Join(info) => Delivery::Join {
                 channel: name,
                 info,
-                native_frame: Arc::default(),
+                encodings: Arc::default(),
             },
             Event::Leave(info) => Delivery::Leave {
                 channel: name,
                 info,
-                native_frame: Arc::default(),
+                encodings: Arc::default(),
             },
         };
         let mut slow = Vec::new();
@@ -292,7 +227,7 @@ impl Deliver for Broker {
 
 /// Whether a history page covers everything after `since`: same epoch, not ahead of
 /// the stream, and the first missed offset still retained.
-pub fn covers(page: &crate::backplane::HistoryPage, since: &StreamPosition) -> bool {
+pub fn covers(page: &crate::hub::backplane::HistoryPage, since: &StreamPosition) -> bool {
     since.epoch == page.position.epoch
         && since.offset <= page.position.offset
         && page.first_retained <= since.offset + 1
@@ -303,13 +238,14 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::queue::QueueLimits;
+    use crate::hub::client::ClientInfo;
+    use crate::hub::publication::Payload;
+    use crate::hub::queue::drain_offsets as offsets;
+    use crate::hub::queue::QueueLimits;
 
     fn publication(offset: u64) -> Event {
-        Event::Publication(Arc::new(Publication::new(offset, Bytes::from_static(b"1"))))
+        Event::Publication(Arc::new(Publication::new(offset, Payload::json("1"))))
     }
-
-    use crate::queue::drain_offsets as offsets;
 
     fn info(client: ClientId) -> Arc<ClientInfo> {
         Arc::new(ClientInfo {
@@ -353,12 +289,12 @@ mod tests {
         b.add("a", 1, q.clone(), false).unwrap();
         assert_eq!(
             b.add("a", 1, q.clone(), false),
-            Err(BrokerError::AlreadySubscribed)
+            Err(HubError::AlreadySubscribed)
         );
         b.add("a", 2, q, false).unwrap();
         assert_eq!(b.remove("a", 1), Ok(false));
         assert_eq!(b.remove("a", 2), Ok(true));
-        assert_eq!(b.remove("a", 2), Err(BrokerError::NotSubscribed));
+        assert_eq!(b.remove("a", 2), Err(HubError::NotSubscribed));
         assert!(!b.has_subscribers("a"));
     }
 
@@ -393,7 +329,7 @@ mod tests {
         b.deliver("news", publication(6));
         assert!(q.is_empty(), "held back while recovering");
         let missed = (3..=5)
-            .map(|o| Arc::new(Publication::new(o, Bytes::new())))
+            .map(|o| Arc::new(Publication::new(o, Payload::binary(Bytes::new()))))
             .collect();
         b.go_live("news", 1, missed).unwrap();
         let got: Vec<String> = q

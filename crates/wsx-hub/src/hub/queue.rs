@@ -6,10 +6,12 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use crate::history::Publication;
-use crate::shards::lock;
+use crate::hub::client::ClientInfo;
+use crate::hub::publication::{Publication, SharedEncodings};
+use crate::hub::shards::lock;
 
-/// What a connection receives from the broker.
+/// What a connection receives from the broker: protocol-neutral; each front-end
+/// encodes it (once per event, through the event's encodings).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Delivery {
     /// A publication on a channel.
@@ -24,9 +26,9 @@ pub enum Delivery {
         /// The channel.
         channel: Arc<str>,
         /// Who joined.
-        info: Arc<crate::broker::ClientInfo>,
-        /// The native frame, encoded once for every recipient of this event.
-        native_frame: Arc<std::sync::OnceLock<wsx::SharedFrame>>,
+        info: Arc<ClientInfo>,
+        /// The front-ends' encodings, made once for every recipient of this event.
+        encodings: SharedEncodings,
     },
     /// The server removed this connection's subscription to a channel.
     Unsubscribed {
@@ -38,9 +40,9 @@ pub enum Delivery {
         /// The channel.
         channel: Arc<str>,
         /// Who left.
-        info: Arc<crate::broker::ClientInfo>,
-        /// The native frame, encoded once for every recipient of this event.
-        native_frame: Arc<std::sync::OnceLock<wsx::SharedFrame>>,
+        info: Arc<ClientInfo>,
+        /// The front-ends' encodings, made once for every recipient of this event.
+        encodings: SharedEncodings,
     },
 }
 
@@ -76,15 +78,44 @@ impl Default for QueueLimits {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SlowConsumer;
 
-/// Why the server ends a connection through its queue.
+/// Why the server ends a connection through its queue. Each front-end says it its own
+/// way (a native `disconnect` push and close code, a STOMP `ERROR` frame, …).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Disconnect {
-    /// The close code.
-    pub code: u16,
-    /// The reason.
-    pub reason: String,
+#[non_exhaustive]
+pub enum Disconnect {
+    /// The outbound queue overflowed: the client should reconnect and recover.
+    SlowConsumer,
+    /// The server's operator or application ended the connection (HTTP API
+    /// `disconnect`).
+    Server {
+        /// The application's code (3000-4999).
+        code: u16,
+        /// Why, for people.
+        reason: String,
+        /// Whether the client should reconnect.
+        reconnect: bool,
+    },
+    /// The server is shutting down: reconnect (to another node).
+    Shutdown,
+}
+
+impl Disconnect {
     /// Whether the client should reconnect.
-    pub reconnect: bool,
+    pub fn reconnect(&self) -> bool {
+        match self {
+            Disconnect::SlowConsumer | Disconnect::Shutdown => true,
+            Disconnect::Server { reconnect, .. } => *reconnect,
+        }
+    }
+
+    /// Why, for people.
+    pub fn reason(&self) -> &str {
+        match self {
+            Disconnect::SlowConsumer => "slow consumer",
+            Disconnect::Server { reason, .. } => reason,
+            Disconnect::Shutdown => "server shutting down",
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -138,16 +169,12 @@ impl Outbound {
         Ok(())
     }
 
-    /// The next delivery; `Err` once the queue overflowed (code 3008) or the server
+    /// The next delivery; `Err` once the queue overflowed or the server
     /// asked to disconnect; `None` after [`close`](Self::close).
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, Disconnect>>> {
         let mut s = lock(&self.state);
         if s.overflowed {
-            return Poll::Ready(Some(Err(Disconnect {
-                code: crate::native::close::SLOW_CONSUMER,
-                reason: "slow consumer".into(),
-                reconnect: true,
-            })));
+            return Poll::Ready(Some(Err(Disconnect::SlowConsumer)));
         }
         if let Some(d) = s.disconnect.take() {
             s.closed = true;
@@ -180,7 +207,7 @@ impl Outbound {
     }
 
     /// Mark the consumer slow, as an overflowing push does: the queue closes and its
-    /// connection is dropped with 3008.
+    /// connection is dropped ([`Disconnect::SlowConsumer`]).
     pub fn mark_slow(&self) {
         let mut s = lock(&self.state);
         s.overflowed = true;
@@ -235,13 +262,18 @@ pub(crate) fn drain_offsets(q: &Outbound) -> Vec<u64> {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use bytes::Bytes;
+
+    use super::*;
+    use crate::hub::publication::Payload;
 
     fn publication(n: usize) -> Delivery {
         Delivery::Publication {
             channel: Arc::from("c"),
-            publication: Arc::new(Publication::new(n as u64, Bytes::from(vec![0u8; 100]))),
+            publication: Arc::new(Publication::new(
+                n as u64,
+                Payload::binary(Bytes::from(vec![0u8; 100])),
+            )),
         }
     }
 

@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// Upper bounds of the publish-latency histogram, in seconds.
@@ -11,21 +11,43 @@ const BUCKETS: [f64; 10] = [
     0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 1.0,
 ];
 
+/// One front-end's counters (`{frontend="…"}` in `/metrics`).
+#[derive(Debug, Default)]
+pub struct FrontendMetrics {
+    /// Open hub sessions of this front-end.
+    pub connections: AtomicI64,
+    /// Messages received (commands, frames).
+    pub messages_in: AtomicU64,
+    /// Messages sent (replies and pushes).
+    pub messages_out: AtomicU64,
+    /// Bytes received in messages.
+    pub bytes_in: AtomicU64,
+    /// Payload bytes sent.
+    pub bytes_out: AtomicU64,
+}
+
+impl FrontendMetrics {
+    /// Count one message received.
+    pub fn count_in(&self, bytes: usize) {
+        self.messages_in.fetch_add(1, Ordering::Relaxed);
+        self.bytes_in.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Count one message sent.
+    pub fn count_out(&self, bytes: usize) {
+        self.messages_out.fetch_add(1, Ordering::Relaxed);
+        self.bytes_out.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+}
+
 /// The hub's metrics.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// Open connections, by front-end (native only for now).
+    /// Open hub sessions, every front-end.
     pub connections: AtomicI64,
     /// Subscriptions held.
     pub subscriptions: AtomicI64,
-    /// Commands received (native).
-    pub messages_in: AtomicU64,
-    /// Frames sent (replies and pushes, native).
-    pub messages_out: AtomicU64,
-    /// Bytes received in commands.
-    pub bytes_in: AtomicU64,
-    /// Payload bytes sent (replies and pushes).
-    pub bytes_out: AtomicU64,
+    frontends: Mutex<Vec<(&'static str, Arc<FrontendMetrics>)>>,
     /// Publications accepted (clients and the HTTP API).
     pub publications: AtomicU64,
     /// Connections closed as slow consumers.
@@ -36,6 +58,17 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The counters of the front-end `name` (made on first use).
+    pub fn frontend(&self, name: &'static str) -> Arc<FrontendMetrics> {
+        let mut all = self.frontends.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, m)) = all.iter().find(|(n, _)| *n == name) {
+            return m.clone();
+        }
+        let m = Arc::new(FrontendMetrics::default());
+        all.push((name, m.clone()));
+        m
+    }
+
     /// Record how long one publish (history + fan-out to every queue) took.
     pub fn observe_publish(&self, d: Duration) {
         let secs = d.as_secs_f64();
@@ -70,7 +103,7 @@ impl Metrics {
         };
         gauge(
             "wsx_connections",
-            "Open connections.",
+            "Open hub sessions, every front-end (not /echo); by front-end in wsx_frontend_connections.",
             self.connections.load(Ordering::Relaxed),
         );
         gauge(
@@ -79,37 +112,47 @@ impl Metrics {
             self.subscriptions.load(Ordering::Relaxed),
         );
         gauge("wsx_channels", "Active channels.", channels as i64);
+        let frontends: Vec<(&'static str, Arc<FrontendMetrics>)> = self
+            .frontends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP wsx_frontend_connections Open hub sessions by front-end.\n# TYPE wsx_frontend_connections gauge");
+        for (name, m) in &frontends {
+            let _ = writeln!(
+                out,
+                "wsx_frontend_connections{{frontend=\"{name}\"}} {}",
+                m.connections.load(Ordering::Relaxed)
+            );
+        }
+        type Field = fn(&FrontendMetrics) -> &AtomicU64;
+        let per_frontend: [(&str, &str, Field); 4] = [
+            ("wsx_messages_in_total", "Messages received.", |m| {
+                &m.messages_in
+            }),
+            ("wsx_messages_out_total", "Messages sent.", |m| {
+                &m.messages_out
+            }),
+            ("wsx_bytes_in_total", "Bytes received in messages.", |m| {
+                &m.bytes_in
+            }),
+            ("wsx_bytes_out_total", "Bytes sent in messages.", |m| {
+                &m.bytes_out
+            }),
+        ];
+        for (name, help, field) in per_frontend {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+            for (frontend, m) in &frontends {
+                let _ = writeln!(out, "{name}{{frontend=\"{frontend}\"}} {}", load(field(m)));
+            }
+        }
         let mut counter = |name: &str, help: &str, labels: &str, v: u64| {
             let _ = writeln!(
                 out,
                 "# HELP {name} {help}\n# TYPE {name} counter\n{name}{labels} {v}"
             );
         };
-        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            "wsx_messages_in_total",
-            "Messages received.",
-            "{frontend=\"native\"}",
-            load(&self.messages_in),
-        );
-        counter(
-            "wsx_messages_out_total",
-            "Messages sent.",
-            "{frontend=\"native\"}",
-            load(&self.messages_out),
-        );
-        counter(
-            "wsx_bytes_in_total",
-            "Bytes received in messages.",
-            "{frontend=\"native\"}",
-            load(&self.bytes_in),
-        );
-        counter(
-            "wsx_bytes_out_total",
-            "Bytes sent in messages.",
-            "{frontend=\"native\"}",
-            load(&self.bytes_out),
-        );
         counter(
             "wsx_publications_total",
             "Publications accepted.",
@@ -164,6 +207,9 @@ mod tests {
     fn renders_prometheus_text() {
         let m = Metrics::default();
         m.connections.fetch_add(3, Ordering::Relaxed);
+        m.frontend("stomp").count_in(10);
+        m.frontend("native").count_out(5);
+        m.frontend("stomp").count_in(2);
         m.observe_publish(Duration::from_micros(30));
         m.observe_publish(Duration::from_secs(2));
         m.refused(403, "Origin not allowed");
@@ -171,6 +217,12 @@ mod tests {
         let text = m.render(7);
         assert!(text.contains("wsx_connections 3\n"), "{text}");
         assert!(text.contains("wsx_channels 7\n"));
+        assert!(
+            text.contains("wsx_bytes_in_total{frontend=\"stomp\"} 12\n"),
+            "{text}"
+        );
+        assert!(text.contains("wsx_messages_in_total{frontend=\"native\"} 0\n"));
+        assert!(text.contains("wsx_messages_out_total{frontend=\"native\"} 1\n"));
         assert!(
             text.contains("wsx_publish_seconds_bucket{le=\"0.00005\"} 1\n"),
             "{text}"

@@ -69,6 +69,18 @@ impl ChannelName {
     }
 }
 
+impl fmt::Display for BadChannel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadChannel::Empty => "empty, or an empty part around `:`",
+            BadChannel::TooLong => "longer than 255 bytes",
+            BadChannel::BadCharacter => "white space or a control character",
+        })
+    }
+}
+
+impl std::error::Error for BadChannel {}
+
 impl fmt::Display for ChannelName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.full)

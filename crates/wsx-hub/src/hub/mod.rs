@@ -1,20 +1,40 @@
-//! The hub: the broker plus configuration, shared by every front-end.
+//! The hub core: channels, subscriptions, publish and fan-out, presence, history and
+//! recovery, the backplane between nodes, and the protocol-neutral [`HubSession`] that
+//! every front-end drives. Nothing here knows a wire format: errors are [`HubError`],
+//! deliveries are [`Delivery`], disconnects are [`Disconnect`]; each front-end
+//! (`crate::native`, `crate::api`, …) encodes them its own way.
+
+pub mod auth;
+pub mod backplane;
+pub(crate) mod broker;
+pub mod channel;
+pub mod client;
+pub mod error;
+pub mod history;
+pub mod metrics;
+pub mod options;
+pub mod publication;
+pub mod queue;
+pub mod session;
+pub(crate) mod shards;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use bytes::Bytes;
-
-use crate::backplane::{
+use self::backplane::{
     Backplane, BackplaneError, HistoryPage, HistoryQuery, MemoryBackplane, NodeId,
 };
-use crate::broker::{Broker, BrokerError, ChannelOptions, ClientId, ClientInfo, Subscribed};
-use crate::channel::ChannelName;
-use crate::history::{Publication, StreamPosition};
-use crate::native::{codes, ReplyError};
-use crate::queue::{Disconnect, Outbound, QueueLimits};
+use self::broker::{Broker, Subscribed};
+use self::channel::ChannelName;
+use self::client::{ClientId, ClientInfo};
+use self::error::{Feature, HubError};
+use self::options::ChannelOptions;
+use self::publication::{Payload, Publication, StreamPosition};
+use self::queue::{Delivery, Disconnect, Outbound, QueueLimits};
+
+pub use self::session::HubSession;
 
 /// Hub settings.
 #[derive(Debug, Clone)]
@@ -33,7 +53,7 @@ pub struct HubConfig {
     /// The ping interval announced to clients, in seconds. Default: 25.
     pub ping_interval_secs: u64,
     /// Connection tokens.
-    pub auth: crate::auth::AuthConfig,
+    pub auth: auth::AuthConfig,
     /// A connection whose peer takes no data for this long while a push is being
     /// written is dropped (its queue is already bounded; this frees the task and the
     /// socket). Default: 30 s.
@@ -56,7 +76,7 @@ impl Default for HubConfig {
             queue: QueueLimits::default(),
             max_subscriptions: 128,
             ping_interval_secs: 25,
-            auth: crate::auth::AuthConfig::default(),
+            auth: auth::AuthConfig::default(),
             write_timeout: std::time::Duration::from_secs(30),
             max_info_size: 256,
         }
@@ -74,16 +94,7 @@ pub struct Hub {
     config: HubConfig,
     next_client: AtomicU64,
     sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
-    metrics: Arc<crate::metrics::Metrics>,
-}
-
-fn unavailable(e: BackplaneError) -> ReplyError {
-    match e {
-        BackplaneError::UnknownChannel => {
-            crate::native::err(codes::UNKNOWN_CHANNEL, "unknown channel")
-        }
-        other => crate::native::err(codes::UNAVAILABLE, other.to_string()),
-    }
+    metrics: Arc<metrics::Metrics>,
 }
 
 impl Hub {
@@ -101,7 +112,7 @@ impl Hub {
             broker,
             backplane,
             node,
-            listen_locks: (0..crate::shards::SHARDS)
+            listen_locks: (0..shards::SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             config,
@@ -113,16 +124,16 @@ impl Hub {
     }
 
     /// The metrics.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
+    pub fn metrics(&self) -> &metrics::Metrics {
         &self.metrics
     }
 
     fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, (String, Arc<Outbound>)>> {
-        crate::shards::lock(&self.sessions)
+        shards::lock(&self.sessions)
     }
 
     fn listen_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
-        &self.listen_locks[crate::shards::of(channel)]
+        &self.listen_locks[shards::of(channel)]
     }
 
     /// Record a live connection (for server-side disconnects).
@@ -143,43 +154,49 @@ impl Hub {
         }
     }
 
-    /// Close every connection of `user` (and/or the connection `client`) with `code`.
-    /// Returns how many were asked to close.
+    /// End every connection of `user` (and/or the connection `client`) for the reason
+    /// `why`. Returns how many were asked to close.
     pub fn disconnect(
         &self,
         user: Option<&str>,
         client: Option<ClientId>,
-        code: u16,
-        reason: &str,
-        reconnect: bool,
+        why: Disconnect,
     ) -> usize {
         let sessions = self.sessions();
         let mut n = 0;
         for (id, (u, q)) in sessions.iter() {
             if user.is_some_and(|want| want == u) || client == Some(*id) {
-                q.disconnect(Disconnect {
-                    code,
-                    reason: reason.to_string(),
-                    reconnect,
-                });
+                q.disconnect(why.clone());
                 n += 1;
             }
         }
         n
     }
 
-    /// Subscribe a connection. With `recover`, the publications after that position
+    /// Parse a channel name.
+    pub fn channel(&self, name: &str) -> Result<ChannelName, HubError> {
+        Ok(ChannelName::parse(name)?)
+    }
+
+    /// Drop a subscription from this node's broker only (no backplane: for cleanup
+    /// without a runtime).
+    pub(crate) fn forget(&self, channel: &str, client: ClientId) {
+        let _ = self.broker.remove(channel, client);
+    }
+
+    /// Subscribe a connection (front-ends go through [`HubSession::subscribe`], which
+    /// applies permissions and limits first). With `recover`, the publications after that position
     /// are queued first (or `recovered: Some(false)` when history cannot cover the gap),
     /// then every later one: no gap, no duplicate. The node listens on the backplane
     /// first and holds back what arrives while it reads history, then merges by offset.
-    pub async fn subscribe(
+    pub(crate) async fn subscribe(
         &self,
         channel: &ChannelName,
         opts: &ChannelOptions,
         info: Arc<ClientInfo>,
         queue: Arc<Outbound>,
         recover: Option<&StreamPosition>,
-    ) -> Result<Subscribed, ReplyError> {
+    ) -> Result<Subscribed, HubError> {
         let name = channel.as_str();
         let client = info.client;
         {
@@ -190,13 +207,13 @@ impl Hub {
             if first {
                 if let Err(e) = self.backplane.listen(self.node, name).await {
                     let _ = self.broker.remove(name, client);
-                    return Err(unavailable(e));
+                    return Err(e.into());
                 }
             }
         }
         let undo = |e: BackplaneError| async move {
             self.drop_subscription(name, opts, client).await;
-            Err(unavailable(e))
+            Err(e.into())
         };
         if opts.presence {
             if let Err(e) = self.backplane.join(name, opts, info.clone()).await {
@@ -218,7 +235,7 @@ impl Hub {
         };
         let mut recovered = None;
         if let (Some(since), Some(page)) = (recover, &page) {
-            let whole = crate::broker::covers(page, since);
+            let whole = broker::covers(page, since);
             let missed = if whole {
                 page.publications.clone()
             } else {
@@ -236,19 +253,19 @@ impl Hub {
 
     /// Remove a subscription: from this node, from presence (a leave event where
     /// enabled), and stop listening when it was the node's last one.
-    pub async fn unsubscribe_client(
+    pub(crate) async fn unsubscribe_client(
         &self,
         channel: &str,
         client: ClientId,
-    ) -> Result<(), ReplyError> {
-        let ch = crate::native::channel(channel)?;
+    ) -> Result<(), HubError> {
+        let ch = self.channel(channel)?;
         let opts = self.options(&ch);
         // Presence is left even when the subscription was already gone (dropped as a
         // slow consumer).
         if self.drop_subscription(channel, &opts, client).await {
             Ok(())
         } else {
-            Err(BrokerError::NotSubscribed.into())
+            Err(HubError::NotSubscribed)
         }
     }
 
@@ -291,7 +308,7 @@ impl Hub {
         let mut n = 0;
         for (id, q) in targets {
             if self.unsubscribe_client(channel, id).await.is_ok() {
-                let _ = q.push(crate::queue::Delivery::Unsubscribed {
+                let _ = q.push(Delivery::Unsubscribed {
                     channel: Arc::from(channel),
                 });
                 n += 1;
@@ -305,39 +322,33 @@ impl Hub {
         self.sessions().len()
     }
 
-    /// Publish `data` (JSON text for the native protocol) to a channel.
+    /// Publish to a channel as the server (the HTTP API, the application): no
+    /// permission applies.
     pub async fn publish(
         &self,
         channel: &str,
-        data: Bytes,
-    ) -> Result<Arc<Publication>, ReplyError> {
-        let ch = crate::native::channel(channel)?;
+        payload: Payload,
+    ) -> Result<Arc<Publication>, HubError> {
+        let ch = self.channel(channel)?;
         let opts = self.options(&ch);
         let start = Instant::now();
-        let p = self
-            .backplane
-            .publish(ch.as_str(), &opts, data)
-            .await
-            .map_err(unavailable)?;
+        let p = self.backplane.publish(ch.as_str(), &opts, payload).await?;
         self.metrics.observe_publish(start.elapsed());
         self.metrics.publications.fetch_add(1, Ordering::Relaxed);
         Ok(p)
     }
 
     /// Who is in a channel (where its namespace keeps presence).
-    pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, ReplyError> {
-        let ch = crate::native::channel(channel)?;
+    pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
+        let ch = self.channel(channel)?;
         if !self.options(&ch).presence {
-            return Err(BrokerError::NotAvailable.into());
+            return Err(HubError::NotAvailable(Feature::Presence));
         }
-        self.backplane
-            .presence(ch.as_str())
-            .await
-            .map_err(unavailable)
+        Ok(self.backplane.presence(ch.as_str()).await?)
     }
 
     /// (connections, distinct users) in a channel.
-    pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), ReplyError> {
+    pub async fn presence_stats(&self, channel: &str) -> Result<(usize, usize), HubError> {
         let members = self.presence(channel).await?;
         let mut users: Vec<&str> = members.iter().map(|m| m.user.as_str()).collect();
         users.sort_unstable();
@@ -350,21 +361,24 @@ impl Hub {
         &self,
         channel: &str,
         query: HistoryQuery,
-    ) -> Result<HistoryPage, ReplyError> {
-        let ch = crate::native::channel(channel)?;
+    ) -> Result<HistoryPage, HubError> {
+        let ch = self.channel(channel)?;
         let opts = self.options(&ch);
         if opts.history_size == 0 {
-            return Err(BrokerError::NotAvailable.into());
+            return Err(HubError::NotAvailable(Feature::History));
         }
-        self.backplane
-            .history(ch.as_str(), &opts, query)
-            .await
-            .map_err(unavailable)
+        Ok(self.backplane.history(ch.as_str(), &opts, query).await?)
     }
 
-    /// This node's broker.
+    /// This node's broker (read-only from outside the core: subscriptions change
+    /// through sessions, under the hub's listen locks).
     pub fn broker(&self) -> &Broker {
         &self.broker
+    }
+
+    /// Channels with subscribers on this node, with their subscriber counts.
+    pub fn channels(&self) -> Vec<(String, usize)> {
+        self.broker.channels()
     }
 
     /// The settings.
@@ -392,9 +406,10 @@ impl Hub {
 mod tests {
     use std::sync::atomic::AtomicBool;
 
+    use bytes::Bytes;
+
     use super::*;
-    use crate::backplane::{BoxFuture, Deliver};
-    use crate::queue::Delivery;
+    use crate::hub::backplane::{BoxFuture, Deliver};
 
     fn history_opts() -> ChannelOptions {
         ChannelOptions {
@@ -426,7 +441,7 @@ mod tests {
         )
     }
 
-    use crate::queue::drain_offsets as offsets;
+    use crate::hub::queue::drain_offsets as offsets;
 
     fn name(s: &str) -> ChannelName {
         ChannelName::parse(s).unwrap()
@@ -434,7 +449,7 @@ mod tests {
 
     async fn publish_n(hub: &Hub, channel: &str, n: usize) {
         for _ in 0..n {
-            hub.publish(channel, Bytes::from_static(b"1"))
+            hub.publish(channel, Payload::json(Bytes::from_static(b"1")))
                 .await
                 .unwrap();
         }
@@ -497,7 +512,7 @@ mod tests {
         let ch = name("news:z");
         for _ in 0..10 {
             hub.backplane
-                .publish("news:z", &opts, Bytes::new())
+                .publish("news:z", &opts, Payload::binary(Bytes::new()))
                 .await
                 .unwrap();
         }
@@ -648,9 +663,9 @@ mod tests {
             &'a self,
             channel: &'a str,
             opts: &'a ChannelOptions,
-            data: Bytes,
+            payload: Payload,
         ) -> BoxFuture<'a, Result<Arc<Publication>, BackplaneError>> {
-            flaky!(self.publish(channel, opts, data))
+            flaky!(self.publish(channel, opts, payload))
         }
         fn history<'a>(
             &'a self,
@@ -693,23 +708,25 @@ mod tests {
         let hub = hub_on(flaky.clone());
         let ch = name("news:down");
         let opts = hub.options(&ch);
-        let e = hub.publish("news:down", Bytes::new()).await.unwrap_err();
-        assert_eq!(e.code, codes::UNAVAILABLE);
-        assert!(e.message.contains("connection refused"), "{}", e.message);
+        let e = hub
+            .publish("news:down", Payload::binary(Bytes::new()))
+            .await
+            .unwrap_err();
+        assert_eq!(e, HubError::Unavailable("connection refused".into()));
         let (info, q) = client(&hub);
         let e = hub
             .subscribe(&ch, &opts, info.clone(), q.clone(), None)
             .await
             .unwrap_err();
-        assert_eq!(e.code, codes::UNAVAILABLE);
+        assert!(matches!(e, HubError::Unavailable(_)));
         assert!(
             hub.broker().channels().is_empty(),
             "no half-made subscription"
         );
-        assert_eq!(
-            hub.presence("news:down").await.unwrap_err().code,
-            codes::UNAVAILABLE
-        );
+        assert!(matches!(
+            hub.presence("news:down").await.unwrap_err(),
+            HubError::Unavailable(_)
+        ));
         // Back up: the same client subscribes and receives.
         flaky.down.store(false, Ordering::Relaxed);
         hub.subscribe(&ch, &opts, info, q.clone(), None)
@@ -732,8 +749,8 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(
-            hub.presence("plain").await.unwrap_err().code,
-            codes::NOT_AVAILABLE
+            hub.presence("plain").await.unwrap_err(),
+            HubError::NotAvailable(Feature::Presence)
         );
         let q = HistoryQuery {
             limit: 10,
@@ -741,13 +758,13 @@ mod tests {
             reverse: false,
         };
         assert_eq!(
-            hub.history("plain", q).await.unwrap_err().code,
-            codes::NOT_AVAILABLE
+            hub.history("plain", q).await.unwrap_err(),
+            HubError::NotAvailable(Feature::History)
         );
         let hub = Hub::new(HubConfig::default());
         assert_eq!(
-            hub.presence("nobody").await.unwrap_err().code,
-            codes::UNKNOWN_CHANNEL
+            hub.presence("nobody").await.unwrap_err(),
+            HubError::UnknownChannel
         );
     }
 }

@@ -17,9 +17,13 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::backplane::HistoryQuery;
+use crate::hub::backplane::HistoryQuery;
+use crate::hub::error::HubError;
+use crate::hub::publication::Payload;
+use crate::hub::queue::Disconnect;
 use crate::hub::Hub;
-use crate::native::{codes, history_json, presence_json, ReplyError};
+use crate::native::codec::{codes, history_json, presence_json};
+use crate::native::error_code;
 
 /// Settings of the HTTP API.
 #[derive(Debug, Clone)]
@@ -66,15 +70,23 @@ fn error(status: StatusCode, code: u16, message: impl Into<String>) -> Response 
         .into_response()
 }
 
-fn reply_error(e: ReplyError) -> Response {
-    let status = match e.code {
-        codes::UNKNOWN_CHANNEL => StatusCode::NOT_FOUND,
-        codes::BAD_REQUEST => StatusCode::BAD_REQUEST,
-        codes::NOT_AVAILABLE => StatusCode::BAD_REQUEST,
-        codes::UNAVAILABLE => StatusCode::SERVICE_UNAVAILABLE,
+/// The HTTP status of a hub error: the API's one table (the body carries the native
+/// protocol's code).
+fn status_of(e: &HubError) -> StatusCode {
+    match e {
+        HubError::UnknownChannel | HubError::UnknownNamespace(_) | HubError::EpochChanged => {
+            StatusCode::NOT_FOUND
+        }
+        HubError::BadChannel(_) | HubError::NotAvailable(_) | HubError::LimitExceeded(_) => {
+            StatusCode::BAD_REQUEST
+        }
+        HubError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
-    };
-    error(status, e.code, e.message)
+    }
+}
+
+fn reply_error(e: HubError) -> Response {
+    error(status_of(&e), error_code(&e), e.to_string())
 }
 
 fn ok(result: Value) -> Response {
@@ -153,9 +165,12 @@ async fn call(
             let Some(data) = req.data else {
                 return bad_request("missing data");
             };
-            hub.publish(channel, Bytes::copy_from_slice(data.get().as_bytes()))
-                .await
-                .map(|p| json!({ "offset": p.offset }))
+            hub.publish(
+                channel,
+                Payload::json(Bytes::copy_from_slice(data.get().as_bytes())),
+            )
+            .await
+            .map(|p| json!({ "offset": p.offset }))
         }
         "broadcast" => {
             let (Some(channels), Some(data)) = (&req.channels, req.data) else {
@@ -164,9 +179,11 @@ async fn call(
             let data = Bytes::copy_from_slice(data.get().as_bytes());
             let mut responses = Vec::with_capacity(channels.len());
             for c in channels {
-                responses.push(match hub.publish(c, data.clone()).await {
+                responses.push(match hub.publish(c, Payload::json(data.clone())).await {
                     Ok(p) => json!({ "offset": p.offset }),
-                    Err(e) => json!({ "error": { "code": e.code, "message": e.message } }),
+                    Err(e) => {
+                        json!({ "error": { "code": error_code(&e), "message": e.to_string() } })
+                    }
                 });
             }
             Ok(json!({ "responses": responses }))
@@ -196,7 +213,6 @@ async fn call(
         }
         "channels" => {
             let channels: serde_json::Map<String, Value> = hub
-                .broker()
                 .channels()
                 .into_iter()
                 .map(|(name, n)| (name, json!({ "num_clients": n })))
@@ -224,9 +240,12 @@ async fn call(
                 .reason
                 .as_deref()
                 .unwrap_or("disconnected by the server");
-            let n = api
-                .hub
-                .disconnect(user, client, code, reason, req.reconnect);
+            let why = Disconnect::Server {
+                code,
+                reason: reason.to_string(),
+                reconnect: req.reconnect,
+            };
+            let n = api.hub.disconnect(user, client, why);
             Ok(json!({ "disconnected": n }))
         }
         other => {
@@ -264,7 +283,7 @@ struct ApiRequest<'a> {
 
 impl ApiRequest<'_> {
     /// The connections a method acts on: a user's, and/or one client; `None` if neither.
-    fn target(&self) -> Option<(Option<&str>, Option<crate::broker::ClientId>)> {
+    fn target(&self) -> Option<(Option<&str>, Option<crate::ClientId>)> {
         match (
             self.user.as_deref(),
             self.client.as_ref().and_then(ClientRef::id),
@@ -289,7 +308,7 @@ enum ClientRef {
 }
 
 impl ClientRef {
-    fn id(&self) -> Option<crate::broker::ClientId> {
+    fn id(&self) -> Option<crate::ClientId> {
         match self {
             ClientRef::Text(s) => s.parse().ok(),
             ClientRef::Number(n) => Some(*n),
@@ -304,22 +323,19 @@ fn bad_request(message: impl Into<String>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::native::err;
+    use crate::hub::error::Feature;
+    use crate::BadChannel;
 
     #[test]
-    fn error_codes_map_to_statuses() {
-        for (code, status) in [
-            (codes::UNKNOWN_CHANNEL, 404),
-            (codes::BAD_REQUEST, 400),
-            (codes::NOT_AVAILABLE, 400),
-            (codes::UNAVAILABLE, 503),
-            (codes::INTERNAL, 500),
+    fn hub_errors_map_to_statuses() {
+        for (e, status) in [
+            (HubError::UnknownChannel, 404),
+            (HubError::BadChannel(BadChannel::Empty), 400),
+            (HubError::NotAvailable(Feature::History), 400),
+            (HubError::Unavailable("down".into()), 503),
+            (HubError::AlreadySubscribed, 500),
         ] {
-            assert_eq!(
-                reply_error(err(code, "x")).status().as_u16(),
-                status,
-                "{code}"
-            );
+            assert_eq!(reply_error(e.clone()).status().as_u16(), status, "{e:?}");
         }
     }
 }

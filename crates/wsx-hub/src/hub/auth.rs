@@ -65,8 +65,19 @@ pub enum TokenError {
     Invalid(String),
 }
 
+impl std::fmt::Display for TokenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenError::Missing => f.write_str("a token is required"),
+            TokenError::Expired => f.write_str("token expired"),
+            TokenError::Invalid(why) => write!(f, "invalid token: {why}"),
+        }
+    }
+}
+
 impl AuthConfig {
-    fn anonymous_allowed(&self) -> bool {
+    /// Whether connections without a token are accepted.
+    pub fn anonymous_allowed(&self) -> bool {
         self.allow_anonymous
             .unwrap_or(self.hmac_secret.is_none() && self.rsa_public_key_pem.is_none())
     }

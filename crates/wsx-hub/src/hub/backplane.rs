@@ -5,7 +5,8 @@
 //! The [`Broker`](crate::Broker) is node-local (subscribers, queues, fan-out); the
 //! [`Hub`](crate::Hub) drives both. Every method is async and fallible because a real
 //! backplane (Redis) is a network away: an error means "not done, may be retried",
-//! and the hub turns it into a clear error for the client (code 111, HTTP 503).
+//! and the hub turns it into [`HubError::Unavailable`](crate::HubError::Unavailable),
+//! which each front-end reports its own way.
 //!
 //! Ordering contract: a node receives a channel's events in offset order, and a node
 //! that called [`listen`](Backplane::listen) receives every event published after
@@ -22,11 +23,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use bytes::Bytes;
-
-use crate::broker::{ChannelOptions, ClientId, ClientInfo};
-use crate::history::{History, Publication, StreamPosition};
-use crate::shards::{self, lock, SHARDS};
+use crate::hub::client::{ClientId, ClientInfo};
+use crate::hub::history::History;
+use crate::hub::options::ChannelOptions;
+use crate::hub::publication::{Payload, Publication, StreamPosition};
+use crate::hub::shards::{self, lock, SHARDS};
 
 /// A boxed future, as the trait's methods return.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -120,7 +121,7 @@ pub trait Backplane: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
         opts: &'a ChannelOptions,
-        data: Bytes,
+        payload: Payload,
     ) -> BoxFuture<'a, Result<Arc<Publication>, BackplaneError>>;
 
     /// Read the channel's history and position.
@@ -281,13 +282,13 @@ impl Backplane for MemoryBackplane {
         &'a self,
         channel: &'a str,
         opts: &'a ChannelOptions,
-        data: Bytes,
+        payload: Payload,
     ) -> BoxFuture<'a, Result<Arc<Publication>, BackplaneError>> {
         let p = self.with_channel(channel, Some(opts), |s| {
             // A channel created by `listen` before any publication gets its history
             // settings from the first publisher.
             s.history.configure(opts.history_size, opts.history_ttl);
-            let p = s.history.push(Instant::now(), data);
+            let p = s.history.push(Instant::now(), payload);
             s.deliver(channel, Event::Publication(p.clone()));
             p
         });

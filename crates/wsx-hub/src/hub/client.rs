@@ -1,0 +1,17 @@
+//! Who a connection is.
+
+/// A connection's id, unique within the hub.
+pub type ClientId = u64;
+
+/// Who a connection is: presence shows this.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ClientInfo {
+    /// The connection.
+    pub client: ClientId,
+    /// The authenticated user ("" for anonymous).
+    pub user: String,
+    /// The client's name (`connect`'s `name`, e.g. `wsx.js`).
+    pub name: String,
+    /// Free-form connection info the client gave at `connect` (a nickname, say).
+    pub info: String,
+}

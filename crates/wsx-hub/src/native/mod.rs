@@ -1,0 +1,332 @@
+//! The native front-end: JSON commands over a raw WebSocket (`/connection/websocket`).
+//! See `docs/protocol.md` for every command with an example.
+//!
+//! [`codec`] is pure decoding and encoding; [`Session`] maps commands onto a
+//! protocol-neutral [`HubSession`], [`HubError`] onto error codes ([`error_code`], the
+//! one table), and drains the session's deliveries into WebSocket frames.
+
+pub mod codec;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, LazyLock};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Request;
+use serde_json::{json, Value};
+use tokio::io::{AsyncRead, AsyncWrite};
+use wsx::{CloseCode, Message, SharedFrame, WebSocket};
+
+pub use self::codec::{close, codes};
+use self::codec::{Command, DecodeError};
+use crate::hub::auth::TokenError;
+use crate::hub::backplane::HistoryQuery;
+use crate::hub::error::HubError;
+use crate::hub::publication::{EncodingSlot, Payload, StreamPosition};
+use crate::hub::queue::{Delivery, Disconnect};
+use crate::hub::session::{ConnectRequest, HubSession};
+use crate::hub::Hub;
+use crate::transport::Gate;
+
+/// How many malformed commands a connection may send before it is closed.
+pub const MAX_BAD_COMMANDS: u32 = 10;
+
+/// The `/metrics` label of this front-end.
+pub const FRONTEND: &str = "native";
+
+/// Each publication's and presence event's frame, encoded once for every native
+/// subscriber.
+static FRAME: LazyLock<EncodingSlot<SharedFrame>> = LazyLock::new(EncodingSlot::register);
+
+/// The native error code of a hub error: the one table.
+pub fn error_code(e: &HubError) -> u16 {
+    match e {
+        HubError::BadChannel(_) | HubError::NotConnected | HubError::AlreadyConnected => {
+            codes::BAD_REQUEST
+        }
+        HubError::UnknownNamespace(_) | HubError::UnknownChannel | HubError::EpochChanged => {
+            codes::UNKNOWN_CHANNEL
+        }
+        HubError::Unauthorized(TokenError::Expired) => codes::TOKEN_EXPIRED,
+        HubError::Unauthorized(_) => codes::UNAUTHORIZED,
+        HubError::PermissionDenied(_) => codes::PERMISSION_DENIED,
+        HubError::AlreadySubscribed => codes::ALREADY_SUBSCRIBED,
+        HubError::NotSubscribed => codes::NOT_SUBSCRIBED,
+        HubError::LimitExceeded(_) => codes::LIMIT_EXCEEDED,
+        HubError::NotAvailable(_) => codes::NOT_AVAILABLE,
+        HubError::Unavailable(_) => codes::UNAVAILABLE,
+    }
+}
+
+/// A reply error: a code of [`codes`] and its message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyError {
+    /// One of [`codes`].
+    pub code: u16,
+    /// A human-readable message.
+    pub message: String,
+}
+
+impl From<HubError> for ReplyError {
+    fn from(e: HubError) -> Self {
+        ReplyError {
+            code: error_code(&e),
+            message: e.to_string(),
+        }
+    }
+}
+
+impl From<DecodeError> for ReplyError {
+    fn from(e: DecodeError) -> Self {
+        ReplyError {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The close code and reason a disconnect is sent with.
+pub fn close_for(d: &Disconnect) -> (u16, &str) {
+    match d {
+        Disconnect::SlowConsumer => (close::SLOW_CONSUMER, d.reason()),
+        Disconnect::Server { code, reason, .. } => (*code, reason),
+        _ => (CloseCode::GOING_AWAY.0, d.reason()),
+    }
+}
+
+/// The native front-end's routes: `GET /connection/websocket`. The server must give
+/// each request its peer address (`ConnectInfo<SocketAddr>`).
+pub fn router(gate: &Gate) -> Router {
+    Router::new()
+        .route(PATH, get(endpoint))
+        .with_state(gate.clone())
+}
+
+/// Where [`router`] mounts the native protocol.
+pub const PATH: &str = "/connection/websocket";
+
+async fn endpoint(
+    State(gate): State<Gate>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request<Body>,
+) -> Response {
+    let hub = gate.hub().clone();
+    let stop = gate.stopped();
+    let cfg = gate.config().clone();
+    gate.upgrade(peer, &mut req, &cfg, move |ws, _| {
+        Session::new(hub, String::new()).run_until(ws, stop)
+    })
+}
+
+/// One native-protocol connection.
+pub struct Session {
+    hub: HubSession,
+    bad_commands: u32,
+}
+
+/// What handling a command asks of the connection.
+enum Outcome {
+    Reply(String),
+    Close(u16, &'static str),
+}
+
+impl Session {
+    /// A session for a new connection of `user`, whom the transport authenticated (""
+    /// for nobody; a connection token's subject takes its place).
+    pub fn new(hub: Arc<Hub>, user: String) -> Session {
+        Session {
+            hub: HubSession::new(hub, FRONTEND, user),
+            bad_commands: 0,
+        }
+    }
+
+    async fn handle(&mut self, text: &str) -> Outcome {
+        self.hub.metrics().count_in(text.len());
+        let (id, command) = codec::decode(text);
+        let command = match command {
+            Ok(c) => c,
+            // A command that is not even JSON before `connect` counts as a bad command.
+            Err(e) => return self.bad(id, e.into()),
+        };
+        if !self.hub.is_connected() && !matches!(command, Command::Connect(_)) {
+            return Outcome::Close(close::NOT_CONNECTED, "connect first");
+        }
+        let method = command.method();
+        match self.dispatch(command).await {
+            Ok(result) => Outcome::Reply(codec::reply(id, method, result)),
+            Err(e) if e.code == codes::BAD_REQUEST => self.bad(id, e),
+            Err(e) => Outcome::Reply(codec::error_reply(id, e.code, &e.message)),
+        }
+    }
+
+    fn bad(&mut self, id: u64, e: ReplyError) -> Outcome {
+        self.bad_commands += 1;
+        if self.bad_commands > MAX_BAD_COMMANDS {
+            Outcome::Close(close::BAD_REQUEST, "too many bad commands")
+        } else {
+            Outcome::Reply(codec::error_reply(id, e.code, &e.message))
+        }
+    }
+
+    async fn dispatch(&mut self, command: Command) -> Result<Value, ReplyError> {
+        let s = &mut self.hub;
+        Ok(match command {
+            Command::Connect(req) => {
+                let connected = s
+                    .connect(ConnectRequest {
+                        token: req.token,
+                        name: req.name,
+                        info: req.info,
+                    })
+                    .await?;
+                json!({
+                    "client": s.client().to_string(),
+                    "user": s.info().user,
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "ping": s.hub().config().ping_interval_secs,
+                    "subscribed": connected.subscribed,
+                })
+            }
+            Command::Subscribe(req) => {
+                let pos = req.recover.then_some(StreamPosition {
+                    offset: req.offset,
+                    epoch: req.epoch,
+                });
+                let r = s.subscribe(&req.channel, req.token.as_deref(), pos).await?;
+                let mut out = serde_json::Map::new();
+                if let Some(p) = r.position {
+                    out.insert("offset".into(), json!(p.offset));
+                    out.insert("epoch".into(), json!(p.epoch));
+                }
+                if let Some(rec) = r.recovered {
+                    out.insert("recovered".into(), json!(rec));
+                }
+                Value::Object(out)
+            }
+            Command::Unsubscribe(req) => {
+                s.unsubscribe(&req.channel).await?;
+                json!({})
+            }
+            Command::Publish(req) => {
+                let data = Bytes::from(req.data.get().as_bytes().to_vec());
+                let p = s.publish(&req.channel, Payload::json(data)).await?;
+                json!({ "offset": p.offset })
+            }
+            Command::Presence(req) => codec::presence_json(&s.presence(&req.channel).await?),
+            Command::PresenceStats(req) => {
+                let (clients, users) = s.presence_stats(&req.channel).await?;
+                json!({ "num_clients": clients, "num_users": users })
+            }
+            Command::History(req) => {
+                let query = HistoryQuery {
+                    limit: req.limit,
+                    since: req.since.as_ref().map(|s| s.offset),
+                    reverse: req.reverse,
+                };
+                let epoch = req.since.as_ref().map(|s| s.epoch.as_str());
+                let page = s.history(&req.channel, query, epoch).await?;
+                codec::history_json(&page.publications, &page.position)
+            }
+            Command::Ping => json!({}),
+        })
+    }
+
+    fn frame_for(d: &Delivery) -> SharedFrame {
+        match d {
+            Delivery::Publication {
+                channel,
+                publication,
+            } => publication.encodings.get_or_init(*FRAME, || {
+                SharedFrame::text(&codec::publication_push(channel, publication))
+            }),
+            Delivery::Join {
+                channel,
+                info,
+                encodings,
+            } => encodings.get_or_init(*FRAME, || {
+                SharedFrame::text(&codec::presence_push("join", channel, info))
+            }),
+            Delivery::Leave {
+                channel,
+                info,
+                encodings,
+            } => encodings.get_or_init(*FRAME, || {
+                SharedFrame::text(&codec::presence_push("leave", channel, info))
+            }),
+            Delivery::Unsubscribed { channel } => {
+                SharedFrame::text(&codec::unsubscribe_push(channel))
+            }
+        }
+    }
+
+    /// Run the session over an accepted WebSocket until either side closes.
+    pub async fn run<S: AsyncRead + AsyncWrite + Unpin>(self, ws: WebSocket<S>) {
+        self.run_until(ws, std::future::pending()).await
+    }
+
+    /// [`run`](Self::run), closing with 1001 when `stop` resolves (server shutdown).
+    pub async fn run_until<S, F>(mut self, mut ws: WebSocket<S>, stop: F)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: std::future::Future<Output = ()>,
+    {
+        tokio::pin!(stop);
+        let write_timeout = self.hub.hub().config().write_timeout;
+        loop {
+            tokio::select! {
+                _ = &mut stop => {
+                    let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
+                    break;
+                }
+                msg = ws.next() => {
+                    let outcome = match msg {
+                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()).await,
+                        Some(Ok(Message::Binary(_))) => self.bad(0, ReplyError {
+                            code: codes::BAD_REQUEST,
+                            message: "binary frames are not commands".into(),
+                        }),
+                        Some(Ok(_)) => continue,
+                        Some(Err(_)) | None => break,
+                    };
+                    match outcome {
+                        Outcome::Reply(r) => {
+                            self.hub.metrics().count_out(r.len());
+                            let write = tokio::time::timeout(write_timeout, ws.feed(Message::text(r)));
+                            if !matches!(write.await, Ok(Ok(()))) {
+                                break;
+                            }
+                        }
+                        Outcome::Close(code, reason) => {
+                            let _ = ws.close(CloseCode(code), reason).await;
+                            break;
+                        }
+                    }
+                }
+                d = self.hub.next_delivery() => match d {
+                    Some(Ok(d)) => {
+                        let frame = Self::frame_for(&d);
+                        self.hub.metrics().count_out(frame.payload_len());
+                        let write = tokio::time::timeout(write_timeout, ws.send_shared(&frame));
+                        if !matches!(write.await, Ok(Ok(()))) {
+                            break;
+                        }
+                    }
+                    Some(Err(d)) => {
+                        let (code, reason) = close_for(&d);
+                        let push = codec::disconnect_push(code, reason, d.reconnect());
+                        let _ = ws.feed(Message::text(push)).await;
+                        let _ = ws.close(CloseCode(code), reason).await;
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+        self.hub.close().await;
+    }
+}

@@ -1,0 +1,132 @@
+//! What carries sessions, shared by every front-end: admission of WebSocket upgrades
+//! (a bound on open WebSockets, refusals counted and logged, the handshake's own time
+//! bound), the shutdown signal and the tracking of connection tasks, so that a server
+//! mounts front-end routers that all obey one limit and stop together.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::response::{IntoResponse, Response};
+use http::Request;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tracing::{debug, warn};
+use wsx::upgrade::{refusal_response, try_upgrade, UpgradedIo};
+use wsx::{Accepted, Refusal, ServerConfig, WebSocket};
+
+use crate::hub::Hub;
+
+/// Admission and lifetime shared by every WebSocket endpoint of a server.
+#[derive(Clone)]
+pub struct Gate {
+    hub: Arc<Hub>,
+    cfg: Arc<ServerConfig>,
+    slots: Arc<Semaphore>,
+    shutdown: watch::Receiver<bool>,
+    tasks: TaskTracker,
+}
+
+/// Resolves once `rx` says the server is shutting down.
+pub async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|s| *s).await;
+}
+
+impl Gate {
+    /// A gate for `hub`: at most `max_websockets` open at once (503 beyond), closed by
+    /// `shutdown` turning true; connection tasks are spawned on `tasks`.
+    pub fn new(
+        hub: Arc<Hub>,
+        cfg: ServerConfig,
+        max_websockets: usize,
+        shutdown: watch::Receiver<bool>,
+        tasks: TaskTracker,
+    ) -> Gate {
+        Gate {
+            hub,
+            cfg: Arc::new(cfg),
+            slots: Arc::new(Semaphore::new(max_websockets)),
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// The hub.
+    pub fn hub(&self) -> &Arc<Hub> {
+        &self.hub
+    }
+
+    /// The WebSocket settings endpoints start from.
+    pub fn config(&self) -> &ServerConfig {
+        &self.cfg
+    }
+
+    /// Whether the server is shutting down.
+    pub fn is_shutting_down(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+
+    /// A future that resolves when the server starts shutting down.
+    pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        stopped(self.shutdown.clone())
+    }
+
+    /// Spawn a connection's task (tracked: shutdown waits for it).
+    pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.tasks.spawn(f);
+    }
+
+    /// Count and log a refused handshake; its response.
+    pub fn refuse(&self, peer: SocketAddr, refusal: Refusal) -> Response {
+        self.hub.metrics().refused(refusal.status, &refusal.reason);
+        warn!(%peer, status = refusal.status, reason = %refusal.reason, "handshake refused");
+        refusal_response(&refusal).into_response()
+    }
+
+    fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+        let Ok(slot) = self.slots.clone().try_acquire_owned() else {
+            return Err(Refusal::new(503, "too many connections"));
+        };
+        if self.is_shutting_down() {
+            return Err(Refusal::new(503, "server shutting down"));
+        }
+        Ok(slot)
+    }
+
+    /// Upgrade `req` to a WebSocket with the settings `cfg` (the gate's own, or an
+    /// endpoint's variant with its subprotocols) and run `session` on it on a tracked
+    /// task; returns the response to send (101, or the refusal). The slot is held until
+    /// `session` ends; the hand-over of the connection is bounded by the handshake
+    /// timeout.
+    pub fn upgrade<F, Fut>(
+        &self,
+        peer: SocketAddr,
+        req: &mut Request<Body>,
+        cfg: &ServerConfig,
+        session: F,
+    ) -> Response
+    where
+        F: FnOnce(WebSocket<UpgradedIo>, Accepted) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let slot = match self.admit() {
+            Ok(slot) => slot,
+            Err(refusal) => return self.refuse(peer, refusal),
+        };
+        let (response, upgrade) = match try_upgrade(req, cfg) {
+            Ok(ok) => ok,
+            Err(refusal) => return self.refuse(peer, refusal),
+        };
+        let handshake_timeout = cfg.handshake_timeout;
+        self.tasks.spawn(async move {
+            let _slot = slot;
+            match tokio::time::timeout(handshake_timeout, upgrade.websocket()).await {
+                Ok(Ok((ws, accepted))) => session(ws, accepted).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "upgrade failed"),
+                Err(_) => debug!(%peer, "upgrade timed out"),
+            }
+        });
+        response.into_response()
+    }
+}
