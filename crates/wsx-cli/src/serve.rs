@@ -1,9 +1,11 @@
-//! `wsx serve`: the echo endpoint and the embedded pages, over HTTP or HTTPS, with
-//! graceful shutdown.
+//! `wsx serve`: the hub's front-ends, the echo endpoint and the embedded pages, over
+//! HTTP or HTTPS, every connection bounded in number and in time, with graceful
+//! shutdown.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
@@ -12,25 +14,17 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::StreamExt;
 use http::{header, Request, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use wsx::upgrade::{refusal_response, try_upgrade};
-use wsx::{CloseCode, Refusal, ServerConfig};
+use wsx::CloseCode;
+use wsx_hub::transport::{stopped, Gate};
 
 use crate::settings::Settings;
 use crate::web;
-
-#[derive(Clone)]
-struct App {
-    hub: Arc<wsx_hub::Hub>,
-    cfg: Arc<ServerConfig>,
-    slots: Arc<Semaphore>,
-    shutdown: watch::Receiver<bool>,
-    tasks: TaskTracker,
-}
 
 /// Run until Ctrl-C or SIGTERM, then close every WebSocket with 1001 and wait up to the
 /// shutdown timeout for the close handshakes.
@@ -51,6 +45,66 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
+    let hub = Arc::new(wsx_hub::Hub::new(hub_config(&settings)));
+    let gate = Gate::new(
+        hub,
+        settings.server.clone(),
+        settings.max_connections,
+        shutdown_rx.clone(),
+        tasks.clone(),
+    );
+    let router = routes(&gate, &settings, addr);
+    let limits = ConnLimits {
+        header_timeout: settings.header_timeout,
+        tls_handshake_timeout: settings.tls_handshake_timeout,
+    };
+    let open = Arc::new(Semaphore::new(settings.max_tcp_connections));
+
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    // Out of file descriptors, say: give connections time to close.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let Ok(permit) = open.clone().try_acquire_owned() else {
+            debug!(%peer, "too many open connections");
+            tasks.spawn(refuse_over_limit(tcp, tls.is_some()));
+            continue;
+        };
+        let conn = Conn {
+            peer,
+            router: router.clone(),
+            tls: tls.clone(),
+            limits,
+            stop: shutdown_rx.clone(),
+            _permit: permit,
+        };
+        tasks.spawn(conn.serve(tcp));
+    }
+    info!("shutting down: closing every WebSocket with 1001");
+    let _ = shutdown_tx.send(true);
+    tasks.close();
+    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
+        .await
+        .is_err()
+    {
+        warn!("shutdown timeout: {} connections still open", tasks.len());
+    }
+    info!("bye");
+    Ok(())
+}
+
+fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
     if settings.demo.is_some() {
@@ -67,16 +121,15 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
             hub_cfg.namespaces.push((name.clone(), opts.clone()));
         }
     }
-    let hub = Arc::new(wsx_hub::Hub::new(hub_cfg));
+    hub_cfg
+}
+
+/// The routing table: every path `wsx serve` answers, and what answers it (the README's
+/// "Endpoints" table says the same).
+fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
+    let hub = gate.hub().clone();
     let mut api = wsx_hub::api::ApiConfig::default();
     api.api_key = settings.api_key.clone();
-    let app = App {
-        hub: hub.clone(),
-        cfg: Arc::new(settings.server.clone()),
-        slots: Arc::new(Semaphore::new(settings.max_connections)),
-        shutdown: shutdown_rx.clone(),
-        tasks: tasks.clone(),
-    };
     let demo = match &settings.demo {
         Some(demo) => crate::demo::start(
             hub.clone(),
@@ -86,84 +139,116 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         ),
         None => Router::new(),
     };
-    let router = Router::new()
+    Router::new()
+        // The echo endpoint: any message back (plain WebSocket, no hub).
         .route("/echo", get(echo))
-        .route("/connection/websocket", get(native))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        // The pages and /wsx.js, embedded.
         .fallback(get(static_file))
-        .with_state(app)
+        .with_state(gate.clone())
+        // The native protocol: GET /connection/websocket.
+        .merge(wsx_hub::native::router(gate))
+        // The HTTP server API: POST /api/{method}.
         .merge(wsx_hub::api::router(hub, api))
-        .merge(demo);
+        // The demo's own endpoints (/demo/...).
+        .merge(demo)
+}
 
-    let stop = shutdown_rx.clone();
-    let signal = shutdown_signal();
-    tokio::pin!(signal);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    continue;
-                }
-            },
-            _ = &mut signal => break,
-        };
-        let _ = tcp.set_nodelay(true);
-        let router = router.clone();
-        let tls = tls.clone();
-        let mut conn_stop = stop.clone();
-        tasks.spawn(async move {
-            let service =
-                hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
-                    req.extensions_mut().insert(ConnectInfo(peer));
-                    let router = router.clone();
-                    async move {
-                        Ok::<_, Infallible>(
-                            tower::ServiceExt::oneshot(router, req.map(Body::new))
-                                .await
-                                .unwrap_or_else(|e| match e {}),
-                        )
-                    }
-                });
-            let builder = hyper::server::conn::http1::Builder::new();
-            let result = match tls {
-                Some(acceptor) => match acceptor.accept(tcp).await {
-                    Ok(stream) => {
+/// Time bounds of one connection before it is a WebSocket.
+#[derive(Clone, Copy)]
+struct ConnLimits {
+    header_timeout: Duration,
+    tls_handshake_timeout: Duration,
+}
+
+/// One accepted TCP connection, holding its slot of `--max-tcp-connections`.
+struct Conn {
+    peer: SocketAddr,
+    router: Router,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnLimits,
+    stop: watch::Receiver<bool>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Conn {
+    async fn serve(mut self, tcp: TcpStream) {
+        let peer = self.peer;
+        let router = self.router.clone();
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(ConnectInfo(peer));
+            let router = router.clone();
+            async move {
+                Ok::<_, Infallible>(
+                    tower::ServiceExt::oneshot(router, req.map(Body::new))
+                        .await
+                        .unwrap_or_else(|e| match e {}),
+                )
+            }
+        });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        // hyper's head timer starts when it waits for a request's head: at the start
+        // and after each response, so it bounds silent and idle keep-alive connections
+        // as well as slow heads.
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.limits.header_timeout);
+        let result = match self.tls.take() {
+            Some(acceptor) => {
+                let tls =
+                    tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp))
+                        .await;
+                match tls {
+                    Ok(Ok(stream)) => {
                         let conn = builder
                             .serve_connection(TokioIo::new(stream), service)
                             .with_upgrades();
-                        serve_until(conn, &mut conn_stop).await
+                        serve_until(conn, &mut self.stop).await
                     }
-                    Err(e) => {
+                    Ok(Err(e)) => {
                         debug!(%peer, error = %e, "TLS handshake failed");
                         return;
                     }
-                },
-                None => {
-                    let conn = builder
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .with_upgrades();
-                    serve_until(conn, &mut conn_stop).await
+                    Err(_) => {
+                        debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
                 }
-            };
-            if let Err(e) = result {
-                debug!(%peer, error = %e, "HTTP connection ended");
             }
-        });
+            None => {
+                let conn = builder
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .with_upgrades();
+                serve_until(conn, &mut self.stop).await
+            }
+        };
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "HTTP connection ended");
+        }
     }
-    info!("shutting down: closing every WebSocket with 1001");
-    let _ = shutdown_tx.send(true);
-    tasks.close();
-    if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
-        .await
-        .is_err()
-    {
-        warn!("shutdown timeout: {} connections still open", tasks.len());
+}
+
+/// A connection over `--max-tcp-connections`: a plain one gets a 503 (a TLS one is
+/// closed: answering would cost a handshake), then a bounded lingering close so that
+/// the answer is not destroyed by a reset.
+async fn refuse_over_limit(mut tcp: TcpStream, tls: bool) {
+    if tls {
+        return;
     }
-    info!("bye");
-    Ok(())
+    let body = "too many connections\n";
+    let response = format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+        tcp.write_all(response.as_bytes()).await?;
+        tcp.shutdown().await?;
+        let mut sink = [0u8; 1024];
+        while tcp.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
 }
 
 /// Serve one HTTP connection; on shutdown, finish the request in flight and stop (an
@@ -182,16 +267,11 @@ where
     tokio::pin!(conn);
     tokio::select! {
         r = conn.as_mut() => r,
-        _ = stopped(stop) => {
+        _ = stopped(stop.clone()) => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     }
-}
-
-/// Resolves once shutdown has begun.
-async fn stopped(rx: &mut watch::Receiver<bool>) {
-    let _ = rx.wait_for(|s| *s).await;
 }
 
 async fn shutdown_signal() {
@@ -224,87 +304,22 @@ async fn static_file(req: Request<Body>) -> Response {
     }
 }
 
-async fn metrics(State(app): State<App>) -> Response {
-    let text = app.hub.metrics().render(app.hub.channels().len());
+async fn metrics(State(gate): State<Gate>) -> Response {
+    let hub = gate.hub();
+    let text = hub.metrics().render(hub.channels().len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-fn refuse(app: &App, peer: SocketAddr, refusal: Refusal) -> Response {
-    app.hub.metrics().refused(refusal.status, &refusal.reason);
-    warn!(%peer, status = refusal.status, reason = %refusal.reason, "handshake refused");
-    refusal_response(&refusal).into_response()
-}
-
-/// Admission and negotiation shared by the WebSocket endpoints. The error is the
-/// response to send, as handlers return it.
-#[allow(clippy::result_large_err)]
-fn admit(
-    app: &App,
-    peer: SocketAddr,
-    req: &mut Request<Body>,
-) -> Result<
-    (
-        Response,
-        wsx::upgrade::Upgrade,
-        tokio::sync::OwnedSemaphorePermit,
-    ),
-    Response,
-> {
-    let Ok(slot) = app.slots.clone().try_acquire_owned() else {
-        return Err(refuse(app, peer, Refusal::new(503, "too many connections")));
-    };
-    if *app.shutdown.borrow() {
-        return Err(refuse(app, peer, Refusal::new(503, "server shutting down")));
-    }
-    match try_upgrade(req, &app.cfg) {
-        Ok((response, upgrade)) => Ok((response.into_response(), upgrade, slot)),
-        Err(refusal) => Err(refuse(app, peer, refusal)),
-    }
-}
-
-/// The native protocol of the hub (JSON commands, see docs/protocol.md).
-async fn native(
-    State(app): State<App>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request<Body>,
-) -> Response {
-    let (response, upgrade, slot) = match admit(&app, peer, &mut req) {
-        Ok(ok) => ok,
-        Err(resp) => return resp,
-    };
-    let mut shutdown = app.shutdown.clone();
-    let hub = app.hub.clone();
-    app.tasks.spawn(async move {
-        let _slot = slot;
-        let Ok((ws, _)) = upgrade.websocket().await else {
-            return;
-        };
-        let session = wsx_hub::Session::new(hub, String::new());
-        session.run_until(ws, stopped(&mut shutdown)).await;
-    });
-    response
-}
-
 async fn echo(
-    State(app): State<App>,
+    State(gate): State<Gate>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response {
-    let (response, upgrade, slot) = match admit(&app, peer, &mut req) {
-        Ok(ok) => ok,
-        Err(resp) => return resp,
-    };
-    let mut shutdown = app.shutdown.clone();
-    app.tasks.spawn(async move {
-        let _slot = slot;
-        let (mut ws, accepted) = match upgrade.websocket().await {
-            Ok(ok) => ok,
-            Err(e) => {
-                debug!(%peer, error = %e, "upgrade failed");
-                return;
-            }
-        };
+    let stop = gate.stopped();
+    let cfg = gate.config().clone();
+    gate.upgrade(peer, &mut req, &cfg, move |mut ws, accepted| async move {
         debug!(%peer, path = %accepted.path, subprotocol = ?accepted.subprotocol, deflate = accepted.deflate.is_some(), "WebSocket open");
+        tokio::pin!(stop);
         loop {
             tokio::select! {
                 msg = ws.next() => match msg {
@@ -320,13 +335,12 @@ async fn echo(
                     }
                     None => break,
                 },
-                _ = stopped(&mut shutdown) => {
+                _ = &mut stop => {
                     let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
                     break;
                 }
             }
         }
         debug!(%peer, "WebSocket closed");
-    });
-    response
+    })
 }

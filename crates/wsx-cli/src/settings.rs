@@ -66,6 +66,9 @@ settings! {
     ping_interval, "WSX_PING_INTERVAL", "DURATION", "30s", "Keepalive ping after this long without input; 0 or off disables";
     pong_timeout, "WSX_PONG_TIMEOUT", "DURATION", "20s", "Close (1011) if nothing arrives this long after a keepalive ping";
     max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
+    max_tcp_connections, "WSX_MAX_TCP_CONNECTIONS", "N", "20000", "Open TCP connections in any state (TLS handshake, HTTP, WebSocket); more get 503 (TLS: are closed) at once";
+    header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
+    tls_handshake_timeout, "WSX_TLS_HANDSHAKE_TIMEOUT", "DURATION", "10s", "Time allowed for a TLS handshake";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
@@ -97,6 +100,9 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub server: ServerConfig,
     pub max_connections: usize,
+    pub max_tcp_connections: usize,
+    pub header_timeout: Duration,
+    pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
     pub log_format: LogFormat,
     pub api_key: Option<String>,
@@ -194,6 +200,18 @@ fn namespace(
         name.to_string()
     };
     Ok((ns, o))
+}
+
+/// A time bound must be more than zero (a zero bound would close every connection).
+fn positive(d: Duration, key: &str) -> Result<Duration, SettingError> {
+    if d.is_zero() {
+        Err(SettingError {
+            key: key.into(),
+            reason: "must be more than 0".into(),
+        })
+    } else {
+        Ok(d)
+    }
 }
 
 impl ServeArgs {
@@ -418,6 +436,12 @@ impl ServeArgs {
             tls,
             server,
             max_connections,
+            max_tcp_connections: count("max_tcp_connections")?,
+            header_timeout: positive(dur("header_timeout")?, "header_timeout")?,
+            tls_handshake_timeout: positive(
+                dur("tls_handshake_timeout")?,
+                "tls_handshake_timeout",
+            )?,
             shutdown_timeout: dur("shutdown_timeout")?,
             log_format,
         })
@@ -440,6 +464,9 @@ mod tests {
         assert!(s.server.handshake.deflate.is_some());
         assert_eq!(s.server.handshake.origin, OriginPolicy::SameOrigin);
         assert_eq!(s.max_connections, 10000);
+        assert_eq!(s.max_tcp_connections, 20000);
+        assert_eq!(s.header_timeout, Duration::from_secs(15));
+        assert_eq!(s.tls_handshake_timeout, Duration::from_secs(10));
     }
 
     #[test]

@@ -5,75 +5,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
 use wsx::{ClientConfig, CloseCode, CloseFrame, Message};
 
-const WSX: &str = env!("CARGO_BIN_EXE_wsx");
-
-/// `wsx serve` on a free port; returns the child and its address once it logged it.
-async fn serve(extra: &[&str]) -> (Child, String) {
-    launch(extra, "http").await
-}
-
-/// `wsx serve` with `extra` arguments, waiting for its `open SCHEME://ADDR/` log line.
-async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
-    let mut child = Command::new(WSX)
-        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
-        .args(extra)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let marker = format!("open {scheme}://");
-    let addr = tokio::time::timeout(Duration::from_secs(20), async {
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if let Some(rest) = line.split(marker.as_str()).nth(1) {
-                return rest.split('/').next().unwrap().to_string();
-            }
-        }
-        panic!("wsx serve exited before listening");
-    })
-    .await
-    .unwrap();
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
-}
-
-/// Send one raw HTTP/1.1 request (with `Connection: close`) and read the whole answer.
-async fn http(addr: &str, request: &str) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut resp = String::new();
-    tcp.read_to_string(&mut resp).await.unwrap();
-    resp
-}
-
-async fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
-    let mut child = Command::new(WSX)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).await.unwrap();
-    drop(input);
-    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
-        .await
-        .unwrap()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
-}
+mod common;
+use common::{http, pki, run, serve, serve_tls, WSX};
 
 #[tokio::test]
 async fn connect_in_a_pipeline_prints_the_echo_and_exits_0() {
@@ -290,39 +227,10 @@ async fn bench_reports_connect_errors() {
     assert_eq!(r["connect_errors"], 2);
 }
 
-/// A CA and a leaf for localhost, as PEM files: (dir, ca, cert, key).
-fn pki() -> (std::path::PathBuf, String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "wsx cli test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let leaf = CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let dir = std::env::temp_dir().join(format!("wsx-cli-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let write = |name: &str, data: String| {
-        let p = dir.join(name);
-        std::fs::write(&p, data).unwrap();
-        p.display().to_string()
-    };
-    let ca_pem = write("ca.pem", ca.pem());
-    let cert = write("cert.pem", leaf.pem());
-    let key = write("key.pem", key.serialize_pem());
-    (dir, ca_pem, cert, key)
-}
-
 #[tokio::test]
 async fn serve_over_tls_and_connect_with_a_ca() {
     let (_dir, ca, cert, key) = pki();
-    let (_server, addr) = serve_tls(&cert, &key).await;
+    let (_server, addr) = serve_tls(&cert, &key, &[]).await;
     let port = addr.rsplit(':').next().unwrap();
     let url = format!("wss://localhost:{port}/echo");
     let (code, out, err) = run(&["connect", &url, "--ca", &ca], "secure\n").await;
@@ -333,10 +241,6 @@ async fn serve_over_tls_and_connect_with_a_ca() {
     // --insecure accepts it (testing only).
     let (code, out, _) = run(&["connect", &url, "--insecure"], "anyway\n").await;
     assert_eq!((code, out.as_str()), (0, "anyway\n"));
-}
-
-async fn serve_tls(cert: &str, key: &str) -> (Child, String) {
-    launch(&["--tls-cert", cert, "--tls-key", key], "https").await
 }
 
 #[tokio::test]

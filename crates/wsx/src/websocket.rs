@@ -32,10 +32,12 @@ fn small_buffer(n: usize) -> usize {
 enum Finish {
     /// Still running.
     Running,
-    /// The close handshake is over (or failed): flush, then shut the transport down
+    /// The close handshake is over (or failed): flush, then shut the write side down
     /// (server) or wait for the server to do so (client).
     Flushing,
-    /// Waiting for the peer's EOF (client side, RFC 6455 §7.1.1), until the close timeout.
+    /// Waiting for the peer's EOF, until the close timeout: the client waits for the
+    /// server to close first (RFC 6455 §7.1.1); the server, having shut its write side
+    /// down, drains what the peer still sends (a lingering close).
     AwaitEof,
     /// Done: the stream yields `None`.
     Done,
@@ -327,21 +329,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                 self.finish = Finish::Done;
                 return Poll::Ready(Err(e));
             }
-            match self.conn.role() {
-                Role::Server => {
-                    // RFC 6455 §7.1.1: the server closes the TCP connection first.
-                    let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
-                    self.finish = Finish::Done;
-                    return Poll::Ready(Ok(()));
-                }
-                Role::Client => {
-                    self.finish = Finish::AwaitEof;
-                    self.eof_deadline = Some(Instant::now() + self.conn.config().close_timeout);
-                }
+            if self.conn.role() == Role::Server {
+                // RFC 6455 §7.1.1: the server closes the TCP connection first. It shuts
+                // its write side down, then keeps reading until the peer's EOF (a
+                // lingering close): dropping a socket with unread input sends a reset,
+                // which can destroy the close frame still in flight to a peer that was
+                // sending when the server closed (a message over the limit, say).
+                let _ = ready!(Pin::new(&mut self.io).poll_shutdown(cx));
             }
+            self.finish = Finish::AwaitEof;
+            self.eof_deadline = Some(Instant::now() + self.conn.config().close_timeout);
         }
         if self.finish == Finish::AwaitEof {
-            let mut scratch = [0u8; 256];
+            let mut scratch = [0u8; 4096];
             loop {
                 let mut rb = tokio::io::ReadBuf::new(&mut scratch);
                 match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
@@ -357,7 +357,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
                     }
                 }
             }
-            let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            if self.conn.role() == Role::Client {
+                let _ = Pin::new(&mut self.io).poll_shutdown(cx);
+            }
             self.finish = Finish::Done;
         }
         Poll::Ready(Ok(()))

@@ -291,7 +291,13 @@ impl Session {
                             message: "binary frames are not commands".into(),
                         }),
                         Some(Ok(_)) => continue,
-                        Some(Err(_)) | None => break,
+                        Some(Err(_)) => {
+                            // The close frame is on its way: keep reading until the
+                            // peer's EOF or the close timeout (a lingering close).
+                            while ws.next().await.is_some() {}
+                            break;
+                        }
+                        None => break,
                     };
                     match outcome {
                         Outcome::Reply(r) => {

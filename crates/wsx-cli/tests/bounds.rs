@@ -1,0 +1,206 @@
+//! Every connection of `wsx serve` is bounded in time in each state and in number:
+//! clients that do exactly what an attacker would (send nothing, send a head one line
+//! at a time, idle after a request, never finish TLS, open more sockets than allowed),
+//! and a peer still sending when the server closes for a limit (lingering close).
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+mod common;
+use common::{pki, serve, serve_tls};
+
+/// Read until EOF (or a reset); how long it took and what was read. Bounded.
+async fn until_closed(tcp: &mut TcpStream, within: Duration) -> (Duration, Vec<u8>) {
+    let start = Instant::now();
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(within, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "still open after {within:?}");
+    (start.elapsed(), got)
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
+    let (_server, addr) = serve(&["--header-timeout", "1s"]).await;
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    let (took, _) = until_closed(&mut tcp, Duration::from_secs(10)).await;
+    assert!(
+        took >= Duration::from_millis(900),
+        "closed too early: {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_head_sent_one_line_at_a_time_is_cut_off() {
+    let (_server, addr) = serve(&["--header-timeout", "1s"]).await;
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let (mut rd, mut wr) = tcp.into_split();
+    let start = Instant::now();
+    // Slowloris: a header line every 100 ms, for up to 10 s.
+    let sender = tokio::spawn(async move {
+        if wr
+            .write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .is_err()
+        {
+            return;
+        }
+        for i in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if wr
+                .write_all(format!("X-{i}: y\r\n").as_bytes())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "a slow head kept the connection open");
+    assert!(start.elapsed() < Duration::from_secs(4));
+    sender.abort();
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (_server, addr) = serve(&["--header-timeout", "1s"]).await;
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (took, got) = until_closed(&mut tcp, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.ends_with("ok\n"), "{text}");
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+}
+
+#[tokio::test]
+async fn a_tls_client_that_never_finishes_the_handshake_is_closed() {
+    let (_dir, _ca, cert, key) = pki();
+    let (_server, addr) = serve_tls(&cert, &key, &["--tls-handshake-timeout", "1s"]).await;
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    // The first bytes of a ClientHello record, then nothing.
+    tcp.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    let (took, _) = until_closed(&mut tcp, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(900), "{took:?}");
+}
+
+#[tokio::test]
+async fn open_tcp_connections_are_limited_not_only_upgrades() {
+    let (_server, addr) = serve(&["--max-tcp-connections", "2"]).await;
+    let held: Vec<TcpStream> = vec![
+        TcpStream::connect(&addr).await.unwrap(),
+        TcpStream::connect(&addr).await.unwrap(),
+    ];
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    third
+        .write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let (_, got) = until_closed(&mut third, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(text.contains("retry-after: 1"), "{text}");
+    // A slot is given back when a connection closes.
+    drop(held);
+    let served = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let mut tcp = TcpStream::connect(&addr).await.unwrap();
+            tcp.write_all(
+                format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
+            .await
+            .unwrap();
+            let mut resp = String::new();
+            let _ = tcp.read_to_string(&mut resp).await;
+            if resp.starts_with("HTTP/1.1 200") {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(served.is_ok(), "the slots were never released");
+}
+
+#[tokio::test]
+async fn a_peer_still_sending_past_the_limit_gets_the_close_frame_and_no_reset() {
+    let (_server, addr) = serve(&["--max-message-size", "64KiB"]).await;
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut b = [0u8; 1];
+        tcp.read_exact(&mut b).await.unwrap();
+        head.push(b[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let (mut rd, mut wr) = tcp.into_split();
+    // A 16 MiB binary frame (masked with a zero key), 8 MiB of it sent.
+    let writer = tokio::spawn(async move {
+        let mut header = vec![0x82u8, 0xFF];
+        header.extend_from_slice(&(16u64 << 20).to_be_bytes());
+        header.extend_from_slice(&[0, 0, 0, 0]);
+        wr.write_all(&header).await?;
+        let chunk = vec![0u8; 64 << 10];
+        for _ in 0..128 {
+            wr.write_all(&chunk).await?;
+        }
+        wr.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    });
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => return Ok(()),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) => return Err(e),
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(got.len() >= 4, "no close frame: {got:?}");
+    assert_eq!(got[0], 0x88, "a close frame first");
+    assert_eq!(&got[2..4], &[0x03, 0xF1], "code 1009");
+    read.expect("a clean end (FIN), not a reset");
+    writer
+        .await
+        .unwrap()
+        .expect("every byte sent was taken: the server drained instead of resetting");
+}

@@ -1,0 +1,110 @@
+//! Helpers shared by the CLI's integration tests: `wsx serve` on a free port, raw
+//! HTTP, running the binary, a test PKI.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, Command};
+
+pub const WSX: &str = env!("CARGO_BIN_EXE_wsx");
+
+/// `wsx serve` on a free port; returns the child and its address once it logged it.
+pub async fn serve(extra: &[&str]) -> (Child, String) {
+    launch(extra, "http").await
+}
+
+/// `wsx serve` with `extra` arguments, waiting for its `open SCHEME://ADDR/` log line.
+pub async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
+    let mut child = Command::new(WSX)
+        .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let marker = format!("open {scheme}://");
+    let addr = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split(marker.as_str()).nth(1) {
+                return rest.split('/').next().unwrap().to_string();
+            }
+        }
+        panic!("wsx serve exited before listening");
+    })
+    .await
+    .unwrap();
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr)
+}
+
+/// Send one raw HTTP/1.1 request (with `Connection: close`) and read the whole answer.
+pub async fn http(addr: &str, request: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut resp = String::new();
+    tcp.read_to_string(&mut resp).await.unwrap();
+    resp
+}
+
+pub async fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
+    let mut child = Command::new(WSX)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).await.unwrap();
+    drop(input);
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// A CA and a leaf for localhost, as PEM files: (dir, ca, cert, key).
+pub fn pki() -> (std::path::PathBuf, String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "wsx cli test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let dir = std::env::temp_dir().join(format!("wsx-cli-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let write = |name: &str, data: String| {
+        let p = dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        p.display().to_string()
+    };
+    let ca_pem = write("ca.pem", ca.pem());
+    let cert = write("cert.pem", leaf.pem());
+    let key = write("key.pem", key.serialize_pem());
+    (dir, ca_pem, cert, key)
+}
+
+pub async fn serve_tls(cert: &str, key: &str, extra: &[&str]) -> (Child, String) {
+    let mut args = vec!["--tls-cert", cert, "--tls-key", key];
+    args.extend_from_slice(extra);
+    launch(&args, "https").await
+}
