@@ -37,6 +37,21 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     };
     let listener = TcpListener::bind(settings.listen).await?;
     let addr = listener.local_addr()?;
+    // The STOMP listener is bound (and logged) before the HTTP one is announced, so
+    // that a caller waiting for "open" knows both.
+    let stomp_listener = match settings.stomp_listen {
+        Some(stomp_addr) => {
+            let stomp = TcpListener::bind(stomp_addr).await.map_err(|e| {
+                std::io::Error::new(e.kind(), format!("STOMP listener {stomp_addr}: {e}"))
+            })?;
+            let scheme = if tls.is_some() { "stomp+ssl" } else { "stomp" };
+            let local = stomp.local_addr()?;
+            info!(addr = %local, "STOMP over TCP: {scheme}://{local}");
+            Some(stomp)
+        }
+        None => None,
+    };
+
     let (http, ws) = if tls.is_some() {
         ("https", "wss")
     } else {
@@ -59,6 +74,16 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         tls_handshake_timeout: settings.tls_handshake_timeout,
     };
     let open = Arc::new(Semaphore::new(settings.max_tcp_connections));
+    if let Some(stomp) = stomp_listener {
+        let listener = StompListener {
+            gate: gate.clone(),
+            cfg: Arc::new(settings.stomp.clone()),
+            tls: tls.clone(),
+            limits,
+            open: open.clone(),
+        };
+        tasks.spawn(listener.run(stomp));
+    }
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
@@ -149,6 +174,8 @@ fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
         .with_state(gate.clone())
         // The native protocol: GET /connection/websocket.
         .merge(wsx_hub::native::router(gate))
+        // STOMP 1.0-1.2 over WebSocket: GET /stomp (STOMP over TCP: --stomp-listen).
+        .merge(wsx_hub::stomp::router(gate, settings.stomp.clone()))
         // The HTTP server API: POST /api/{method}.
         .merge(wsx_hub::api::router(hub, api))
         // The demo's own endpoints (/demo/...).
@@ -225,6 +252,68 @@ impl Conn {
         };
         if let Err(e) = result {
             debug!(%peer, error = %e, "HTTP connection ended");
+        }
+    }
+}
+
+/// The STOMP-over-TCP listener (`--stomp-listen`): the same connection bounds as the
+/// HTTP listener (number, TLS handshake time) and the same shutdown; the session bounds
+/// the time to CONNECT and the heart-beats.
+struct StompListener {
+    gate: Gate,
+    cfg: Arc<wsx_hub::stomp::StompConfig>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    limits: ConnLimits,
+    open: Arc<Semaphore>,
+}
+
+impl StompListener {
+    async fn run(self, listener: TcpListener) {
+        let stop = self.gate.stopped();
+        tokio::pin!(stop);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        warn!(error = %e, "STOMP accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut stop => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let Ok(open) = self.open.clone().try_acquire_owned() else {
+                debug!(%peer, "too many open connections (STOMP)");
+                continue;
+            };
+            let slot = match self.gate.admit() {
+                Ok(slot) => slot,
+                Err(refusal) => {
+                    debug!(%peer, reason = %refusal.reason, "STOMP connection refused");
+                    continue;
+                }
+            };
+            let gate = self.gate.clone();
+            let cfg = self.cfg.clone();
+            let tls = self.tls.clone();
+            let tls_timeout = self.limits.tls_handshake_timeout;
+            self.gate.spawn(async move {
+                let _held = (open, slot);
+                let stop = gate.stopped();
+                match tls {
+                    None => wsx_hub::stomp::serve_stream(&gate, cfg, tcp, stop).await,
+                    Some(acceptor) => {
+                        match tokio::time::timeout(tls_timeout, acceptor.accept(tcp)).await {
+                            Ok(Ok(stream)) => {
+                                wsx_hub::stomp::serve_stream(&gate, cfg, stream, stop).await
+                            }
+                            _ => debug!(%peer, "STOMP TLS handshake failed or timed out"),
+                        }
+                    }
+                }
+            });
         }
     }
 }

@@ -69,6 +69,13 @@ settings! {
     max_tcp_connections, "WSX_MAX_TCP_CONNECTIONS", "N", "20000", "Open TCP connections in any state (TLS handshake, HTTP, WebSocket); more get 503 (TLS: are closed) at once";
     header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
     tls_handshake_timeout, "WSX_TLS_HANDSHAKE_TIMEOUT", "DURATION", "10s", "Time allowed for a TLS handshake";
+    stomp_listen, "WSX_STOMP_LISTEN", "ADDR", "off", "Also serve STOMP over TCP on this address (IP:PORT; TLS with --tls-cert/--tls-key); STOMP over WebSocket is always at /stomp";
+    stomp_heart_beat, "WSX_STOMP_HEART_BEAT", "MS,MS", "1000,1000", "The server's STOMP heart-beat: the shortest interval it sends at, the shortest it asks of clients (ms; each direction uses the larger of both sides' wishes; 0 = none)";
+    stomp_users, "WSX_STOMP_USERS", "LIST", "none", "STOMP logins as login:passcode pairs, comma-separated: a CONNECT with a login must match one (the login is then the user); none: logins are ignored and a passcode counts only as a connection token";
+    stomp_connect_timeout, "WSX_STOMP_CONNECT_TIMEOUT", "DURATION", "10s", "Time allowed from a STOMP connection's start to its CONNECT frame";
+    stomp_max_body, "WSX_STOMP_MAX_BODY", "SIZE", "1MiB", "Largest STOMP frame body (ERROR beyond)";
+    stomp_max_headers, "WSX_STOMP_MAX_HEADERS", "N", "64", "Most headers in a STOMP frame (ERROR beyond)";
+    stomp_max_header_bytes, "WSX_STOMP_MAX_HEADER_BYTES", "SIZE", "8KiB", "Most bytes of a STOMP frame's command and headers (ERROR beyond)";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
@@ -104,6 +111,9 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// STOMP over TCP: its listen address, if any.
+    pub stomp_listen: Option<SocketAddr>,
+    pub stomp: wsx_hub::stomp::StompConfig,
     pub log_format: LogFormat,
     pub api_key: Option<String>,
     pub auth: wsx_hub::auth::AuthConfig,
@@ -443,6 +453,35 @@ impl ServeArgs {
                 "tls_handshake_timeout",
             )?,
             shutdown_timeout: dur("shutdown_timeout")?,
+            stomp_listen: match get("stomp_listen").trim() {
+                "off" | "" => None,
+                a => Some(
+                    a.parse()
+                        .map_err(|_| bad("stomp_listen")(format!("`{a}` is not IP:PORT or off")))?,
+                ),
+            },
+            stomp: {
+                let mut stomp = wsx_hub::stomp::StompConfig::default();
+                stomp.heart_beat = wsx_hub::stomp::heartbeat::parse(get("stomp_heart_beat"))
+                    .ok_or_else(|| {
+                        bad("stomp_heart_beat")(format!(
+                            "`{}` is not MS,MS",
+                            get("stomp_heart_beat")
+                        ))
+                    })?;
+                stomp.connect_timeout =
+                    positive(dur("stomp_connect_timeout")?, "stomp_connect_timeout")?;
+                stomp.limits.max_body = size("stomp_max_body")?;
+                for pair in list("stomp_users") {
+                    let Some((login, passcode)) = pair.split_once(':') else {
+                        return Err(bad("stomp_users")("expected login:passcode pairs".into()));
+                    };
+                    stomp.users.push((login.to_string(), passcode.to_string()));
+                }
+                stomp.limits.max_headers = count("stomp_max_headers")?;
+                stomp.limits.max_header_bytes = size("stomp_max_header_bytes")?;
+                stomp
+            },
             log_format,
         })
     }

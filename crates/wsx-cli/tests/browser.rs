@@ -79,3 +79,8 @@ fn demo_chat_between_two_windows() {
 fn demo_chart_receives_ticks_and_recovers() {
     run_script("demo.mjs", &[screenshots().to_str().unwrap(), "chart"]);
 }
+
+#[test]
+fn stompjs_in_chromium_over_the_browsers_websocket() {
+    run_script("stompjs.mjs", &[]);
+}

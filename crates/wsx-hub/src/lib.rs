@@ -11,6 +11,7 @@
 //!
 //! Front-ends, each depending on the core and never the reverse:
 //! - [`native`]: JSON commands over a WebSocket (`/connection/websocket`);
+//! - [`stomp`]: STOMP 1.0-1.2 over WebSocket (`/stomp`) and TCP;
 //! - [`api`]: the HTTP server API (`/api/*`).
 
 #![forbid(unsafe_code)]
@@ -19,6 +20,7 @@
 pub mod api;
 pub mod hub;
 pub mod native;
+pub mod stomp;
 pub mod transport;
 
 pub use hub::auth;
@@ -32,6 +34,7 @@ pub use hub::options::ChannelOptions;
 pub use hub::publication::{Payload, PayloadKind, Publication, StreamPosition};
 pub use hub::queue::{Delivery, Disconnect, Outbound, QueueLimits, SlowConsumer};
 pub use hub::session::{ConnectRequest, Connected, HubSession};
+pub use hub::workqueue::{AckMode, WorkQueueLimits};
 pub use hub::{Hub, HubConfig};
 pub use native::Session;
 pub use transport::Gate;

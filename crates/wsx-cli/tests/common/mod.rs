@@ -17,6 +17,34 @@ pub async fn serve(extra: &[&str]) -> (Child, String) {
 
 /// `wsx serve` with `extra` arguments, waiting for its `open SCHEME://ADDR/` log line.
 pub async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
+    let (child, addr, _) = launch_logged(extra, scheme).await;
+    (child, addr)
+}
+
+/// `wsx serve` with a STOMP TCP listener on a free port too: (child, HTTP address,
+/// STOMP address).
+pub async fn serve_stomp(extra: &[&str]) -> (Child, String, String) {
+    serve_stomp_scheme(extra, "http").await
+}
+
+/// [`serve_stomp`] for a server whose listener is `scheme` (`https` with TLS settings
+/// in `extra`).
+pub async fn serve_stomp_scheme(extra: &[&str], scheme: &str) -> (Child, String, String) {
+    let mut args = vec!["--stomp-listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (child, addr, before) = launch_logged(&args, scheme).await;
+    let stomp = before
+        .iter()
+        .find_map(|l| l.split("STOMP over TCP: ").nth(1))
+        .and_then(|rest| rest.split("://").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the STOMP listener's log line")
+        .to_string();
+    (child, addr, stomp)
+}
+
+/// [`launch`], also giving the log lines before the `open` line.
+pub async fn launch_logged(extra: &[&str], scheme: &str) -> (Child, String, Vec<String>) {
     let mut child = Command::new(WSX)
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
         .args(extra)
@@ -27,11 +55,13 @@ pub async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
         .unwrap();
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let marker = format!("open {scheme}://");
+    let mut before = Vec::new();
     let addr = tokio::time::timeout(Duration::from_secs(20), async {
         while let Some(line) = lines.next_line().await.unwrap() {
             if let Some(rest) = line.split(marker.as_str()).nth(1) {
                 return rest.split('/').next().unwrap().to_string();
             }
+            before.push(line);
         }
         panic!("wsx serve exited before listening");
     })
@@ -39,7 +69,7 @@ pub async fn launch(extra: &[&str], scheme: &str) -> (Child, String) {
     .unwrap();
     // Keep draining the log so the server never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, before)
 }
 
 /// Send one raw HTTP/1.1 request (with `Connection: close`) and read the whole answer.

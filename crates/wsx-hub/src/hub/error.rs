@@ -32,6 +32,8 @@ pub enum HubError {
     LimitExceeded(Limit),
     /// The channel's namespace does not enable this feature.
     NotAvailable(Feature),
+    /// No pending message has this delivery tag (for this client).
+    UnknownMessage,
     /// The session is not connected yet (a command before `connect`).
     NotConnected,
     /// The session is already connected.
@@ -66,6 +68,8 @@ pub enum Limit {
     Subscriptions(usize),
     /// Bytes of the `name` and `info` a client gives at connect.
     InfoSize(usize),
+    /// Messages waiting in a work queue.
+    QueueFull(usize),
 }
 
 /// A per-namespace feature.
@@ -107,6 +111,10 @@ impl fmt::Display for HubError {
                 };
                 write!(f, "{what} is off for this channel's namespace")
             }
+            HubError::LimitExceeded(Limit::QueueFull(max)) => {
+                write!(f, "queue full ({max} messages waiting)")
+            }
+            HubError::UnknownMessage => f.write_str("no pending message with this id"),
             HubError::NotConnected => f.write_str("connect first"),
             HubError::AlreadyConnected => f.write_str("already connected"),
             HubError::Unavailable(why) => write!(f, "backplane unavailable: {why}"),

@@ -17,6 +17,7 @@ pub mod publication;
 pub mod queue;
 pub mod session;
 pub(crate) mod shards;
+pub mod workqueue;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +62,8 @@ pub struct HubConfig {
     /// Longest `name` and `info` a client may give at `connect` (shown in presence).
     /// Default: 256 bytes.
     pub max_info_size: usize,
+    /// Work queues' limits.
+    pub work_queues: workqueue::WorkQueueLimits,
 }
 
 impl Default for HubConfig {
@@ -79,6 +82,7 @@ impl Default for HubConfig {
             auth: auth::AuthConfig::default(),
             write_timeout: std::time::Duration::from_secs(30),
             max_info_size: 256,
+            work_queues: workqueue::WorkQueueLimits::default(),
         }
     }
 }
@@ -95,6 +99,7 @@ pub struct Hub {
     next_client: AtomicU64,
     sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
     metrics: Arc<metrics::Metrics>,
+    queues: workqueue::WorkQueues,
 }
 
 impl Hub {
@@ -115,12 +120,18 @@ impl Hub {
             listen_locks: (0..shards::SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            queues: workqueue::WorkQueues::new(config.work_queues),
             config,
             // Unique in the cluster: the backplane's node id above a per-node counter.
             next_client: AtomicU64::new((node << 40) + 1),
             sessions: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
+    }
+
+    /// This node's work queues.
+    pub fn queues(&self) -> &workqueue::WorkQueues {
+        &self.queues
     }
 
     /// The metrics.

@@ -35,6 +35,19 @@ pub enum Delivery {
         /// The channel.
         channel: Arc<str>,
     },
+    /// A work-queue message for one of this connection's consumers.
+    Queued {
+        /// The queue.
+        queue: Arc<str>,
+        /// The consumer's key within the session.
+        consumer: u64,
+        /// The delivery tag, to acknowledge it by.
+        tag: u64,
+        /// The message (its `offset` is its sequence number in the queue).
+        message: Arc<Publication>,
+        /// Whether it was handed out before (NACKed, or its consumer left).
+        redelivered: bool,
+    },
     /// A client left a channel.
     Leave {
         /// The channel.
@@ -50,6 +63,7 @@ impl Delivery {
     fn cost(&self) -> usize {
         match self {
             Delivery::Publication { publication, .. } => publication.data.len() + 64,
+            Delivery::Queued { message, .. } => message.data.len() + 64,
             Delivery::Join { .. } | Delivery::Leave { .. } | Delivery::Unsubscribed { .. } => 128,
         }
     }

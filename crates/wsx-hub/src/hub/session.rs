@@ -17,6 +17,7 @@ use crate::hub::metrics::FrontendMetrics;
 use crate::hub::options::ChannelOptions;
 use crate::hub::publication::{Payload, Publication, StreamPosition};
 use crate::hub::queue::{Delivery, Disconnect, Outbound};
+use crate::hub::workqueue::AckMode;
 use crate::hub::Hub;
 
 /// What a client gives when it connects.
@@ -47,6 +48,8 @@ pub struct HubSession {
     queue: Arc<Outbound>,
     connected: bool,
     subscriptions: Vec<String>,
+    /// Work-queue consumers: (queue, key).
+    consumers: Vec<(String, u64)>,
     ended: bool,
 }
 
@@ -82,6 +85,7 @@ impl HubSession {
             queue,
             connected: false,
             subscriptions: Vec::new(),
+            consumers: Vec::new(),
             ended: false,
         }
     }
@@ -116,17 +120,39 @@ impl HubSession {
         &self.subscriptions
     }
 
+    /// The front-end authenticated this connection as `user` by its own means (a STOMP
+    /// login, say): [`connect`](Self::connect) then needs no token. Before `connect`.
+    pub fn authenticated(&mut self, user: String) {
+        if self.connected || user == self.info.user {
+            return;
+        }
+        self.hub
+            .register(self.info.client, &user, self.queue.clone());
+        self.info = Arc::new(ClientInfo {
+            client: self.info.client,
+            user,
+            name: String::new(),
+            info: String::new(),
+        });
+    }
+
     /// Check the token, record who this is and subscribe the channels the token grants.
+    /// Without a token, a user the transport or front-end authenticated stands in for
+    /// one; otherwise anonymous connections must be allowed.
     pub async fn connect(&mut self, req: ConnectRequest) -> Result<Connected, HubError> {
         if self.connected {
             return Err(HubError::AlreadyConnected);
         }
-        let claims = self
-            .hub
-            .config()
-            .auth
-            .verify(req.token.as_deref())
-            .map_err(HubError::Unauthorized)?;
+        let vouched = !self.info.user.is_empty() && req.token.as_deref().is_none_or(str::is_empty);
+        let claims = if vouched {
+            None
+        } else {
+            self.hub
+                .config()
+                .auth
+                .verify(req.token.as_deref())
+                .map_err(HubError::Unauthorized)?
+        };
         let max = self.hub.config().max_info_size;
         if req.info.len() > max || req.name.len() > max {
             return Err(HubError::LimitExceeded(Limit::InfoSize(max)));
@@ -264,6 +290,69 @@ impl HubSession {
         self.hub.publish(channel, payload).await
     }
 
+    /// Put a message on the work queue `queue` (named as a channel: namespace rules
+    /// apply); one consumer will get it.
+    pub fn enqueue(&mut self, queue: &str, payload: Payload) -> Result<(), HubError> {
+        self.check_connected()?;
+        let ch = self.hub.channel(queue)?;
+        if !self.hub.options(&ch).client_publish {
+            return Err(HubError::PermissionDenied(Denied::ClientPublish));
+        }
+        self.hub.queues().send(queue, payload)
+    }
+
+    /// Consume from the work queue `queue` as the consumer `key` (unique within this
+    /// session); its messages arrive as [`Delivery::Queued`]. The subscribe rules of
+    /// channels apply to the queue's name.
+    pub fn consume(
+        &mut self,
+        queue: &str,
+        key: u64,
+        ack: AckMode,
+        token: Option<&str>,
+    ) -> Result<(), HubError> {
+        self.check_connected()?;
+        let ch = self.hub.channel(queue)?;
+        let max = self.hub.config().max_subscriptions;
+        if self.subscriptions.len() + self.consumers.len() >= max {
+            return Err(HubError::LimitExceeded(Limit::Subscriptions(max)));
+        }
+        if self.consumers.iter().any(|(q, k)| q == queue && *k == key) {
+            return Err(HubError::AlreadySubscribed);
+        }
+        let opts = self.hub.options(&ch);
+        self.may_subscribe(&ch, &opts, token)?;
+        self.consumers.push((queue.to_string(), key));
+        self.hub
+            .queues()
+            .consume(queue, self.info.client, key, self.queue.clone(), ack);
+        Ok(())
+    }
+
+    /// Stop consuming; unacknowledged messages go back to the queue.
+    pub fn cancel(&mut self, queue: &str, key: u64) -> Result<(), HubError> {
+        let Some(i) = self
+            .consumers
+            .iter()
+            .position(|(q, k)| q == queue && *k == key)
+        else {
+            return Err(HubError::NotSubscribed);
+        };
+        self.consumers.swap_remove(i);
+        self.hub.queues().cancel(queue, self.info.client, key);
+        Ok(())
+    }
+
+    /// Acknowledge a work-queue delivery.
+    pub fn ack(&mut self, queue: &str, tag: u64) -> Result<(), HubError> {
+        self.hub.queues().ack(queue, self.info.client, tag)
+    }
+
+    /// Refuse a work-queue delivery: it goes back to the queue for another consumer.
+    pub fn nack(&mut self, queue: &str, tag: u64) -> Result<(), HubError> {
+        self.hub.queues().nack(queue, self.info.client, tag)
+    }
+
     /// Who is in `channel`.
     pub async fn presence(&self, channel: &str) -> Result<Vec<Arc<ClientInfo>>, HubError> {
         self.check_connected()?;
@@ -343,6 +432,9 @@ impl HubSession {
         self.queue.close();
         self.hub.unregister(self.info.client);
         self.frontend.connections.fetch_sub(1, Ordering::Relaxed);
+        for (queue, key) in std::mem::take(&mut self.consumers) {
+            self.hub.queues().cancel(&queue, self.info.client, key);
+        }
         let channels = std::mem::take(&mut self.subscriptions);
         self.hub
             .metrics()

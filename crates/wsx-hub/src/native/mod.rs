@@ -46,9 +46,10 @@ static FRAME: LazyLock<EncodingSlot<SharedFrame>> = LazyLock::new(EncodingSlot::
 /// The native error code of a hub error: the one table.
 pub fn error_code(e: &HubError) -> u16 {
     match e {
-        HubError::BadChannel(_) | HubError::NotConnected | HubError::AlreadyConnected => {
-            codes::BAD_REQUEST
-        }
+        HubError::BadChannel(_)
+        | HubError::NotConnected
+        | HubError::AlreadyConnected
+        | HubError::UnknownMessage => codes::BAD_REQUEST,
         HubError::UnknownNamespace(_) | HubError::UnknownChannel | HubError::EpochChanged => {
             codes::UNKNOWN_CHANNEL
         }
@@ -260,6 +261,11 @@ impl Session {
             }),
             Delivery::Unsubscribed { channel } => {
                 SharedFrame::text(&codec::unsubscribe_push(channel))
+            }
+            // The native protocol has no work-queue consumers; were one added, its
+            // messages would read as publications of a channel named after the queue.
+            Delivery::Queued { queue, message, .. } => {
+                SharedFrame::text(&codec::publication_push(queue, message))
             }
         }
     }

@@ -84,7 +84,9 @@ impl Gate {
         refusal_response(&refusal).into_response()
     }
 
-    fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// Take a slot for a session that is not an upgrade (STOMP over TCP, say): held
+    /// until dropped; refused when the server is full or shutting down.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
             return Err(Refusal::new(503, "too many connections"));
         };

@@ -1,0 +1,263 @@
+//! The STOMP front-end: STOMP 1.0, 1.1 and 1.2 over WebSocket (`/stomp`, subprotocols
+//! `v12.stomp`, `v11.stomp`, `v10.stomp`, or none) and over plain or TLS TCP
+//! ([`serve_stream`], on a listener of the server's). `/topic/<channel>` is the hub's
+//! channel, `/queue/<name>` a work queue. See `docs/protocol.md`.
+//!
+//! [`frame`] is the pure codec, [`heartbeat`] the pure heart-beat rules, [`session`] the
+//! session logic over a [`HubSession`](crate::HubSession); this module carries a
+//! session over a transport.
+
+pub mod frame;
+pub mod heartbeat;
+pub mod session;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::Request;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use wsx::{Message, WebSocket};
+
+use self::session::Output;
+pub use self::session::{StompConfig, StompSession, FRONTEND};
+use crate::hub::session::HubSession;
+use crate::transport::Gate;
+
+/// Where [`router`] mounts STOMP over WebSocket.
+pub const PATH: &str = "/stomp";
+
+/// The subprotocols offered, the server's preference first.
+pub const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
+
+#[derive(Clone)]
+struct Endpoint {
+    gate: Gate,
+    ws: Arc<wsx::ServerConfig>,
+    cfg: Arc<StompConfig>,
+}
+
+/// The STOMP front-end's routes: `GET /stomp` (WebSocket). The server must give each
+/// request its peer address (`ConnectInfo<SocketAddr>`).
+pub fn router(gate: &Gate, cfg: StompConfig) -> Router {
+    let ws = gate.config().clone().subprotocols(
+        SUBPROTOCOLS
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+    );
+    Router::new()
+        .route(PATH, get(endpoint))
+        .with_state(Endpoint {
+            gate: gate.clone(),
+            ws: Arc::new(ws),
+            cfg: Arc::new(cfg),
+        })
+}
+
+async fn endpoint(
+    State(ep): State<Endpoint>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    mut req: Request<Body>,
+) -> Response {
+    let hub = ep.gate.hub().clone();
+    let stop = ep.gate.stopped();
+    let cfg = ep.cfg.clone();
+    ep.gate
+        .upgrade(peer, &mut req, &ep.ws, move |ws, _| async move {
+            let session = StompSession::new(
+                HubSession::new(hub, FRONTEND, String::new()),
+                cfg,
+                Instant::now(),
+            );
+            run(session, WsWire(ws), stop).await
+        })
+}
+
+/// Carry STOMP over a byte stream (a TCP connection, plain or TLS) until either side
+/// closes or `stop` resolves. The caller bounds the connection's number and the TLS
+/// handshake; the session bounds the time to `CONNECT` and the heart-beats.
+pub async fn serve_stream<S, F>(gate: &Gate, cfg: Arc<StompConfig>, io: S, stop: F)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+    F: std::future::Future<Output = ()> + Send,
+{
+    let session = StompSession::new(
+        HubSession::new(gate.hub().clone(), FRONTEND, String::new()),
+        cfg,
+        Instant::now(),
+    );
+    run(
+        session,
+        TcpWire {
+            io,
+            buf: vec![0u8; 8 << 10],
+        },
+        stop,
+    )
+    .await
+}
+
+/// A transport for STOMP frames.
+trait Wire {
+    /// The next bytes received; `None` once the peer closed or failed.
+    async fn recv(&mut self) -> Option<Bytes>;
+    /// Queue bytes to send (a binary WebSocket message when `binary`).
+    async fn send(&mut self, bytes: Bytes, binary: bool) -> bool;
+    /// Send what was queued.
+    async fn flush(&mut self) -> bool;
+    /// Close after an `ERROR` or `DISCONNECT`, with a lingering close.
+    async fn close(&mut self);
+}
+
+struct WsWire<S>(WebSocket<S>);
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire for WsWire<S> {
+    async fn recv(&mut self) -> Option<Bytes> {
+        loop {
+            match self.0.next().await {
+                Some(Ok(Message::Text(t))) => return Some(t.into_bytes()),
+                Some(Ok(Message::Binary(b))) => return Some(b),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) => {
+                    // The close frame is on its way: read on until the peer's EOF or the
+                    // close timeout (a lingering close).
+                    while self.0.next().await.is_some() {}
+                    return None;
+                }
+                None => return None,
+            }
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes, binary: bool) -> bool {
+        let msg = if binary {
+            Message::Binary(bytes)
+        } else {
+            match wsx::Text::try_from_bytes(bytes) {
+                Ok(t) => Message::Text(t),
+                Err(b) => Message::Binary(b),
+            }
+        };
+        self.0.feed(msg).await.is_ok()
+    }
+
+    async fn flush(&mut self) -> bool {
+        self.0.flush().await.is_ok()
+    }
+
+    async fn close(&mut self) {
+        let _ = self.0.close(wsx::CloseCode::NORMAL, "").await;
+    }
+}
+
+struct TcpWire<S> {
+    io: S,
+    buf: Vec<u8>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Wire for TcpWire<S> {
+    async fn recv(&mut self) -> Option<Bytes> {
+        match self.io.read(&mut self.buf).await {
+            Ok(0) | Err(_) => None,
+            Ok(n) => Some(Bytes::copy_from_slice(&self.buf[..n])),
+        }
+    }
+
+    async fn send(&mut self, bytes: Bytes, _binary: bool) -> bool {
+        self.io.write_all(&bytes).await.is_ok()
+    }
+
+    async fn flush(&mut self) -> bool {
+        self.io.flush().await.is_ok()
+    }
+
+    async fn close(&mut self) {
+        // Shut the write side down, then drain what the peer still sends for a while:
+        // closing with unread input would reset the connection and lose the ERROR.
+        let _ = self.io.shutdown().await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), async {
+            while matches!(self.io.read(&mut self.buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+    }
+}
+
+/// Send what the session produced; `false` when the connection is done.
+async fn drain_output<W: Wire>(
+    session: &mut StompSession,
+    wire: &mut W,
+    write_timeout: std::time::Duration,
+) -> bool {
+    let out = session.take_output();
+    if out.is_empty() {
+        return true;
+    }
+    let work = async {
+        for o in out {
+            match o {
+                Output::Send { bytes, binary } => {
+                    if !wire.send(bytes, binary).await {
+                        return false;
+                    }
+                }
+                Output::Close => {
+                    if wire.flush().await {
+                        wire.close().await;
+                    }
+                    return false;
+                }
+            }
+        }
+        wire.flush().await
+    };
+    matches!(tokio::time::timeout(write_timeout, work).await, Ok(true))
+}
+
+async fn run<W: Wire, F: std::future::Future<Output = ()>>(
+    mut session: StompSession,
+    mut wire: W,
+    stop: F,
+) {
+    tokio::pin!(stop);
+    let write_timeout = session.hub().hub().config().write_timeout;
+    let mut stopping = false;
+    loop {
+        let deadline = session.deadline().map(tokio::time::Instant::from_std);
+        let connected = session.is_connected();
+        tokio::select! {
+            _ = &mut stop, if !stopping => {
+                stopping = true;
+                session.on_disconnect(&crate::hub::queue::Disconnect::Shutdown);
+            }
+            input = wire.recv() => match input {
+                Some(bytes) => session.on_input(&bytes, Instant::now()).await,
+                None => break,
+            },
+            d = session.hub().next_delivery(), if connected => match d {
+                Some(Ok(d)) => session.on_delivery(d, Instant::now()),
+                Some(Err(why)) => session.on_disconnect(&why),
+                None => break,
+            },
+            _ = sleep_until(deadline) => session.on_time(Instant::now()),
+        }
+        if !drain_output(&mut session, &mut wire, write_timeout).await || session.is_closing() {
+            break;
+        }
+    }
+    session.close().await;
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
