@@ -34,13 +34,13 @@ pub struct BenchArgs {
     #[arg(long)]
     pub binary: bool,
     /// Messages in flight per connection.
-    #[arg(short = 'd', long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1)]
     pub depth: usize,
     /// Warm-up before measuring.
     #[arg(short = 'w', long, default_value = "1s", value_parser = parse_duration)]
     pub warmup: Duration,
-    /// Measured duration.
-    #[arg(short = 't', long, default_value = "5s", value_parser = parse_duration)]
+    /// Measured duration (as in wrk, oha and hey).
+    #[arg(short = 'd', long, default_value = "5s", value_parser = parse_duration)]
     pub duration: Duration,
     /// Target total rate in messages/s (default: as fast as the server answers).
     #[arg(long)]
@@ -199,6 +199,10 @@ async fn run(args: BenchArgs) -> Report {
     let mut last = (Instant::now(), shared.received.load(Ordering::Relaxed));
     while Instant::now() < end {
         tokio::time::sleep(Duration::from_millis(250)).await;
+        if shared.connect_errors.load(Ordering::Relaxed) as usize >= args.connections {
+            // Every connection failed (the error was printed): nothing to wait for.
+            break;
+        }
         let now = Instant::now();
         if cpu_at_start.is_none() && now >= start {
             cpu_at_start = Some(cpu_seconds());

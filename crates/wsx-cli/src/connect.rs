@@ -1,8 +1,9 @@
 //! `wsx connect URL`: stdin lines become text messages; messages received are printed.
 //!
 //! Exit status: 0 after a normal close (1000, or a close without a code); 1 when the
-//! peer closed with another code; 3 when the connection or handshake failed; 4 on a
-//! protocol error or a connection lost without a close frame. The reason goes to stderr.
+//! peer closed with another code; 2 on a usage error (a bad argument or URL); 3 when the
+//! connection or handshake failed; 4 on a protocol error or a connection lost without a
+//! close frame. The reason goes to stderr.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,9 +15,17 @@ use wsx::{ClientConfig, CloseCode, CloseFrame, Config, DeflateConfig, Error, Mes
 
 use crate::units::{parse_optional_duration, parse_size};
 
+/// The exit statuses, for `--help`.
+pub const EXIT_CODES: &str = "Exit status:
+  0  the connection ended with a normal close (1000, or a close without a code)
+  1  the server closed with another code (printed on stderr)
+  2  usage error: a bad argument or URL
+  3  the connection or the handshake failed (refused, TLS, an HTTP status)
+  4  a protocol error, or the connection was lost without a close frame";
+
 #[derive(clap::Args, Debug)]
 pub struct ConnectArgs {
-    /// ws:// or wss:// URL.
+    /// ws:// or wss:// URL (http:// and https:// are taken as ws:// and wss://).
     pub url: String,
     /// Offer a subprotocol (repeat for several, in order of preference).
     #[arg(long = "subprotocol", value_name = "NAME")]
@@ -90,6 +99,10 @@ fn config(args: &ConnectArgs) -> Result<ClientConfig, String> {
 }
 
 async fn run(args: ConnectArgs) -> ExitCode {
+    if let Err(e) = wsx::WsUrl::parse(&args.url) {
+        eprintln!("wsx: {e}");
+        return ExitCode::from(2);
+    }
     let cfg = match config(&args) {
         Ok(c) => c,
         Err(e) => {

@@ -29,6 +29,7 @@ enum Command {
     /// Run the server: an echo endpoint at /echo and the pages at /.
     Serve(Box<settings::ServeArgs>),
     /// Connect to a WebSocket: stdin lines are sent as text, messages received are printed.
+    #[command(after_help = connect::EXIT_CODES)]
     Connect(connect::ConnectArgs),
     /// Load-test a WebSocket echo server.
     Bench(bench::BenchArgs),
@@ -48,10 +49,9 @@ fn main() -> ExitCode {
                 let _ = e.print();
                 return ExitCode::SUCCESS;
             }
-            // One line: what is wrong and with which option.
-            let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("wsx: {}", first.trim_start_matches("error: "));
+            // clap's whole message: what is wrong, a suggestion where it has one (a
+            // misspelt flag), the usage line. Exit 2 for every usage error.
+            let _ = e.print();
             return ExitCode::from(2);
         }
     };

@@ -35,14 +35,22 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         }
         None => None,
     };
-    let listener = TcpListener::bind(settings.listen).await?;
+    let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
+        std::io::Error::new(
+            e.kind(),
+            format!("cannot listen on {}: {e}", settings.listen),
+        )
+    })?;
     let addr = listener.local_addr()?;
     // The STOMP listener is bound (and logged) before the HTTP one is announced, so
     // that a caller waiting for "open" knows both.
     let stomp_listener = match settings.stomp_listen {
         Some(stomp_addr) => {
             let stomp = TcpListener::bind(stomp_addr).await.map_err(|e| {
-                std::io::Error::new(e.kind(), format!("STOMP listener {stomp_addr}: {e}"))
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {stomp_addr} (STOMP): {e}"),
+                )
             })?;
             let scheme = if tls.is_some() { "stomp+ssl" } else { "stomp" };
             let local = stomp.local_addr()?;
@@ -132,6 +140,12 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
 fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
+    // What `connect` replies as `ping`: the keepalive interval WebSockets really get.
+    hub_cfg.ping_interval_secs = settings
+        .server
+        .protocol
+        .ping_interval
+        .map_or(0, |d| d.as_secs());
     if settings.demo.is_some() {
         for (name, opts) in crate::demo::namespaces() {
             if !settings.namespaces.iter().any(|(n, _)| *n == name) {

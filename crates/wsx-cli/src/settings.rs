@@ -18,7 +18,7 @@ macro_rules! settings {
         pub struct ServeArgs {
             /// TOML file with any of the settings below (keys in snake_case, e.g.
             /// max_message_size = "1MiB"). Flags and environment variables override it.
-            #[arg(long, env = "WSX_CONFIG", value_name = "FILE")]
+            #[arg(long, env = "WSX_CONFIG", hide_env_values = true, value_name = "FILE")]
             pub config: Option<PathBuf>,
             $(
                 #[arg(long, env = $env, hide_env_values = true, value_name = $value,
@@ -233,9 +233,23 @@ impl ServeArgs {
                 key: "config".into(),
                 reason: format!("{}: {e}", path.display()),
             })?;
-            file = text.parse::<toml::Table>().map_err(|e| SettingError {
-                key: "config".into(),
-                reason: format!("{}: {}", path.display(), e.message()),
+            file = text.parse::<toml::Table>().map_err(|e| {
+                // Line and column (1-based) of where the parser stopped.
+                let at = e.span().map(|span| {
+                    let before = &text[..span.start.min(text.len())];
+                    let line = before.matches('\n').count() + 1;
+                    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+                    format!(":{line}:{column}")
+                });
+                SettingError {
+                    key: "config".into(),
+                    reason: format!(
+                        "{}{}: {}",
+                        path.display(),
+                        at.unwrap_or_default(),
+                        e.message()
+                    ),
+                }
             })?;
             if let Some(unknown) = file
                 .keys()

@@ -174,7 +174,8 @@ async fn bench_against_a_wsx_server_produces_a_report() {
     let url = format!("ws://{addr}/echo");
     let (code, out, err) = run(
         &[
-            "bench", &url, "-c", "4", "-d", "2", "-s", "1KiB", "-w", "200ms", "-t", "1s", "--json",
+            "bench", &url, "-c", "4", "--depth", "2", "-s", "1KiB", "-w", "200ms", "-d", "1s",
+            "--json",
         ],
         "",
     )
@@ -187,7 +188,7 @@ async fn bench_against_a_wsx_server_produces_a_report() {
     assert!(r["rtt_us_p50"].as_u64().unwrap() > 0);
     assert!(r["rtt_us_p99"].as_u64().unwrap() >= r["rtt_us_p50"].as_u64().unwrap());
     let (code, out, err) = run(
-        &["bench", &url, "-c", "2", "-w", "100ms", "-t", "500ms"],
+        &["bench", &url, "-c", "2", "-w", "100ms", "-d", "500ms"],
         "",
     )
     .await;
@@ -215,7 +216,7 @@ async fn bench_reports_connect_errors() {
             "2",
             "-w",
             "0s",
-            "-t",
+            "-d",
             "200ms",
             "--json",
         ],
@@ -548,4 +549,131 @@ async fn demo_judge_says_when_python_is_missing_and_demo_off_removes_it() {
         format!("GET /demo/judge/problem HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     let r = http(&addr, &get).await;
     assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+}
+
+#[tokio::test]
+async fn argument_errors_print_clap_s_whole_message_and_exit_2() {
+    let (code, _, err) = run(&["bench"], "").await;
+    assert_eq!(code, 2);
+    assert!(err.contains("<URL>"), "names the missing argument: {err}");
+    assert!(err.contains("Usage:"), "{err}");
+    let (code, _, err) = run(&["serve", "--max-conections", "5"], "").await;
+    assert_eq!(code, 2);
+    assert!(err.contains("--max-connections"), "keeps clap's tip: {err}");
+}
+
+#[tokio::test]
+async fn bench_takes_d_as_the_duration_and_depth_by_name_and_stops_when_nothing_connects() {
+    let (_server, addr) = serve(&[]).await;
+    let url = format!("ws://{addr}/echo");
+    let (code, out, err) = run(
+        &[
+            "bench", &url, "-c", "1", "--depth", "3", "-w", "300ms", "-d", "500ms", "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["depth"], 3);
+    assert_eq!(r["seconds"], 0.5);
+    // A dead port: every connection fails, the run stops at once (not after the 1 s
+    // warm-up and 5 s duration) and says why.
+    let start = std::time::Instant::now();
+    let (code, _, err) = run(&["bench", "ws://127.0.0.1:1/echo", "-c", "3"], "").await;
+    assert_ne!(code, 0);
+    assert!(err.contains("connect failed"), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        start.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn connect_says_what_went_wrong_with_a_url() {
+    let (_server, addr) = serve(&[]).await;
+    // wss:// to a plain server.
+    let (code, _, err) = run(&["connect", &format!("wss://{addr}/echo")], "").await;
+    assert_eq!(code, 3);
+    assert!(
+        err.contains("did not answer with TLS") && err.contains("ws://"),
+        "{err}"
+    );
+    // Not a URL: a usage error.
+    let (code, _, err) = run(&["connect", "localhost:3000/echo"], "").await;
+    assert_eq!(code, 2, "{err}");
+    // http:// is taken as ws://, and --help says so and lists the exit statuses.
+    let (code, out, _) = run(&["connect", &format!("http://{addr}/echo")], "hi\n").await;
+    assert_eq!((code, out.as_str()), (0, "hi\n"));
+    let (_, help, _) = run(&["connect", "--help"], "").await;
+    assert!(help.contains("http://"), "{help}");
+    for status in ["0  ", "1  ", "2  ", "3  ", "4  "] {
+        assert!(help.contains(status), "exit status {status} in:\n{help}");
+    }
+}
+
+#[tokio::test]
+async fn serve_errors_name_the_address_and_the_place_in_the_file() {
+    let (_server, addr) = serve(&[]).await;
+    let (code, _, err) = run(&["serve", "--listen", &addr], "").await;
+    assert_ne!(code, 0);
+    assert!(err.contains(&addr) && err.contains("in use"), "{err}");
+    let dir = std::env::temp_dir().join(format!("wsx-toml-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(&file, "listen = \"127.0.0.1:0\"\nmax_connections = = 5\n").unwrap();
+    let (code, _, err) = run(&["serve", "--config", file.to_str().unwrap()], "").await;
+    assert_eq!(code, 2);
+    assert!(err.contains("bad.toml:2:"), "line and column: {err}");
+    let (_, help, _) = run(&["serve", "--help"], "").await;
+    assert!(!help.contains("WSX_CONFIG="), "{help}");
+}
+
+#[tokio::test]
+async fn http_edges_answer_with_what_to_do() {
+    let key = "cli-edges-api-key-0123456789";
+    let (_server, addr) = serve(&["--api-key", key, "--ping-interval", "10s"]).await;
+    // The connect reply reports the keepalive the server really uses.
+    let (mut ws, _) = wsx::connect(
+        &format!("ws://{addr}/connection/websocket"),
+        &ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    ws.send(Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+        panic!("no reply")
+    };
+    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+    assert_eq!(v["connect"]["ping"], 10, "{v}");
+    // GET on an API method: 405, Allow, a JSON error.
+    let r = http(
+        &addr,
+        &format!("GET /api/publish HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 405"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("allow: post"), "{r}");
+    assert!(r.contains("\"error\""), "{r}");
+    // Disconnecting a client that does not exist.
+    let r = post(
+        &addr,
+        "/api/disconnect",
+        &format!("Authorization: apikey {key}\r\n"),
+        r#"{"client":"12345"}"#,
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 404"), "{r}");
+    assert!(r.contains("no such client") && r.contains("113"), "{r}");
+    // A browser opening the echo endpoint: what it is and how to use it.
+    let r = http(
+        &addr,
+        &format!("GET /echo HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 426"), "{r}");
+    assert!(r.contains("/echo is a WebSocket endpoint"), "{r}");
 }

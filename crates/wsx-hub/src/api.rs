@@ -53,7 +53,7 @@ struct Api {
 /// The API routes, to merge into the server's router.
 pub fn router(hub: Arc<Hub>, cfg: ApiConfig) -> Router {
     Router::new()
-        .route("/api/{method}", post(call))
+        .route("/api/{method}", post(call).fallback(not_post))
         .with_state(Api {
             hub,
             cfg: Arc::new(cfg),
@@ -74,9 +74,8 @@ fn error(status: StatusCode, code: u16, message: impl Into<String>) -> Response 
 /// protocol's code).
 fn status_of(e: &HubError) -> StatusCode {
     match e {
-        HubError::UnknownChannel | HubError::UnknownNamespace(_) | HubError::EpochChanged => {
-            StatusCode::NOT_FOUND
-        }
+        HubError::UnknownChannel | HubError::UnknownNamespace(_) => StatusCode::NOT_FOUND,
+        HubError::EpochChanged => StatusCode::CONFLICT,
         HubError::BadChannel(_) | HubError::NotAvailable(_) | HubError::LimitExceeded(_) => {
             StatusCode::BAD_REQUEST
         }
@@ -87,6 +86,18 @@ fn status_of(e: &HubError) -> StatusCode {
 
 fn reply_error(e: HubError) -> Response {
     error(status_of(&e), error_code(&e), e.to_string())
+}
+
+/// Every API method is a POST: anything else gets 405 with `Allow` and a JSON error.
+async fn not_post() -> Response {
+    let mut r = error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        codes::BAD_REQUEST,
+        "the API takes POST with a JSON body",
+    );
+    r.headers_mut()
+        .insert(http::header::ALLOW, http::HeaderValue::from_static("POST"));
+    r
 }
 
 fn ok(result: Value) -> Response {
@@ -246,6 +257,13 @@ async fn call(
                 reconnect: req.reconnect,
             };
             let n = api.hub.disconnect(user, client, why);
+            if n == 0 && user.is_none() {
+                return error(
+                    StatusCode::NOT_FOUND,
+                    codes::UNKNOWN_CLIENT,
+                    "no such client",
+                );
+            }
             Ok(json!({ "disconnected": n }))
         }
         other => {

@@ -177,3 +177,46 @@ async fn a_session_dropped_mid_flight_leaves_no_subscription_or_presence() {
     );
     assert_eq!(hub.metrics().subscriptions.load(Ordering::Relaxed), 0);
 }
+
+#[tokio::test]
+async fn before_connect_anything_but_connect_closes_with_3009_malformed_or_binary_too() {
+    let (_hub, url) = server(HubConfig::default()).await;
+    for first in [Message::text("{not json"), Message::binary(vec![1u8, 2, 3])] {
+        let mut ws = open(&url).await;
+        ws.send(first).await.unwrap();
+        match ws.next().await.unwrap().unwrap() {
+            Message::Close(Some(f)) => assert_eq!(f.code, wsx::CloseCode(3009)),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn ids_are_echoed_when_given_and_must_be_integers() {
+    let (_hub, url) = server(HubConfig::default()).await;
+    let mut ws = open(&url).await;
+    send(&mut ws, r#"{"id":1,"connect":{}}"#).await;
+    let r = send(&mut ws, r#"{"ping":{}}"#).await;
+    assert_eq!(r, json!({"ping": {}}), "no id given, none answered");
+    let r = send(&mut ws, r#"{"id":"seven","ping":{}}"#).await;
+    assert_eq!(r["error"]["code"], 107);
+    assert!(r.get("id").is_none(), "{r}");
+    let r = send(&mut ws, r#"{"id":7,"ping":{}}"#).await;
+    assert_eq!(r, json!({"id": 7, "ping": {}}));
+}
+
+#[tokio::test]
+async fn history_since_another_epoch_has_its_own_code() {
+    let (_hub, url) = server(HubConfig::default()).await;
+    let mut ws = open(&url).await;
+    send(&mut ws, r#"{"id":1,"connect":{}}"#).await;
+    send(&mut ws, r#"{"id":2,"publish":{"channel":"h","data":1}}"#).await;
+    let r = send(
+        &mut ws,
+        r#"{"id":3,"history":{"channel":"h","since":{"offset":0,"epoch":"not-this-one"}}}"#,
+    )
+    .await;
+    assert_eq!(r["error"]["code"], 112, "{r}");
+    let r = send(&mut ws, r#"{"id":4,"history":{"channel":"nothing-here"}}"#).await;
+    assert!(r["error"].is_null() || r["error"]["code"] == 102, "{r}");
+}

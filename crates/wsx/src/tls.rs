@@ -58,7 +58,27 @@ pub(crate) async fn connect(
     let name = ServerName::try_from(host.to_string())
         .map_err(|e| Error::Tls(format!("server name {host}: {e}")))?;
     let connector = tokio_rustls::TlsConnector::from(config);
-    Ok(connector.connect(name, tcp).await?)
+    connector.connect(name, tcp).await.map_err(tls_error)
+}
+
+/// A TLS handshake's I/O error, said plainly where it has a common cause: a server that
+/// answers in plain text (a `ws://` server reached with `wss://`) sends bytes that are
+/// not a TLS record.
+fn tls_error(e: std::io::Error) -> Error {
+    let plain = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| {
+            matches!(
+                r,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if plain {
+        Error::Tls("the server did not answer with TLS: is it a ws:// server (try ws:// instead of wss://)?".into())
+    } else {
+        Error::Io(e)
+    }
 }
 
 /// Read every certificate of a PEM file (a chain: leaf first).

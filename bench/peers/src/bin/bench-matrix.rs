@@ -133,13 +133,13 @@ fn run_point(
             &conns.to_string(),
             "-s",
             &size.to_string(),
-            "-d",
+            "--depth",
             &depth.to_string(),
         ])
         .args([
             "-w",
             &format!("{warmup}s"),
-            "-t",
+            "-d",
             &format!("{duration}s"),
             "--threads",
             "1",

@@ -4,6 +4,15 @@
 //! climbs. Server pinned to core 0, this process to core 1 (by scripts/bench).
 //!
 //! fanout WSX_BIN [--subscribers N] [--seconds S] [--rates 10,50,100,...] [--floor]
+//!        [--protocol native|stomp] [--publisher api|stomp] [--stomp-broker WS_URL]
+//!
+//! `--protocol stomp`: the subscribers speak STOMP 1.2 over WebSocket (`/stomp`,
+//! `SUBSCRIBE /topic/fanout`). `--publisher stomp`: one STOMP client publishes (a `SEND`
+//! with a receipt per publication, awaited as the HTTP API's response is).
+//! `--stomp-broker ws://127.0.0.1:15674/ws`: no `wsx serve`; STOMP subscribers and a
+//! STOMP publisher against that broker (RabbitMQ Web-STOMP, say, started and pinned by
+//! the caller). Every publication's body carries its sequence number (`"o"`), so the
+//! same latency accounting works for any broker.
 //!
 //! `--floor` replaces `wsx serve` by the loopback floor: a process (pinned the same way)
 //! that holds N plain TCP connections and writes each pre-built push frame to all of
@@ -32,7 +41,16 @@ fn pct(v: &mut [f64], p: f64) -> f64 {
 
 /// Parse `"offset":N` out of a pub push without a JSON parser.
 fn offset_of(text: &str) -> Option<u64> {
-    let i = text.find("\"offset\":")? + 9;
+    number_after(text, "\"offset\":")
+}
+
+/// The sequence number a publication's body carries (`{"k":K,"o":N}`).
+fn seq_of(text: &str) -> Option<u64> {
+    number_after(text, "\"o\":")
+}
+
+fn number_after(text: &str, key: &str) -> Option<u64> {
+    let i = text.find(key)? + key.len();
     let digits: String = text[i..]
         .chars()
         .take_while(|c| c.is_ascii_digit())
@@ -72,6 +90,72 @@ async fn post(conn: &mut TcpStream, host: &str, body: &str) -> bool {
             }
         }
     }
+}
+
+/// A STOMP 1.2 client over WebSocket: CONNECT, then `SUBSCRIBE /topic/fanout` (with a
+/// receipt) when `subscribe`; returns once the broker has confirmed.
+async fn stomp_client(
+    tcp: TcpStream,
+    host: &str,
+    path: &str,
+    subscribe: bool,
+) -> wsx::WebSocket<TcpStream> {
+    let cfg = wsx::ClientConfig::default().subprotocols(["v12.stomp"]);
+    let (mut ws, _) = wsx::client_handshake(tcp, host, path, &cfg)
+        .await
+        .expect("STOMP handshake");
+    ws.send(wsx::Message::text(
+        "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0",
+    ))
+    .await
+    .expect("CONNECT");
+    let want = if subscribe {
+        ws.send(wsx::Message::text(
+            "SUBSCRIBE\nid:0\ndestination:/topic/fanout\nreceipt:ready\n\n\0",
+        ))
+        .await
+        .expect("SUBSCRIBE");
+        "RECEIPT"
+    } else {
+        "CONNECTED"
+    };
+    while let Some(Ok(msg)) = ws.next().await {
+        let bytes = match &msg {
+            wsx::Message::Text(t) => t.as_str().as_bytes(),
+            wsx::Message::Binary(b) => &b[..],
+            _ => continue,
+        };
+        if bytes.starts_with(b"ERROR") {
+            panic!("STOMP ERROR: {}", String::from_utf8_lossy(bytes));
+        }
+        if bytes.starts_with(want.as_bytes()) {
+            break;
+        }
+    }
+    ws
+}
+
+/// Publish one message with a STOMP `SEND` and wait for its receipt.
+async fn stomp_publish(ws: &mut wsx::WebSocket<TcpStream>, k: usize, seq: usize) -> bool {
+    let body = format!("{{\"k\":{k},\"o\":{seq}}}");
+    let frame = format!(
+        "SEND\ndestination:/topic/fanout\ncontent-type:application/json\nreceipt:{seq}\ncontent-length:{}\n\n{body}\0",
+        body.len()
+    );
+    if ws.send(wsx::Message::text(frame)).await.is_err() {
+        return false;
+    }
+    while let Some(Ok(msg)) = ws.next().await {
+        if let wsx::Message::Text(t) = &msg {
+            if t.as_str().starts_with("RECEIPT") {
+                return true;
+            }
+            if t.as_str().starts_with("ERROR") {
+                return false;
+            }
+        }
+    }
+    false
 }
 
 /// The floor's sender: accept `n` connections on `port`, then for each stdin line
@@ -149,6 +233,24 @@ async fn main() {
         return tokio::task::block_in_place(|| floor_sender(port, n));
     }
     let floor = args.iter().any(|a| a == "--floor");
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let broker = value("--stomp-broker");
+    let stomp = broker.is_some() || value("--protocol").as_deref() == Some("stomp");
+    let stomp_publisher = broker.is_some() || value("--publisher").as_deref() == Some("stomp");
+    // The broker's host:port and WebSocket path.
+    let (broker_host, broker_path) = match &broker {
+        Some(url) => {
+            let rest = url.strip_prefix("ws://").expect("ws:// broker URL");
+            let (hp, path) = rest.split_once('/').unwrap_or((rest, ""));
+            (Some(hp.to_string()), format!("/{path}"))
+        }
+        None => (None, "/stomp".to_string()),
+    };
     let wsx = args
         .get(1)
         .cloned()
@@ -171,11 +273,25 @@ async fn main() {
         .filter_map(|r| r.parse().ok())
         .collect();
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or(3999);
-    let mut server = if floor {
+    let port = match &broker_host {
+        Some(hp) => hp
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("broker port"),
+        None => std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap_or(3999),
+    };
+    let mut server = if broker.is_some() {
+        // An external broker: a placeholder child so the code below stays one path.
+        Command::new("sleep")
+            .arg("infinity")
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("sleep")
+    } else if floor {
         let me = std::env::current_exe().expect("own path");
         Command::new("taskset")
             .args(["-c", "0"])
@@ -211,9 +327,11 @@ async fn main() {
             .expect("start wsx serve")
     };
     let mut lines = BufReader::new(server.stderr.take().expect("stderr")).lines();
-    while let Some(Ok(l)) = lines.next() {
-        if l.contains("open http://") {
-            break;
+    while broker.is_none() {
+        match lines.next() {
+            Some(Ok(l)) if l.contains("open http://") => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the server ended before listening"),
         }
     }
     std::thread::spawn(move || for _ in lines {});
@@ -229,6 +347,7 @@ async fn main() {
         receipts.push(got.clone());
         let ready = ready_tx.clone();
         let host = host.clone();
+        let path = broker_path.clone();
         let permit = gate.clone().acquire_owned().await.expect("semaphore");
         tokio::spawn(async move {
             let src = std::net::SocketAddr::from(([127, 0, 0, 2 + (i % 50) as u8], 0));
@@ -243,6 +362,24 @@ async fn main() {
                 drop(permit);
                 let _ = ready.send(());
                 return floor_reader(tcp, got).await;
+            }
+            if stomp {
+                let mut ws = stomp_client(tcp, &host, &path, true).await;
+                drop(permit);
+                let _ = ready.send(());
+                while let Some(Ok(msg)) = ws.next().await {
+                    let bytes = match &msg {
+                        wsx::Message::Text(t) => t.as_str().as_bytes(),
+                        wsx::Message::Binary(b) => &b[..],
+                        _ => continue,
+                    };
+                    if bytes.starts_with(b"MESSAGE") {
+                        if let Some(seq) = seq_of(&String::from_utf8_lossy(bytes)) {
+                            record(&got, seq, Instant::now());
+                        }
+                    }
+                }
+                return;
             }
             let (mut ws, _) = wsx::client_handshake(
                 tcp,
@@ -297,7 +434,14 @@ async fn main() {
         })
         .unwrap_or(0);
 
-    let mut publisher = if floor {
+    let mut stomp_pub = if stomp_publisher {
+        let tcp = TcpStream::connect(&host).await.expect("STOMP publisher");
+        tcp.set_nodelay(true).ok();
+        Some(stomp_client(tcp, &host, &broker_path, false).await)
+    } else {
+        None
+    };
+    let mut publisher = if floor || stomp_publisher {
         None
     } else {
         let p = TcpStream::connect(&host).await.expect("publisher");
@@ -310,13 +454,16 @@ async fn main() {
         (stdin, stdout.lines())
     });
     let mut published: Vec<Instant> = vec![Instant::now()]; // index = offset (1-based)
+    let what = match (&broker, floor, stomp, stomp_publisher) {
+        (Some(url), ..) => format!(" of the STOMP broker at {url} (STOMP subscribers and publisher)"),
+        (None, true, ..) => " floor (plain TCP, one write per connection, no server)".into(),
+        (None, false, true, true) => " of wsx over STOMP (STOMP subscribers and publisher)".into(),
+        (None, false, true, false) => " of wsx over STOMP (STOMP subscribers, HTTP API publisher)".into(),
+        (None, false, false, _) => " of wsx, native protocol (HTTP API publisher)".into(),
+    };
+    let rss = if broker.is_some() { 0 } else { rss };
     println!(
-        "\nfan-out{}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
-        if floor {
-            " floor (plain TCP, one write per connection, no server)"
-        } else {
-            ""
-        },
+        "\nfan-out{what}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
         rss / 1024
     );
     println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms |");
@@ -330,9 +477,16 @@ async fn main() {
             let at = start + period * k as u32;
             tokio::time::sleep_until(at.into()).await;
             published.push(Instant::now());
+            let seq = published.len() - 1;
             let ok = match (&mut publisher, &mut floor_io) {
+                _ if stomp_pub.is_some() => match &mut stomp_pub {
+                    Some(ws) => stomp_publish(ws, k, seq).await,
+                    None => false,
+                },
                 (Some(p), _) => {
-                    let body = format!("{{\"channel\":\"fanout\",\"data\":{{\"k\":{k}}}}}");
+                    let body = format!(
+                        "{{\"channel\":\"fanout\",\"data\":{{\"k\":{k},\"o\":{seq}}}}}"
+                    );
                     post(p, &host, &body).await
                 }
                 (None, Some((stdin, stdout))) => {

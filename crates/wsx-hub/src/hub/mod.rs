@@ -51,7 +51,9 @@ pub struct HubConfig {
     pub queue: QueueLimits,
     /// Subscriptions one connection may hold. Default: 128.
     pub max_subscriptions: usize,
-    /// The ping interval announced to clients, in seconds. Default: 25.
+    /// The keepalive interval announced to native clients in the `connect` reply, in
+    /// seconds (0: none); a server sets it to the WebSocket ping interval it uses.
+    /// Default: 30 (wsx's default `ping_interval`).
     pub ping_interval_secs: u64,
     /// Connection tokens.
     pub auth: auth::AuthConfig,
@@ -78,7 +80,7 @@ impl Default for HubConfig {
             },
             queue: QueueLimits::default(),
             max_subscriptions: 128,
-            ping_interval_secs: 25,
+            ping_interval_secs: 30,
             auth: auth::AuthConfig::default(),
             write_timeout: std::time::Duration::from_secs(30),
             max_info_size: 256,

@@ -35,6 +35,11 @@ pub mod codes {
     pub const NOT_SUBSCRIBED: u16 = 110;
     /// The backplane is unavailable; the command was not done and may be retried.
     pub const UNAVAILABLE: u16 = 111;
+    /// `history`'s `since` names another epoch of the stream (it was reset: the server
+    /// restarted, say); its offsets mean nothing now.
+    pub const EPOCH_CHANGED: u16 = 112;
+    /// No such client (HTTP API `disconnect` and `unsubscribe` by client id).
+    pub const UNKNOWN_CLIENT: u16 = 113;
 }
 
 /// Close codes of the native protocol (RFC 6455 §7.4.2 private range).
@@ -169,8 +174,10 @@ impl Command {
 /// Why a command could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
-    /// Not a JSON object with a numeric `id`.
+    /// Not a JSON object.
     Malformed(String),
+    /// An `id` that is not a non-negative integer.
+    BadId,
     /// No method key.
     NoCommand,
     /// More than one method key.
@@ -200,6 +207,7 @@ impl std::fmt::Display for DecodeError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             DecodeError::Malformed(why) => write!(f, "malformed JSON: {why}"),
+            DecodeError::BadId => f.write_str("`id` must be a non-negative integer"),
             DecodeError::NoCommand => f.write_str("no command"),
             DecodeError::SeveralCommands(m) => {
                 write!(f, "one command per message, got {}", m.join(", "))
@@ -213,7 +221,7 @@ impl std::fmt::Display for DecodeError {
 #[derive(Deserialize)]
 struct Envelope {
     #[serde(default)]
-    id: u64,
+    id: Option<Value>,
     #[serde(flatten)]
     methods: Map<String, Value>,
 }
@@ -225,13 +233,20 @@ fn args<T: for<'de> Deserialize<'de>>(method: &'static str, body: Value) -> Resu
     })
 }
 
-/// Decode one command: its `id` (0 when absent or unreadable) and the command.
-pub fn decode(text: &str) -> (u64, Result<Command, DecodeError>) {
+/// Decode one command: its `id` (`None` when absent or unreadable: the reply then has
+/// none) and the command.
+pub fn decode(text: &str) -> (Option<u64>, Result<Command, DecodeError>) {
     let env: Envelope = match serde_json::from_str(text) {
         Ok(e) => e,
-        Err(e) => return (0, Err(DecodeError::Malformed(e.to_string()))),
+        Err(e) => return (None, Err(DecodeError::Malformed(e.to_string()))),
     };
-    let id = env.id;
+    let id = match env.id {
+        None => None,
+        Some(v) => match v.as_u64() {
+            Some(id) => Some(id),
+            None => return (None, Err(DecodeError::BadId)),
+        },
+    };
     let mut methods = env.methods.into_iter();
     let (method, body) = match (methods.next(), methods.len()) {
         (None, _) => return (id, Err(DecodeError::NoCommand)),
@@ -256,14 +271,23 @@ pub fn decode(text: &str) -> (u64, Result<Command, DecodeError>) {
     (id, command)
 }
 
-/// A successful reply.
-pub fn reply(id: u64, method: &str, result: Value) -> String {
-    json!({ "id": id, method: result }).to_string()
+/// A successful reply (with the command's `id`, if it had one).
+pub fn reply(id: Option<u64>, method: &str, result: Value) -> String {
+    match id {
+        Some(id) => json!({ "id": id, method: result }),
+        None => json!({ method: result }),
+    }
+    .to_string()
 }
 
-/// An error reply.
-pub fn error_reply(id: u64, code: u16, message: &str) -> String {
-    json!({ "id": id, "error": { "code": code, "message": message } }).to_string()
+/// An error reply (with the command's `id`, if it had one).
+pub fn error_reply(id: Option<u64>, code: u16, message: &str) -> String {
+    let error = json!({ "code": code, "message": message });
+    match id {
+        Some(id) => json!({ "id": id, "error": error }),
+        None => json!({ "error": error }),
+    }
+    .to_string()
 }
 
 /// A publication's `data` as JSON text, by the payload rules of `docs/protocol.md`:
@@ -353,7 +377,7 @@ mod tests {
     #[test]
     fn two_method_keys_are_a_bad_request_not_one_of_them() {
         let (id, r) = decode(r#"{"id":2,"subscribe":{"channel":"a"},"history":{"channel":"a"}}"#);
-        assert_eq!(id, 2);
+        assert_eq!(id, Some(2));
         let e = r.unwrap_err();
         assert_eq!(e.code(), codes::BAD_REQUEST);
         assert!(
@@ -376,15 +400,21 @@ mod tests {
         let (_, r) = decode(r#"{"id":1}"#);
         assert_eq!(r.unwrap_err(), DecodeError::NoCommand);
         let (id, r) = decode("not json");
-        assert_eq!(id, 0);
+        assert_eq!(id, None);
         assert!(matches!(r, Err(DecodeError::Malformed(_))));
+        let (id, r) = decode(r#"{"id":"7","ping":{}}"#);
+        assert_eq!((id, r.unwrap_err()), (None, DecodeError::BadId));
+        let (id, r) = decode(r#"{"ping":{}}"#);
+        assert_eq!(id, None);
+        assert!(r.is_ok());
+        assert_eq!(reply(None, "ping", json!({})), r#"{"ping":{}}"#);
     }
 
     #[test]
     fn commands_decode_into_their_variant() {
         let (id, r) =
             decode(r#"{"id":7,"subscribe":{"channel":"c","recover":true,"offset":3,"epoch":"e"}}"#);
-        assert_eq!(id, 7);
+        assert_eq!(id, Some(7));
         let Ok(Command::Subscribe(s)) = r else {
             panic!("{r:?}")
         };

@@ -50,9 +50,8 @@ pub fn error_code(e: &HubError) -> u16 {
         | HubError::NotConnected
         | HubError::AlreadyConnected
         | HubError::UnknownMessage => codes::BAD_REQUEST,
-        HubError::UnknownNamespace(_) | HubError::UnknownChannel | HubError::EpochChanged => {
-            codes::UNKNOWN_CHANNEL
-        }
+        HubError::UnknownNamespace(_) | HubError::UnknownChannel => codes::UNKNOWN_CHANNEL,
+        HubError::EpochChanged => codes::EPOCH_CHANGED,
         HubError::Unauthorized(TokenError::Expired) => codes::TOKEN_EXPIRED,
         HubError::Unauthorized(_) => codes::UNAUTHORIZED,
         HubError::PermissionDenied(_) => codes::PERMISSION_DENIED,
@@ -151,7 +150,11 @@ impl Session {
         let (id, command) = codec::decode(text);
         let command = match command {
             Ok(c) => c,
-            // A command that is not even JSON before `connect` counts as a bad command.
+            // Before `connect`, anything but a `connect` closes the connection (3009),
+            // a malformed command included.
+            Err(_) if !self.hub.is_connected() => {
+                return Outcome::Close(close::NOT_CONNECTED, "connect first")
+            }
             Err(e) => return self.bad(id, e.into()),
         };
         if !self.hub.is_connected() && !matches!(command, Command::Connect(_)) {
@@ -165,7 +168,7 @@ impl Session {
         }
     }
 
-    fn bad(&mut self, id: u64, e: ReplyError) -> Outcome {
+    fn bad(&mut self, id: Option<u64>, e: ReplyError) -> Outcome {
         self.bad_commands += 1;
         if self.bad_commands > MAX_BAD_COMMANDS {
             Outcome::Close(close::BAD_REQUEST, "too many bad commands")
@@ -292,7 +295,10 @@ impl Session {
                 msg = ws.next() => {
                     let outcome = match msg {
                         Some(Ok(Message::Text(t))) => self.handle(t.as_str()).await,
-                        Some(Ok(Message::Binary(_))) => self.bad(0, ReplyError {
+                        Some(Ok(Message::Binary(_))) if !self.hub.is_connected() => {
+                            Outcome::Close(close::NOT_CONNECTED, "connect first")
+                        }
+                        Some(Ok(Message::Binary(_))) => self.bad(None, ReplyError {
                             code: codes::BAD_REQUEST,
                             message: "binary frames are not commands".into(),
                         }),

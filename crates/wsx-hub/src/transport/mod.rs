@@ -112,6 +112,17 @@ impl Gate {
         F: FnOnce(WebSocket<UpgradedIo>, Accepted) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        if !wsx::upgrade::is_upgrade_request(req) {
+            // A browser or curl opening the URL: say what the endpoint is.
+            let path = req.uri().path().to_string();
+            return self.refuse(
+                peer,
+                Refusal::new(
+                    426,
+                    format!("{path} is a WebSocket endpoint: open it with a WebSocket client (ws:// or wss://), e.g. wsx connect ws://HOST{path}"),
+                ),
+            );
+        }
         let slot = match self.admit() {
             Ok(slot) => slot,
             Err(refusal) => return self.refuse(peer, refusal),
