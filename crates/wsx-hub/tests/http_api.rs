@@ -167,8 +167,9 @@ async fn auth_and_errors() {
     assert_eq!((status, body["error"]["code"].as_u64()), (403, Some(103)));
     let (status, body) = post(&addr, "/api/publish", Some(KEY), "{nope").await;
     assert_eq!((status, body["error"]["code"].as_u64()), (400, Some(107)));
-    let (status, _) = post(&addr, "/api/presence", Some(KEY), r#"{"channel":"nobody"}"#).await;
-    assert_eq!(status, 404);
+    // Nobody present: an empty answer, whether or not the channel ever had state.
+    let (status, body) = post(&addr, "/api/presence", Some(KEY), r#"{"channel":"nobody"}"#).await;
+    assert_eq!((status, &body["result"]["presence"]), (200, &json!({})));
     let (status, _) = post(&addr, "/api/frobnicate", Some(KEY), "{}").await;
     assert_eq!(status, 404);
     let big = format!(r#"{{"channel":"c","data":"{}"}}"#, "x".repeat(70 * 1024));
