@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
@@ -23,7 +25,21 @@ fn root() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The namespaces these tests' channels are in (`/topic/x:mix` is the channel `x:mix`
+/// of the namespace `x`); `news` keeps history for recovery.
+const NAMESPACES: &str = "[namespaces.x]\n[namespaces.node]\n[namespaces.py]\n\
+                          [namespaces.news]\nhistory_size = 100\n";
+
+fn config_file() -> String {
+    let dir = std::env::temp_dir().join(format!("wsx-stomp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("namespaces.toml");
+    std::fs::write(&path, NAMESPACES).unwrap();
+    path.display().to_string()
+}
+
 async fn server() -> (tokio::process::Child, String, String) {
+    let config = config_file();
     serve_stomp(&[
         "--stomp-users",
         "guest:guest",
@@ -31,6 +47,8 @@ async fn server() -> (tokio::process::Child, String, String) {
         KEY,
         "--demo",
         "off",
+        "--config",
+        &config,
     ])
     .await
 }
@@ -538,20 +556,24 @@ async fn a_stomp_subscriber_that_never_reads_is_dropped_while_others_get_everyth
     let mut fine = Raw::connected(&stomp, "").await;
     fine.subscribe("1", "/topic/flood", "").await;
     // 3,000 publications of 4 KiB: more than a socket buffer and the queue (4 MiB).
+    // They go out in batches that the reading subscriber keeps up with, so only the
+    // one that never reads falls behind, however loaded the machine is.
     let big = "y".repeat(4096);
     let n = 3000;
+    let got = Arc::new(AtomicUsize::new(0));
+    let counter = got.clone();
     let reader = tokio::spawn(async move {
-        let mut got = 0;
-        while got < n {
+        while counter.load(Ordering::Relaxed) < n {
             match fine.try_frame(Duration::from_secs(10)).await {
-                Some(f) if f.command == Command::Message => got += 1,
+                Some(f) if f.command == Command::Message => {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(_) => {}
                 None => break,
             }
         }
-        got
     });
-    for _ in 0..n / 100 {
+    for batch in 1..=n / 100 {
         let channels: Vec<&str> = vec!["flood"; 100];
         let r = api(
             &addr,
@@ -560,9 +582,17 @@ async fn a_stomp_subscriber_that_never_reads_is_dropped_while_others_get_everyth
         )
         .await;
         assert!(r["result"].is_object(), "{r}");
+        let caught_up = tokio::time::timeout(Duration::from_secs(10), async {
+            while got.load(Ordering::Relaxed) < batch * 100 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(caught_up.is_ok(), "the reading subscriber fell behind");
     }
+    reader.await.unwrap();
     assert_eq!(
-        reader.await.unwrap(),
+        got.load(Ordering::Relaxed),
         n,
         "the reading subscriber got everything"
     );

@@ -16,7 +16,11 @@ use wsx_hub::{Hub, HubConfig};
 const KEY: &str = "test-key-0123456789";
 
 async fn server() -> String {
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let mut cfg = HubConfig::default();
+    // `judge:42` needs its namespace (with the default namespace's options).
+    let opts = cfg.default_options.clone();
+    cfg.namespaces.push(("judge".into(), opts));
+    let hub = Arc::new(Hub::new(cfg));
     let mut api = ApiConfig::default();
     api.api_key = Some(KEY.into());
     api.max_body = 64 * 1024;

@@ -10,8 +10,20 @@ use tokio::net::TcpListener;
 use wsx::{ClientConfig, CloseCode, MaybeTlsStream, Message, WebSocket};
 use wsx_hub::{Hub, HubConfig, QueueLimits};
 
+/// The namespaces these tests use, with the default namespace's options where a test
+/// did not configure them (a channel `ns:name` needs its namespace configured).
+fn with_namespaces(mut cfg: HubConfig) -> HubConfig {
+    for ns in ["chat", "news", "nick", "room", "feed", "live", "stress"] {
+        if !cfg.namespaces.iter().any(|(n, _)| n == ns) {
+            let opts = cfg.default_options.clone();
+            cfg.namespaces.push((ns.into(), opts));
+        }
+    }
+    cfg
+}
+
 async fn server(cfg: HubConfig) -> String {
-    let hub = Arc::new(Hub::new(cfg));
+    let hub = Arc::new(Hub::new(with_namespaces(cfg)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -21,7 +21,7 @@ try {
     window.pubs = [];
     window.client = new Client(url, { minReconnectDelay: 1500, maxReconnectDelay: 3000 });
     window.client.on('state', (s) => window.events.push({ state: s.state, delay: s.delay }));
-    window.client.subscribe('t:feed', {
+    window.client.subscribe('feed', {
       onPublication: (data) => window.pubs.push(data),
       onSubscribed: (s) => window.events.push({ subscribed: s.recovered === undefined ? null : s.recovered }),
     });
@@ -31,7 +31,7 @@ try {
   await page.waitForFunction(() => window.events.some((e) => 'subscribed' in e));
 
   // Live publications.
-  for (let i = 0; i < 3; i++) await api('publish', { channel: 't:feed', data: `live ${i}` });
+  for (let i = 0; i < 3; i++) await api('publish', { channel: 'feed', data: `live ${i}` });
   await page.waitForFunction(() => window.pubs.length === 3);
 
   // The server drops the client (reconnect advised); ten publications happen while it is away.
@@ -39,7 +39,7 @@ try {
   const d = await api('disconnect', { client: clientId, code: 3002, reason: 'test', reconnect: true });
   assert.equal(d.disconnected, 1);
   await page.waitForFunction(() => window.client.state === 'reconnecting');
-  for (let i = 0; i < 10; i++) await api('publish', { channel: 't:feed', data: `missed ${i}` });
+  for (let i = 0; i < 10; i++) await api('publish', { channel: 'feed', data: `missed ${i}` });
   await page.waitForFunction(() => window.pubs.length === 13, null, { timeout: 20000 });
   let pubs = await page.evaluate(() => window.pubs);
   assert.deepEqual(pubs, [...[0, 1, 2].map((i) => `live ${i}`), ...[...Array(10).keys()].map((i) => `missed ${i}`)]);
@@ -57,7 +57,7 @@ try {
   await page.waitForFunction(() => window.client.state === 'connected');
   events = await page.evaluate(() => window.events);
   assert.equal(events.filter((e) => 'subscribed' in e).at(-1).subscribed, false, JSON.stringify(events));
-  await api('publish', { channel: 't:feed', data: 'after restart' });
+  await api('publish', { channel: 'feed', data: 'after restart' });
   await page.waitForFunction(() => window.pubs.at(-1) === 'after restart');
   pubs = await page.evaluate(() => window.pubs);
   assert.equal(pubs.length, 14, 'nothing duplicated across the restart');

@@ -28,7 +28,7 @@ try {
       client.activate();
     });
     const subscribed = new Promise((r) => client.watchForReceipt('s1', r));
-    client.subscribe('/topic/web:x', (m) => window.got.push({
+    client.subscribe('/topic/web-x', (m) => window.got.push({
       text: m.body,
       bytes: Array.from(m.binaryBody),
       type: m.headers['content-type'],
@@ -38,8 +38,8 @@ try {
   }, `ws://127.0.0.1:${port}/stomp`);
   assert.deepEqual(connected, { version: '1.2', protocol: 'v12.stomp' });
 
-  await server.api('publish', { channel: 'web:x', data: { from: 'api', n: 1 } });
-  await page.evaluate(() => client.publish({ destination: '/topic/web:x', binaryBody: new Uint8Array([0xff, 0, 0xc3, 0x28]) }));
+  await server.api('publish', { channel: 'web-x', data: { from: 'api', n: 1 } });
+  await page.evaluate(() => client.publish({ destination: '/topic/web-x', binaryBody: new Uint8Array([0xff, 0, 0xc3, 0x28]) }));
   await page.waitForFunction(() => window.got.length === 2);
   const got = await page.evaluate(() => window.got);
   assert.deepEqual(JSON.parse(got[0].text), { from: 'api', n: 1 });

@@ -41,11 +41,12 @@ pub use self::session::HubSession;
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct HubConfig {
-    /// Options per namespace (`""` is the default namespace). Namespaces not listed use
-    /// `default_options`.
+    /// The namespaces and their options. A channel `ns:name` must be in one of them
+    /// (otherwise [`HubError::UnknownNamespace`]). Default: none.
     pub namespaces: Vec<(String, ChannelOptions)>,
-    /// Options of unlisted namespaces. Default: presence (without join/leave pushes, which
-    /// cost O(subscribers) per join), history of 100 publications for 5 minutes.
+    /// Options of the default namespace: channel names without `:`. Default: presence
+    /// (without join/leave pushes, which cost O(subscribers) per join), history of 100
+    /// publications for 5 minutes.
     pub default_options: ChannelOptions,
     /// Each connection's outbound queue limits.
     pub queue: QueueLimits,
@@ -186,9 +187,16 @@ impl Hub {
         n
     }
 
-    /// Parse a channel name.
+    /// Parse a channel name: `ns:name` needs the namespace `ns` configured (a typo in a
+    /// namespace is an error, not a channel with the default options); a name without
+    /// `:` is in the default namespace.
     pub fn channel(&self, name: &str) -> Result<ChannelName, HubError> {
-        Ok(ChannelName::parse(name)?)
+        let ch = ChannelName::parse(name)?;
+        let ns = ch.namespace();
+        if !ns.is_empty() && !self.config.namespaces.iter().any(|(n, _)| n == ns) {
+            return Err(HubError::UnknownNamespace(ns.to_string()));
+        }
+        Ok(ch)
     }
 
     /// Drop a subscription from this node's broker only (no backplane: for cleanup
@@ -441,6 +449,10 @@ mod tests {
     fn hub_on(backplane: Arc<dyn Backplane>) -> Arc<Hub> {
         let cfg = HubConfig {
             default_options: history_opts(),
+            namespaces: vec![
+                ("news".into(), history_opts()),
+                ("room".into(), history_opts()),
+            ],
             ..HubConfig::default()
         };
         Arc::new(Hub::with_backplane(cfg, backplane))
@@ -752,6 +764,23 @@ mod tests {
             .unwrap();
         publish_n(&hub, "news:down", 1).await;
         assert_eq!(offsets(&q), vec![1]);
+    }
+
+    #[tokio::test]
+    async fn a_namespace_must_be_configured_and_names_without_one_are_in_the_default() {
+        let hub = hub_on(Arc::new(MemoryBackplane::new()));
+        assert_eq!(
+            hub.publish("zzz:room", Payload::json("1"))
+                .await
+                .unwrap_err(),
+            HubError::UnknownNamespace("zzz".into())
+        );
+        assert_eq!(
+            hub.presence("typo:x").await.unwrap_err(),
+            HubError::UnknownNamespace("typo".into())
+        );
+        assert!(hub.publish("news:x", Payload::json("1")).await.is_ok());
+        assert!(hub.publish("lobby", Payload::json("1")).await.is_ok());
     }
 
     #[tokio::test]
