@@ -26,7 +26,7 @@ use http::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wsx::{Message, WebSocket};
 
-use self::session::Output;
+use self::session::{Output, SharedMessage};
 pub use self::session::{StompConfig, StompSession, FRONTEND};
 use crate::hub::session::HubSession;
 use crate::transport::Gate;
@@ -99,6 +99,7 @@ where
         TcpWire {
             io,
             buf: vec![0u8; 8 << 10],
+            out: Vec::new(),
         },
         stop,
     )
@@ -111,6 +112,8 @@ trait Wire {
     async fn recv(&mut self) -> Option<Bytes>;
     /// Queue bytes to send (a binary WebSocket message when `binary`).
     async fn send(&mut self, bytes: Bytes, binary: bool) -> bool;
+    /// Queue a frame shared with other recipients.
+    async fn send_shared(&mut self, m: &SharedMessage) -> bool;
     /// Send what was queued.
     async fn flush(&mut self) -> bool;
     /// Close after an `ERROR` or `DISCONNECT`, with a lingering close.
@@ -149,6 +152,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire for WsWire<S> {
         self.0.feed(msg).await.is_ok()
     }
 
+    async fn send_shared(&mut self, m: &SharedMessage) -> bool {
+        self.0.send_shared(m.ws_frame()).await.is_ok()
+    }
+
     async fn flush(&mut self) -> bool {
         self.0.flush().await.is_ok()
     }
@@ -161,6 +168,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire for WsWire<S> {
 struct TcpWire<S> {
     io: S,
     buf: Vec<u8>,
+    /// What was queued since the last flush: written in one go.
+    out: Vec<u8>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire for TcpWire<S> {
@@ -172,11 +181,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire for TcpWire<S> {
     }
 
     async fn send(&mut self, bytes: Bytes, _binary: bool) -> bool {
-        self.io.write_all(&bytes).await.is_ok()
+        self.out.extend_from_slice(&bytes);
+        true
+    }
+
+    async fn send_shared(&mut self, m: &SharedMessage) -> bool {
+        self.out.extend_from_slice(m.bytes());
+        true
     }
 
     async fn flush(&mut self) -> bool {
-        self.io.flush().await.is_ok()
+        let out = std::mem::take(&mut self.out);
+        let ok = self.io.write_all(&out).await.is_ok() && self.io.flush().await.is_ok();
+        // Keep a small buffer for the next batch; give a large one back.
+        if out.capacity() <= 64 << 10 {
+            self.out = out;
+            self.out.clear();
+        }
+        ok
     }
 
     async fn close(&mut self) {
@@ -208,6 +230,11 @@ async fn drain_output<W: Wire>(
                         return false;
                     }
                 }
+                Output::Shared(m) => {
+                    if !wire.send_shared(&m).await {
+                        return false;
+                    }
+                }
                 Output::Close => {
                     if wire.flush().await {
                         wire.close().await;
@@ -226,11 +253,23 @@ async fn run<W: Wire, F: std::future::Future<Output = ()>>(
     mut wire: W,
     stop: F,
 ) {
+    use futures_util::FutureExt;
     tokio::pin!(stop);
     let write_timeout = session.hub().hub().config().write_timeout;
     let mut stopping = false;
+    // One timer, moved when the session's deadline moves (not one per loop).
+    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+    let sleep = tokio::time::sleep_until(far());
+    tokio::pin!(sleep);
+    let mut armed: Option<Instant> = None;
+    let mut closed = false;
     loop {
-        let deadline = session.deadline().map(tokio::time::Instant::from_std);
+        let deadline = session.deadline();
+        if deadline != armed {
+            armed = deadline;
+            let at = deadline.map_or_else(far, tokio::time::Instant::from_std);
+            sleep.as_mut().reset(at);
+        }
         let connected = session.is_connected();
         tokio::select! {
             _ = &mut stop, if !stopping => {
@@ -241,23 +280,41 @@ async fn run<W: Wire, F: std::future::Future<Output = ()>>(
                 Some(bytes) => session.on_input(&bytes, Instant::now()).await,
                 None => break,
             },
-            d = session.hub().next_delivery(), if connected => match d {
-                Some(Ok(d)) => session.on_delivery(d, Instant::now()),
-                Some(Err(why)) => session.on_disconnect(&why),
-                None => break,
+            d = session.hub().next_delivery(), if connected => {
+                let now = Instant::now();
+                let mut next = d;
+                let mut taken = 0;
+                // Take what else is queued now (up to a batch), then write it at once.
+                loop {
+                    match next {
+                        Some(Ok(d)) => session.on_delivery(d, now),
+                        Some(Err(why)) => {
+                            session.on_disconnect(&why);
+                            break;
+                        }
+                        None => {
+                            closed = true;
+                            break;
+                        }
+                    }
+                    taken += 1;
+                    if taken == 64 {
+                        break;
+                    }
+                    match session.hub().next_delivery().now_or_never() {
+                        Some(d) => next = d,
+                        None => break,
+                    }
+                }
             },
-            _ = sleep_until(deadline) => session.on_time(Instant::now()),
+            _ = &mut sleep, if armed.is_some() => session.on_time(Instant::now()),
         }
-        if !drain_output(&mut session, &mut wire, write_timeout).await || session.is_closing() {
+        if !drain_output(&mut session, &mut wire, write_timeout).await
+            || session.is_closing()
+            || closed
+        {
             break;
         }
     }
     session.close().await;
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
 }

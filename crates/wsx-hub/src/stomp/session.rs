@@ -7,6 +7,7 @@ use std::sync::{Arc, LazyLock, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use wsx::SharedFrame;
 
 use super::frame::{self, Command, Decoder, Frame, FrameError, Item, Limits, Version};
 use super::heartbeat::{self, Beat, HeartBeat};
@@ -112,9 +113,54 @@ pub fn error_kind(e: &HubError) -> &'static str {
     }
 }
 
+/// A `MESSAGE` frame that every recipient alike gets (same version, subscription id,
+/// ack mode and epoch): its bytes, and the WebSocket frame made of them, each made once
+/// and shared.
+#[derive(Debug)]
+pub struct SharedMessage {
+    bytes: Bytes,
+    binary: bool,
+    ws: OnceLock<SharedFrame>,
+}
+
+impl SharedMessage {
+    fn new(bytes: Bytes, binary: bool) -> SharedMessage {
+        SharedMessage {
+            bytes,
+            binary,
+            ws: OnceLock::new(),
+        }
+    }
+
+    /// The frame's bytes (for a byte-stream transport).
+    pub fn bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
+    /// The frame as a WebSocket message, encoded on first use: binary when its body
+    /// is not UTF-8 (a text message would make browsers fail the connection).
+    pub fn ws_frame(&self) -> &SharedFrame {
+        self.ws
+            .get_or_init(|| match std::str::from_utf8(&self.bytes) {
+                Ok(text) if !self.binary => SharedFrame::text(text),
+                _ => SharedFrame::binary(&self.bytes),
+            })
+    }
+}
+
+impl PartialEq for SharedMessage {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes == other.bytes && self.binary == other.binary
+    }
+}
+
+impl Eq for SharedMessage {}
+
 /// What the session asks of its transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Output {
+    /// Send a frame shared with other recipients.
+    Shared(Arc<SharedMessage>),
     /// Send these bytes (one or more frames, or a heart-beat); `binary`: as a binary
     /// WebSocket message (a body that is not UTF-8).
     Send {
@@ -192,6 +238,28 @@ type Tails = Arc<[OnceLock<Bytes>; 3]>;
 
 static TAILS: LazyLock<EncodingSlot<Tails>> = LazyLock::new(EncodingSlot::register);
 
+/// Whole `MESSAGE` frames of a publication by what makes them differ between
+/// recipients: clients mostly use the same subscription ids (`sub-0`), so a few
+/// variants serve thousands of subscribers, each encoded once.
+#[derive(Default)]
+struct Messages {
+    variants: std::sync::Mutex<Vec<(MessageKey, Arc<SharedMessage>)>>,
+}
+
+#[derive(PartialEq, Eq)]
+struct MessageKey {
+    version: Version,
+    subscription: String,
+    ack: bool,
+    epoch: Option<String>,
+}
+
+/// At most this many variants of one publication are kept (others are encoded for
+/// their recipient alone).
+const MAX_VARIANTS: usize = 16;
+
+static MESSAGES: LazyLock<EncodingSlot<Arc<Messages>>> = LazyLock::new(EncodingSlot::register);
+
 /// Headers the server sets on `MESSAGE` frames; a publisher's own headers of these
 /// names are not passed on.
 const RESERVED: [&str; 12] = [
@@ -255,6 +323,60 @@ fn tail(p: &Publication, destination: &str, offset: bool, version: Version) -> B
         .clone()
 }
 
+/// The `MESSAGE` frame of a topic publication for one recipient: taken from the
+/// publication's variants when another recipient needed the same one.
+fn message(
+    messages: &Messages,
+    p: &Arc<Publication>,
+    channel: &str,
+    version: Version,
+    subscription: &str,
+    ack: bool,
+    epoch: Option<&str>,
+) -> Arc<SharedMessage> {
+    let same = |k: &MessageKey| {
+        k.version == version
+            && k.ack == ack
+            && k.subscription == subscription
+            && k.epoch.as_deref() == epoch
+    };
+    let mut variants = crate::hub::shards::lock(&messages.variants);
+    if let Some((_, m)) = variants.iter().find(|(k, _)| same(k)) {
+        return m.clone();
+    }
+    let tail = tail(p, &format!("/topic/{channel}"), true, version);
+    let escaped = Command::Message.escapes_headers(version);
+    let mut bytes = Vec::with_capacity(96 + tail.len());
+    bytes.extend_from_slice(b"MESSAGE\n");
+    // Unique within a session: one channel's offsets never repeat.
+    let mid = format!("t{}@{channel}", p.offset);
+    frame::encode_header("subscription", subscription, escaped, version, &mut bytes);
+    frame::encode_header("message-id", &mid, escaped, version, &mut bytes);
+    if ack {
+        frame::encode_header("ack", &mid, escaped, version, &mut bytes);
+    }
+    if let Some(e) = epoch {
+        frame::encode_header(EPOCH_HEADER, e, escaped, version, &mut bytes);
+    }
+    bytes.extend_from_slice(&tail);
+    let m = Arc::new(SharedMessage::new(
+        Bytes::from(bytes),
+        p.kind == PayloadKind::Binary,
+    ));
+    if variants.len() < MAX_VARIANTS {
+        variants.push((
+            MessageKey {
+                version,
+                subscription: subscription.to_string(),
+                ack,
+                epoch: epoch.map(str::to_string),
+            },
+            m.clone(),
+        ));
+    }
+    m
+}
+
 /// A STOMP `SEND`'s body as a hub payload, by the rules of `docs/protocol.md`:
 /// `application/json` with a JSON body is JSON; UTF-8 without a content-type or with a
 /// `text/*` one (or JSON that does not parse) is text; anything else is binary. The
@@ -308,7 +430,6 @@ pub struct StompSession {
     epochs: HashMap<String, String>,
     next_key: u64,
     transactions: HashMap<String, Vec<Frame>>,
-    next_message: u64,
     out: Vec<Output>,
     closing: bool,
 }
@@ -329,7 +450,6 @@ impl StompSession {
             epochs: HashMap::new(),
             next_key: 0,
             transactions: HashMap::new(),
-            next_message: 0,
             out: Vec::new(),
             closing: false,
         }
@@ -823,26 +943,29 @@ impl StompSession {
                 let Some(ids) = self.topics.get(channel.as_ref()) else {
                     return;
                 };
-                if ids.is_empty() {
-                    return;
+                let epoch = self.epochs.get(channel.as_ref()).map(String::as_str);
+                let messages = publication
+                    .encodings
+                    .get_or_init(*MESSAGES, Arc::<Messages>::default);
+                let mut out = Vec::with_capacity(ids.len());
+                for id in ids {
+                    let Some(sub) = self.subs.get(id) else {
+                        continue;
+                    };
+                    let ack = version == Version::V1_2 && sub.ack != AckMode::Auto;
+                    out.push(message(
+                        &messages,
+                        &publication,
+                        &channel,
+                        version,
+                        id,
+                        ack,
+                        epoch,
+                    ));
                 }
-                let dest = format!("/topic/{channel}");
-                let tail = tail(&publication, &dest, true, version);
-                let epoch = self.epochs.get(channel.as_ref()).cloned();
-                let binary = publication.kind == PayloadKind::Binary;
-                let targets: Vec<(String, AckMode)> = ids
-                    .iter()
-                    .filter_map(|id| self.subs.get(id).map(|s| (id.clone(), s.ack)))
-                    .collect();
-                for (id, ack) in targets {
-                    self.next_message += 1;
-                    let mid = format!("t{}", self.next_message);
-                    let mut head = Vec::with_capacity(96);
-                    self.message_head(&mut head, &id, &mid, ack, false);
-                    if let Some(e) = &epoch {
-                        frame::encode_header(EPOCH_HEADER, e, true, version, &mut head);
-                    }
-                    self.push_message(head, &tail, binary);
+                for m in out {
+                    self.hub.metrics().count_out(m.bytes.len());
+                    self.out.push(Output::Shared(m));
                 }
             }
             Delivery::Queued {
@@ -970,6 +1093,7 @@ mod tests {
         for o in s.take_output() {
             match o {
                 Output::Send { bytes, .. } => d.push(&bytes),
+                Output::Shared(m) => d.push(m.bytes()),
                 Output::Close => closed = true,
             }
         }
@@ -1077,13 +1201,30 @@ mod tests {
     }
 
     #[test]
-    fn a_publication_is_encoded_once_for_every_stomp_subscriber() {
-        let mut tails = Vec::new();
+    fn a_publication_is_encoded_once_for_every_stomp_subscriber_alike() {
         let p = Arc::new(Publication::new(1, Payload::text("shared")));
-        for _ in 0..2 {
-            tails.push(tail(&p, "/topic/c", true, Version::V1_2));
-        }
-        assert_eq!(tails[0].as_ptr(), tails[1].as_ptr(), "one encoding, shared");
+        let messages = Messages::default();
+        let a = message(&messages, &p, "c", Version::V1_2, "sub-0", false, Some("e"));
+        let b = message(&messages, &p, "c", Version::V1_2, "sub-0", false, Some("e"));
+        assert!(Arc::ptr_eq(&a, &b), "one encoding for recipients alike");
+        assert!(
+            std::ptr::eq(a.ws_frame(), b.ws_frame()),
+            "one WebSocket frame"
+        );
+        let c = message(&messages, &p, "c", Version::V1_2, "sub-1", false, Some("e"));
+        assert!(
+            !Arc::ptr_eq(&a, &c),
+            "another subscription id is another frame"
+        );
+        let tails = [
+            tail(&p, "/topic/c", true, Version::V1_2),
+            tail(&p, "/topic/c", true, Version::V1_2),
+        ];
+        assert_eq!(
+            tails[0].as_ptr(),
+            tails[1].as_ptr(),
+            "the tail is shared too"
+        );
     }
 
     #[test]
