@@ -16,7 +16,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http::Request;
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -325,24 +325,54 @@ impl Session {
                         }
                     }
                 }
-                d = self.hub.next_delivery() => match d {
-                    Some(Ok(d)) => {
-                        let frame = Self::frame_for(&d);
-                        self.hub.metrics().count_out(frame.payload_len());
-                        let write = tokio::time::timeout(write_timeout, ws.send_shared(&frame));
-                        if !matches!(write.await, Ok(Ok(()))) {
+                d = self.hub.next_delivery() => {
+                    // This delivery and what else is queued now (up to a batch): the
+                    // frames go out in one write when the loop next polls the socket.
+                    let mut next = d;
+                    let mut go_on = true;
+                    for taken in 1..=64 {
+                        match next {
+                            Some(Ok(d)) => {
+                                let frame = Self::frame_for(&d);
+                                self.hub.metrics().count_out(frame.payload_len());
+                                // No timer unless the write buffer is full.
+                                let sent = match ws.send_shared(&frame).now_or_never() {
+                                    Some(r) => r.is_ok(),
+                                    None => matches!(
+                                        tokio::time::timeout(write_timeout, ws.send_shared(&frame)).await,
+                                        Ok(Ok(()))
+                                    ),
+                                };
+                                if !sent {
+                                    go_on = false;
+                                    break;
+                                }
+                            }
+                            Some(Err(d)) => {
+                                let (code, reason) = close_for(&d);
+                                let push = codec::disconnect_push(code, reason, d.reconnect());
+                                let _ = ws.feed(Message::text(push)).await;
+                                let _ = ws.close(CloseCode(code), reason).await;
+                                go_on = false;
+                                break;
+                            }
+                            None => {
+                                go_on = false;
+                                break;
+                            }
+                        }
+                        if taken == 64 {
                             break;
                         }
+                        match self.hub.next_delivery().now_or_never() {
+                            Some(d) => next = d,
+                            None => break,
+                        }
                     }
-                    Some(Err(d)) => {
-                        let (code, reason) = close_for(&d);
-                        let push = codec::disconnect_push(code, reason, d.reconnect());
-                        let _ = ws.feed(Message::text(push)).await;
-                        let _ = ws.close(CloseCode(code), reason).await;
+                    if !go_on {
                         break;
                     }
-                    None => break,
-                },
+                }
             }
         }
         self.hub.close().await;

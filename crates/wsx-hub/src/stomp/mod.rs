@@ -21,7 +21,7 @@ use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use http::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use wsx::{Message, WebSocket};
@@ -245,7 +245,12 @@ async fn drain_output<W: Wire>(
         }
         wire.flush().await
     };
-    matches!(tokio::time::timeout(write_timeout, work).await, Ok(true))
+    // No timer unless the transport is slow to take the bytes.
+    tokio::pin!(work);
+    match (&mut work).now_or_never() {
+        Some(done) => done,
+        None => matches!(tokio::time::timeout(write_timeout, work).await, Ok(true)),
+    }
 }
 
 async fn run<W: Wire, F: std::future::Future<Output = ()>>(
@@ -253,7 +258,6 @@ async fn run<W: Wire, F: std::future::Future<Output = ()>>(
     mut wire: W,
     stop: F,
 ) {
-    use futures_util::FutureExt;
     tokio::pin!(stop);
     let write_timeout = session.hub().hub().config().write_timeout;
     let mut stopping = false;
@@ -264,8 +268,15 @@ async fn run<W: Wire, F: std::future::Future<Output = ()>>(
     let mut armed: Option<Instant> = None;
     let mut closed = false;
     loop {
+        // Move the timer only when the deadline comes earlier: a later one (the
+        // heart-beat's, pushed back by each frame sent) is looked at when it fires.
         let deadline = session.deadline();
-        if deadline != armed {
+        let earlier = match (deadline, armed) {
+            (Some(d), Some(a)) => d < a,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if earlier {
             armed = deadline;
             let at = deadline.map_or_else(far, tokio::time::Instant::from_std);
             sleep.as_mut().reset(at);
@@ -307,7 +318,10 @@ async fn run<W: Wire, F: std::future::Future<Output = ()>>(
                     }
                 }
             },
-            _ = &mut sleep, if armed.is_some() => session.on_time(Instant::now()),
+            _ = &mut sleep, if armed.is_some() => {
+                armed = None;
+                session.on_time(Instant::now());
+            }
         }
         if !drain_output(&mut session, &mut wire, write_timeout).await
             || session.is_closing()

@@ -243,6 +243,9 @@ static TAILS: LazyLock<EncodingSlot<Tails>> = LazyLock::new(EncodingSlot::regist
 /// variants serve thousands of subscribers, each encoded once.
 #[derive(Default)]
 struct Messages {
+    /// The first variant made: most recipients want it, and it is read without a lock.
+    first: OnceLock<(MessageKey, Arc<SharedMessage>)>,
+    /// The others.
     variants: std::sync::Mutex<Vec<(MessageKey, Arc<SharedMessage>)>>,
 }
 
@@ -340,8 +343,15 @@ fn message(
             && k.subscription == subscription
             && k.epoch.as_deref() == epoch
     };
+    if let Some((k, m)) = messages.first.get() {
+        if same(k) {
+            return m.clone();
+        }
+    }
     let mut variants = crate::hub::shards::lock(&messages.variants);
-    if let Some((_, m)) = variants.iter().find(|(k, _)| same(k)) {
+    // Another recipient may have made it meanwhile.
+    let made = messages.first.get().into_iter().chain(variants.iter());
+    if let Some((_, m)) = made.into_iter().find(|(k, _)| same(k)) {
         return m.clone();
     }
     let tail = tail(p, &format!("/topic/{channel}"), true, version);
@@ -363,16 +373,17 @@ fn message(
         Bytes::from(bytes),
         p.kind == PayloadKind::Binary,
     ));
-    if variants.len() < MAX_VARIANTS {
-        variants.push((
-            MessageKey {
-                version,
-                subscription: subscription.to_string(),
-                ack,
-                epoch: epoch.map(str::to_string),
-            },
-            m.clone(),
-        ));
+    let key = MessageKey {
+        version,
+        subscription: subscription.to_string(),
+        ack,
+        epoch: epoch.map(str::to_string),
+    };
+    // Made under the lock, so `first` is set at most once, by its first maker.
+    if messages.first.get().is_none() {
+        let _ = messages.first.set((key, m.clone()));
+    } else if variants.len() < MAX_VARIANTS {
+        variants.push((key, m.clone()));
     }
     m
 }
@@ -940,32 +951,30 @@ impl StompSession {
                 channel,
                 publication,
             } => {
-                let Some(ids) = self.topics.get(channel.as_ref()) else {
+                // Disjoint borrows: the subscriptions are read while frames are queued.
+                let StompSession {
+                    topics,
+                    epochs,
+                    subs,
+                    out,
+                    hub,
+                    ..
+                } = self;
+                let Some(ids) = topics.get(channel.as_ref()) else {
                     return;
                 };
-                let epoch = self.epochs.get(channel.as_ref()).map(String::as_str);
+                let epoch = epochs.get(channel.as_ref()).map(String::as_str);
                 let messages = publication
                     .encodings
                     .get_or_init(*MESSAGES, Arc::<Messages>::default);
-                let mut out = Vec::with_capacity(ids.len());
                 for id in ids {
-                    let Some(sub) = self.subs.get(id) else {
+                    let Some(sub) = subs.get(id) else {
                         continue;
                     };
                     let ack = version == Version::V1_2 && sub.ack != AckMode::Auto;
-                    out.push(message(
-                        &messages,
-                        &publication,
-                        &channel,
-                        version,
-                        id,
-                        ack,
-                        epoch,
-                    ));
-                }
-                for m in out {
-                    self.hub.metrics().count_out(m.bytes.len());
-                    self.out.push(Output::Shared(m));
+                    let m = message(&messages, &publication, &channel, version, id, ack, epoch);
+                    hub.metrics().count_out(m.bytes.len());
+                    out.push(Output::Shared(m));
                 }
             }
             Delivery::Queued {
