@@ -237,6 +237,15 @@ async fn call(
             let Some((user, client)) = req.target() else {
                 return bad_request("give user or client");
             };
+            if let (None, Some(id)) = (user, client) {
+                if !hub.has_client(id) {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        codes::UNKNOWN_CLIENT,
+                        "no such client",
+                    );
+                }
+            }
             Ok(json!({ "unsubscribed": hub.unsubscribe(channel, user, client).await }))
         }
         "disconnect" => {

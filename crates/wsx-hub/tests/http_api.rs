@@ -306,3 +306,23 @@ async fn server_side_unsubscribe() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_exist_is_404_not_zero() {
+    let addr = server().await;
+    for (method, body) in [
+        ("/api/disconnect", r#"{"client":"987654321"}"#),
+        (
+            "/api/unsubscribe",
+            r#"{"channel":"c","client":"987654321"}"#,
+        ),
+    ] {
+        let (status, body) = post(&addr, method, Some(KEY), body).await;
+        assert_eq!(status, 404, "{method}: {body}");
+        assert_eq!(body["error"]["code"], 113, "{method}: {body}");
+        assert_eq!(body["error"]["message"], "no such client");
+    }
+    // A user with no connection is not an error: there was nothing to do.
+    let (status, body) = post(&addr, "/api/disconnect", Some(KEY), r#"{"user":"nobody"}"#).await;
+    assert_eq!((status, &body["result"]["disconnected"]), (200, &json!(0)));
+}

@@ -343,6 +343,11 @@ impl Hub {
         self.sessions().len()
     }
 
+    /// Whether the connection `client` is open on this node.
+    pub fn has_client(&self, client: ClientId) -> bool {
+        self.sessions().contains_key(&client)
+    }
+
     /// Publish to a channel as the server (the HTTP API, the application): no
     /// permission applies.
     pub async fn publish(
