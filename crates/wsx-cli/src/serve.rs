@@ -95,20 +95,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
 
     let signal = shutdown_signal();
     tokio::pin!(signal);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    warn!(error = %e, "accept failed");
-                    // Out of file descriptors, say: give connections time to close.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = &mut signal => break,
-        };
-        let _ = tcp.set_nodelay(true);
+    while let Some((tcp, peer)) = next_connection(&listener, signal.as_mut()).await {
         let Ok(permit) = open.clone().try_acquire_owned() else {
             debug!(%peer, "too many open connections");
             tasks.spawn(refuse_over_limit(tcp, tls.is_some()));
@@ -196,6 +183,30 @@ fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
         .merge(demo)
 }
 
+/// The next accepted connection (`TCP_NODELAY` set), or `None` once `stop` resolves.
+/// An accept error (out of file descriptors, say) is logged and retried after a pause
+/// that gives connections time to close.
+async fn next_connection<F: std::future::Future<Output = ()>>(
+    listener: &TcpListener,
+    mut stop: std::pin::Pin<&mut F>,
+) -> Option<(TcpStream, SocketAddr)> {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let _ = tcp.set_nodelay(true);
+                    return Some((tcp, peer));
+                }
+                Err(e) => {
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            _ = stop.as_mut() => return None,
+        }
+    }
+}
+
 /// Time bounds of one connection before it is a WebSocket.
 #[derive(Clone, Copy)]
 struct ConnLimits {
@@ -237,25 +248,14 @@ impl Conn {
             .header_read_timeout(self.limits.header_timeout);
         let result = match self.tls.take() {
             Some(acceptor) => {
-                let tls =
-                    tokio::time::timeout(self.limits.tls_handshake_timeout, acceptor.accept(tcp))
-                        .await;
-                match tls {
-                    Ok(Ok(stream)) => {
-                        let conn = builder
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades();
-                        serve_until(conn, &mut self.stop).await
-                    }
-                    Ok(Err(e)) => {
-                        debug!(%peer, error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => {
-                        debug!(%peer, "TLS handshake timed out");
-                        return;
-                    }
-                }
+                let limit = self.limits.tls_handshake_timeout;
+                let Some(stream) = tls_accept(&acceptor, tcp, limit, peer).await else {
+                    return;
+                };
+                let conn = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .with_upgrades();
+                serve_until(conn, &mut self.stop).await
             }
             None => {
                 let conn = builder
@@ -285,19 +285,7 @@ impl StompListener {
     async fn run(self, listener: TcpListener) {
         let stop = self.gate.stopped();
         tokio::pin!(stop);
-        loop {
-            let (tcp, peer) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "STOMP accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = &mut stop => return,
-            };
-            let _ = tcp.set_nodelay(true);
+        while let Some((tcp, peer)) = next_connection(&listener, stop.as_mut()).await {
             let Ok(open) = self.open.clone().try_acquire_owned() else {
                 debug!(%peer, "too many open connections (STOMP)");
                 continue;
@@ -319,15 +307,33 @@ impl StompListener {
                 match tls {
                     None => wsx_hub::stomp::serve_stream(&gate, cfg, tcp, stop).await,
                     Some(acceptor) => {
-                        match tokio::time::timeout(tls_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(stream)) => {
-                                wsx_hub::stomp::serve_stream(&gate, cfg, stream, stop).await
-                            }
-                            _ => debug!(%peer, "STOMP TLS handshake failed or timed out"),
+                        if let Some(stream) = tls_accept(&acceptor, tcp, tls_timeout, peer).await {
+                            wsx_hub::stomp::serve_stream(&gate, cfg, stream, stop).await
                         }
                     }
                 }
             });
+        }
+    }
+}
+
+/// The TLS handshake of an accepted connection, bounded by `limit`; `None` (logged)
+/// when it fails or takes too long.
+async fn tls_accept(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    limit: Duration,
+    peer: SocketAddr,
+) -> Option<tokio_rustls::server::TlsStream<TcpStream>> {
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            debug!(%peer, "TLS handshake timed out");
+            None
         }
     }
 }
@@ -418,9 +424,7 @@ async fn echo(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response {
-    let stop = gate.stopped();
-    let cfg = gate.config().clone();
-    gate.upgrade(peer, &mut req, &cfg, move |mut ws, accepted| async move {
+    gate.upgrade(peer, &mut req, None, move |mut ws, accepted, stop| async move {
         debug!(%peer, path = %accepted.path, subprotocol = ?accepted.subprotocol, deflate = accepted.deflate.is_some(), "WebSocket open");
         tokio::pin!(stop);
         loop {

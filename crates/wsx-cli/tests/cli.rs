@@ -635,20 +635,9 @@ async fn http_edges_answer_with_what_to_do() {
     let key = "cli-edges-api-key-0123456789";
     let (_server, addr) = serve(&["--api-key", key, "--ping-interval", "10s"]).await;
     // The connect reply reports the keepalive the server really uses.
-    let (mut ws, _) = wsx::connect(
-        &format!("ws://{addr}/connection/websocket"),
-        &ClientConfig::default(),
-    )
-    .await
-    .unwrap();
-    ws.send(Message::text(r#"{"id":1,"connect":{}}"#))
-        .await
-        .unwrap();
-    let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
-        panic!("no reply")
-    };
-    let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-    assert_eq!(v["connect"]["ping"], 10, "{v}");
+    let (_ws, replies) =
+        common::native(&addr, &[serde_json::json!({"id": 1, "connect": {}})]).await;
+    assert_eq!(replies[0]["connect"]["ping"], 10, "{}", replies[0]);
     // GET on an API method: 405, Allow, a JSON error.
     let r = http(
         &addr,

@@ -206,24 +206,11 @@ async fn stomp_py_over_websocket_and_tcp() {
 
 /// A native-protocol client, connected and subscribed to `channel`.
 async fn native(addr: &str, channel: &str) -> wsx::WebSocket<wsx::MaybeTlsStream> {
-    let (mut ws, _) = wsx::connect(
-        &format!("ws://{addr}/connection/websocket"),
-        &ClientConfig::default(),
-    )
-    .await
-    .unwrap();
-    for cmd in [
+    let commands = [
         json!({"id": 1, "connect": {}}),
         json!({"id": 2, "subscribe": {"channel": channel}}),
-    ] {
-        ws.send(Message::text(cmd.to_string())).await.unwrap();
-        let Some(Ok(Message::Text(t))) = ws.next().await else {
-            panic!("no reply")
-        };
-        let v: Value = serde_json::from_str(t.as_str()).unwrap();
-        assert!(v["error"].is_null(), "{v}");
-    }
-    ws
+    ];
+    common::native(addr, &commands).await.0
 }
 
 async fn native_pub(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> Value {

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
+use crate::hub::auth::same_secret;
 use crate::hub::backplane::HistoryQuery;
 use crate::hub::error::HubError;
 use crate::hub::publication::Payload;
@@ -109,11 +110,6 @@ fn ok(result: Value) -> Response {
         .into_response()
 }
 
-/// Constant-time comparison, so the key cannot be guessed byte by byte from timing.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 async fn call(
     State(api): State<Api>,
     Path(method): Path<String>,
@@ -139,7 +135,7 @@ async fn call(
                 "missing Authorization: apikey <key>",
             )
         }
-        Some(p) if !same(p.trim().as_bytes(), key.as_bytes()) => {
+        Some(p) if !same_secret(p.trim().as_bytes(), key.as_bytes()) => {
             return error(
                 StatusCode::FORBIDDEN,
                 codes::PERMISSION_DENIED,

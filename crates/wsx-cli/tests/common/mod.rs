@@ -138,3 +138,29 @@ pub async fn serve_tls(cert: &str, key: &str, extra: &[&str]) -> (Child, String)
     args.extend_from_slice(extra);
     launch(&args, "https").await
 }
+
+/// A native-protocol client of `wsx serve` at `addr`: sends each command and waits for
+/// its reply (which must not be an error); returns the socket and the replies.
+pub async fn native(
+    addr: &str,
+    commands: &[serde_json::Value],
+) -> (wsx::WebSocket<wsx::MaybeTlsStream>, Vec<serde_json::Value>) {
+    use futures_util::StreamExt;
+    let (mut ws, _) = wsx::connect(
+        &format!("ws://{addr}/connection/websocket"),
+        &wsx::ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    let mut replies = Vec::new();
+    for cmd in commands {
+        ws.send(wsx::Message::text(cmd.to_string())).await.unwrap();
+        let Some(Ok(wsx::Message::Text(t))) = ws.next().await else {
+            panic!("no reply to {cmd}")
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        assert!(v["error"].is_null(), "{v}");
+        replies.push(v);
+    }
+    (ws, replies)
+}

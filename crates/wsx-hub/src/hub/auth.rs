@@ -65,6 +65,12 @@ pub enum TokenError {
     Invalid(String),
 }
 
+/// Constant-time comparison of secrets (API keys, passcodes), so a secret cannot be
+/// guessed byte by byte from timing.
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
 impl std::fmt::Display for TokenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

@@ -421,5 +421,13 @@ mod tests {
             w.send("q", Payload::text("3")),
             Err(HubError::LimitExceeded(Limit::QueueFull(2)))
         );
+        // The byte bound too.
+        let w = WorkQueues::new(WorkQueueLimits {
+            max_bytes: 10,
+            ..WorkQueueLimits::default()
+        });
+        w.send("q", Payload::text("12345678")).unwrap();
+        assert!(w.send("q", Payload::text("123")).is_err());
+        w.send("q", Payload::text("12")).unwrap();
     }
 }

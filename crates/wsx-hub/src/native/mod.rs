@@ -116,9 +116,7 @@ async fn endpoint(
     mut req: Request<Body>,
 ) -> Response {
     let hub = gate.hub().clone();
-    let stop = gate.stopped();
-    let cfg = gate.config().clone();
-    gate.upgrade(peer, &mut req, &cfg, move |ws, _| {
+    gate.upgrade(peer, &mut req, None, move |ws, _, stop| {
         Session::new(hub, String::new()).run_until(ws, stop)
     })
 }

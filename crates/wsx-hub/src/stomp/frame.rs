@@ -98,6 +98,25 @@ pub enum Command {
 }
 
 impl Command {
+    /// Every command, client and server.
+    pub const ALL: [Command; 15] = [
+        Command::Connect,
+        Command::Stomp,
+        Command::Send,
+        Command::Subscribe,
+        Command::Unsubscribe,
+        Command::Ack,
+        Command::Nack,
+        Command::Begin,
+        Command::Commit,
+        Command::Abort,
+        Command::Disconnect,
+        Command::Connected,
+        Command::Message,
+        Command::Receipt,
+        Command::Error,
+    ];
+
     /// The command as written on the wire.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -120,24 +139,9 @@ impl Command {
     }
 
     fn parse(s: &[u8]) -> Option<Command> {
-        const ALL: [Command; 15] = [
-            Command::Connect,
-            Command::Stomp,
-            Command::Send,
-            Command::Subscribe,
-            Command::Unsubscribe,
-            Command::Ack,
-            Command::Nack,
-            Command::Begin,
-            Command::Commit,
-            Command::Abort,
-            Command::Disconnect,
-            Command::Connected,
-            Command::Message,
-            Command::Receipt,
-            Command::Error,
-        ];
-        ALL.into_iter().find(|c| c.as_str().as_bytes() == s)
+        Command::ALL
+            .into_iter()
+            .find(|c| c.as_str().as_bytes() == s)
     }
 
     /// Whether header values of this frame are escaped in `version` (never in 1.0,

@@ -68,17 +68,20 @@ async fn endpoint(
     mut req: Request<Body>,
 ) -> Response {
     let hub = ep.gate.hub().clone();
-    let stop = ep.gate.stopped();
     let cfg = ep.cfg.clone();
     ep.gate
-        .upgrade(peer, &mut req, &ep.ws, move |ws, _| async move {
-            let session = StompSession::new(
-                HubSession::new(hub, FRONTEND, String::new()),
-                cfg,
-                Instant::now(),
-            );
-            run(session, WsWire(ws), stop).await
+        .upgrade(peer, &mut req, Some(&ep.ws), move |ws, _, stop| {
+            run(new_session(hub, cfg), WsWire(ws), stop)
         })
+}
+
+/// A STOMP session for a new connection, starting its CONNECT deadline now.
+fn new_session(hub: Arc<crate::Hub>, cfg: Arc<StompConfig>) -> StompSession {
+    StompSession::new(
+        HubSession::new(hub, FRONTEND, String::new()),
+        cfg,
+        Instant::now(),
+    )
 }
 
 /// Carry STOMP over a byte stream (a TCP connection, plain or TLS) until either side
@@ -89,13 +92,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin + Send,
     F: std::future::Future<Output = ()> + Send,
 {
-    let session = StompSession::new(
-        HubSession::new(gate.hub().clone(), FRONTEND, String::new()),
-        cfg,
-        Instant::now(),
-    );
     run(
-        session,
+        new_session(gate.hub().clone(), cfg),
         TcpWire {
             io,
             buf: vec![0u8; 8 << 10],

@@ -11,7 +11,7 @@ use wsx::SharedFrame;
 
 use super::frame::{self, Command, Decoder, Frame, FrameError, Item, Limits, Version};
 use super::heartbeat::{self, Beat, HeartBeat};
-use crate::hub::auth::TokenError;
+use crate::hub::auth::{same_secret, TokenError};
 use crate::hub::error::HubError;
 use crate::hub::publication::{EncodingSlot, Payload, PayloadKind, Publication, StreamPosition};
 use crate::hub::queue::{Delivery, Disconnect};
@@ -382,7 +382,8 @@ fn message(
     // Made under the lock, so `first` is set at most once, by its first maker.
     if messages.first.get().is_none() {
         let _ = messages.first.set((key, m.clone()));
-    } else if variants.len() < MAX_VARIANTS {
+    } else if variants.len() + 1 < MAX_VARIANTS {
+        // `first` counts among the kept variants.
         variants.push((key, m.clone()));
     }
     m
@@ -701,7 +702,7 @@ impl StompSession {
                 .cfg
                 .users
                 .iter()
-                .any(|(l, p)| l == login && same(p.as_bytes(), passcode.as_bytes()));
+                .any(|(l, p)| l == login && same_secret(p.as_bytes(), passcode.as_bytes()));
             if !known {
                 return Err(
                     Fatal::new("bad login or passcode").header(ERROR_HEADER, "unauthorized")
@@ -1065,11 +1066,6 @@ impl StompSession {
     }
 }
 
-/// Constant-time comparison, so a passcode cannot be guessed byte by byte from timing.
-fn same(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// Whether a passcode has a JWT's shape (three base64url parts): only such a passcode
 /// is taken as the hub's connection token.
 fn looks_like_jwt(s: &str) -> bool {
@@ -1233,6 +1229,57 @@ mod tests {
             tails[0].as_ptr(),
             tails[1].as_ptr(),
             "the tail is shared too"
+        );
+    }
+
+    #[test]
+    fn variants_past_the_cap_are_still_right_but_not_kept() {
+        let p = Arc::new(Publication::new(1, Payload::text("x")));
+        let messages = Messages::default();
+        for i in 0..=MAX_VARIANTS {
+            let m = message(
+                &messages,
+                &p,
+                "c",
+                Version::V1_2,
+                &format!("s{i}"),
+                false,
+                None,
+            );
+            let text = String::from_utf8_lossy(m.bytes()).into_owned();
+            assert!(text.contains(&format!("subscription:s{i}\n")), "{text}");
+        }
+        let kept = crate::hub::shards::lock(&messages.variants).len() + 1;
+        assert_eq!(kept, MAX_VARIANTS, "the first plus the locked list");
+    }
+
+    #[tokio::test]
+    async fn transactions_are_limited_in_number_and_size() {
+        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let t = Instant::now();
+        let cfg = StompConfig {
+            max_transactions: 2,
+            max_transaction_frames: 3,
+            ..StompConfig::default()
+        };
+        let mut s = session(&hub, cfg.clone(), t);
+        s.on_input(b"CONNECT\naccept-version:1.2\n\n\0BEGIN\ntransaction:a\n\n\0BEGIN\ntransaction:b\n\n\0BEGIN\ntransaction:c\n\n\0", t)
+            .await;
+        let (frames, closed) = sent(&mut s);
+        assert!(closed);
+        let e = frames.last().unwrap();
+        assert_eq!(e.get("message"), Some("more than 2 open transactions"));
+        let mut s = session(&hub, cfg, t);
+        let mut input = b"CONNECT\naccept-version:1.2\n\n\0BEGIN\ntransaction:a\n\n\0".to_vec();
+        for _ in 0..4 {
+            input.extend_from_slice(b"SEND\ndestination:/topic/t\ntransaction:a\n\nx\0");
+        }
+        s.on_input(&input, t).await;
+        let (frames, closed) = sent(&mut s);
+        assert!(closed);
+        assert_eq!(
+            frames.last().unwrap().get("message"),
+            Some("more than 3 frames in transaction `a`")
         );
     }
 

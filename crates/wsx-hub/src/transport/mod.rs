@@ -18,6 +18,9 @@ use wsx::{Accepted, Refusal, ServerConfig, WebSocket};
 
 use crate::hub::Hub;
 
+/// Resolves when the server starts shutting down (handed to each session).
+pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// Admission and lifetime shared by every WebSocket endpoint of a server.
 #[derive(Clone)]
 pub struct Gate {
@@ -97,19 +100,20 @@ impl Gate {
     }
 
     /// Upgrade `req` to a WebSocket with the settings `cfg` (the gate's own, or an
-    /// endpoint's variant with its subprotocols) and run `session` on it on a tracked
-    /// task; returns the response to send (101, or the refusal). The slot is held until
+    /// endpoint's variant with its subprotocols; `None`: the gate's) and run `session`
+    /// on it on a tracked task, with a future that resolves when the server shuts down;
+    /// returns the response to send (101, or the refusal). The slot is held until
     /// `session` ends; the hand-over of the connection is bounded by the handshake
     /// timeout.
     pub fn upgrade<F, Fut>(
         &self,
         peer: SocketAddr,
         req: &mut Request<Body>,
-        cfg: &ServerConfig,
+        cfg: Option<&ServerConfig>,
         session: F,
     ) -> Response
     where
-        F: FnOnce(WebSocket<UpgradedIo>, Accepted) -> Fut + Send + 'static,
+        F: FnOnce(WebSocket<UpgradedIo>, Accepted, Stopped) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         if !wsx::upgrade::is_upgrade_request(req) {
@@ -127,15 +131,17 @@ impl Gate {
             Ok(slot) => slot,
             Err(refusal) => return self.refuse(peer, refusal),
         };
+        let cfg = cfg.unwrap_or(&self.cfg);
         let (response, upgrade) = match try_upgrade(req, cfg) {
             Ok(ok) => ok,
             Err(refusal) => return self.refuse(peer, refusal),
         };
         let handshake_timeout = cfg.handshake_timeout;
+        let stop = self.stopped();
         self.tasks.spawn(async move {
             let _slot = slot;
             match tokio::time::timeout(handshake_timeout, upgrade.websocket()).await {
-                Ok(Ok((ws, accepted))) => session(ws, accepted).await,
+                Ok(Ok((ws, accepted))) => session(ws, accepted, Box::pin(stop)).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "upgrade failed"),
                 Err(_) => debug!(%peer, "upgrade timed out"),
             }
