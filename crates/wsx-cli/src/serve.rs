@@ -177,10 +177,19 @@ fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
         .merge(wsx_hub::native::router(gate))
         // STOMP 1.0-1.2 over WebSocket: GET /stomp (STOMP over TCP: --stomp-listen).
         .merge(wsx_hub::stomp::router(gate, settings.stomp.clone()))
+        // Socket.IO v4 clients (Engine.IO polling, WebSocket, upgrade): /socket.io/.
+        .merge(socketio(gate, settings))
         // The HTTP server API: POST /api/{method}.
         .merge(wsx_hub::api::router(hub, api))
         // The demo's own endpoints (/demo/...).
         .merge(demo)
+}
+
+/// Socket.IO onto the hub (`wsx_hub::socketio::standalone`) at `/socket.io/`.
+fn socketio(gate: &Gate, settings: &Settings) -> Router {
+    let io = wsx_hub::socketio::SocketIo::new(gate.hub().clone(), settings.socketio.clone());
+    wsx_hub::socketio::standalone::mount(&io);
+    io.router(gate, wsx_hub::socketio::PATH)
 }
 
 /// The next accepted connection (`TCP_NODELAY` set), or `None` once `stop` resolves.

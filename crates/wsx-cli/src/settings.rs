@@ -76,6 +76,12 @@ settings! {
     stomp_max_body, "WSX_STOMP_MAX_BODY", "SIZE", "1MiB", "Largest STOMP frame body (ERROR beyond)";
     stomp_max_headers, "WSX_STOMP_MAX_HEADERS", "N", "64", "Most headers in a STOMP frame (ERROR beyond)";
     stomp_max_header_bytes, "WSX_STOMP_MAX_HEADER_BYTES", "SIZE", "8KiB", "Most bytes of a STOMP frame's command and headers (ERROR beyond)";
+    socketio_ping_interval, "WSX_SOCKETIO_PING_INTERVAL", "DURATION", "25s", "Socket.IO (Engine.IO) heartbeat: how often the server pings";
+    socketio_ping_timeout, "WSX_SOCKETIO_PING_TIMEOUT", "DURATION", "20s", "Socket.IO: close a session whose pong does not come within this (a polling client that stops polling is closed after interval + timeout)";
+    socketio_max_payload, "WSX_SOCKETIO_MAX_PAYLOAD", "SIZE", "1000000", "Socket.IO: largest HTTP body or WebSocket message from a client (413 / close 1009 beyond)";
+    socketio_connect_timeout, "WSX_SOCKETIO_CONNECT_TIMEOUT", "DURATION", "45s", "Socket.IO: time allowed from a session's start to its namespace CONNECT";
+    socketio_recovery, "WSX_SOCKETIO_RECOVERY", "DURATION", "2m", "Socket.IO connection state recovery: how long a dropped socket's state is kept (0 or off disables)";
+    socketio_cors_credentials, "WSX_SOCKETIO_CORS_CREDENTIALS", "on|off", "off", "Socket.IO polling: allow credentials (cookies) on cross-origin requests from allowed origins";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
@@ -114,6 +120,7 @@ pub struct Settings {
     /// STOMP over TCP: its listen address, if any.
     pub stomp_listen: Option<SocketAddr>,
     pub stomp: wsx_hub::stomp::StompConfig,
+    pub socketio: wsx_hub::socketio::SocketIoConfig,
     pub log_format: LogFormat,
     pub api_key: Option<String>,
     pub auth: wsx_hub::auth::AuthConfig,
@@ -495,6 +502,22 @@ impl ServeArgs {
                 stomp.limits.max_headers = count("stomp_max_headers")?;
                 stomp.limits.max_header_bytes = size("stomp_max_header_bytes")?;
                 stomp
+            },
+            socketio: {
+                let engine = wsx_hub::engineio::EngineConfig::default()
+                    .heartbeat(
+                        positive(dur("socketio_ping_interval")?, "socketio_ping_interval")?,
+                        positive(dur("socketio_ping_timeout")?, "socketio_ping_timeout")?,
+                    )
+                    .max_payload(size("socketio_max_payload")?)
+                    .cors_credentials(flag("socketio_cors_credentials")?);
+                wsx_hub::socketio::SocketIoConfig::default()
+                    .engine(engine)
+                    .connect_timeout(positive(
+                        dur("socketio_connect_timeout")?,
+                        "socketio_connect_timeout",
+                    )?)
+                    .recovery(opt_dur("socketio_recovery")?)
             },
             log_format,
         })

@@ -12,14 +12,18 @@
 //! Front-ends, each depending on the core and never the reverse:
 //! - [`native`]: JSON commands over a WebSocket (`/connection/websocket`);
 //! - [`stomp`]: STOMP 1.0-1.2 over WebSocket (`/stomp`) and TCP;
+//! - [`socketio`]: Socket.IO v5 over [`engineio`] v4 (long-polling, WebSocket, the
+//!   upgrade), as a server library and as the hub's vocabulary (`/socket.io/`);
 //! - [`api`]: the HTTP server API (`/api/*`).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod engineio;
 pub mod hub;
 pub mod native;
+pub mod socketio;
 pub mod stomp;
 pub mod transport;
 

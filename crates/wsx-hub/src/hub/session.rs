@@ -161,17 +161,7 @@ impl HubSession {
             Some(c) => c.sub.clone(),
             None => self.info.user.clone(),
         };
-        if user != self.info.user {
-            self.hub
-                .register(self.info.client, &user, self.queue.clone());
-        }
-        self.info = Arc::new(ClientInfo {
-            client: self.info.client,
-            user,
-            name: req.name,
-            info: req.info,
-        });
-        self.connected = true;
+        self.become_connected(user, req.name, req.info);
         let mut subscribed = Vec::new();
         for name in claims.map(|c| c.channels).unwrap_or_default() {
             let ch = self.hub.channel(&name)?;
@@ -180,6 +170,87 @@ impl HubSession {
             subscribed.push(name);
         }
         Ok(Connected { subscribed })
+    }
+
+    /// Mark the session connected on the application's authority (an embedding
+    /// server that authenticated the client itself): no token is checked. `user` is
+    /// who it is ("" for anonymous).
+    pub fn connect_trusted(&mut self, user: String, name: String, info: String) {
+        if !self.connected {
+            self.become_connected(user, name, info);
+        }
+    }
+
+    /// Record who this connection is and mark it connected.
+    fn become_connected(&mut self, user: String, name: String, info: String) {
+        if user != self.info.user {
+            self.hub
+                .register(self.info.client, &user, self.queue.clone());
+        }
+        self.info = Arc::new(ClientInfo {
+            client: self.info.client,
+            user,
+            name,
+            info,
+        });
+        self.connected = true;
+    }
+
+    /// Subscribe to `channel` on the application's authority (a server-side join):
+    /// the permission rules are not applied, the limits are.
+    pub async fn join(
+        &mut self,
+        channel: &str,
+        recover: Option<StreamPosition>,
+    ) -> Result<Subscribed, HubError> {
+        self.check_connected()?;
+        let ch = self.hub.channel(channel)?;
+        if self.subscriptions.iter().any(|c| c == channel) {
+            return Err(HubError::AlreadySubscribed);
+        }
+        let max = self.hub.config().max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err(HubError::LimitExceeded(Limit::Subscriptions(max)));
+        }
+        let opts = self.hub.options(&ch);
+        if recover.is_some() && !(opts.recovery && opts.history_size > 0) {
+            return Err(HubError::NotAvailable(Feature::Recovery));
+        }
+        self.add_subscription(&ch, &opts, recover.as_ref()).await
+    }
+
+    /// The outbound queue, for a front-end that drains it on its own task (then it
+    /// passes each item to [`observe`](Self::observe)).
+    pub fn outbound(&self) -> Arc<Outbound> {
+        self.queue.clone()
+    }
+
+    /// Keep the session's books on an item taken from its queue: subscriptions the
+    /// server removed, slow consumers counted. [`poll_delivery`](Self::poll_delivery)
+    /// does this by itself.
+    pub fn observe(&mut self, next: &Option<Result<Delivery, Disconnect>>) {
+        match next {
+            Some(Ok(Delivery::Unsubscribed { channel })) => {
+                if let Some(i) = self
+                    .subscriptions
+                    .iter()
+                    .position(|c| c.as_str() == channel.as_ref())
+                {
+                    self.subscriptions.swap_remove(i);
+                    self.hub
+                        .metrics()
+                        .subscriptions
+                        .fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Some(Err(Disconnect::SlowConsumer)) => {
+                self.hub
+                    .metrics()
+                    .slow_consumers
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
     }
 
     fn check_connected(&self) -> Result<(), HubError> {
@@ -389,27 +460,8 @@ impl HubSession {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Delivery, Disconnect>>> {
         let next = self.queue.poll_next(cx);
-        match &next {
-            Poll::Ready(Some(Ok(Delivery::Unsubscribed { channel }))) => {
-                if let Some(i) = self
-                    .subscriptions
-                    .iter()
-                    .position(|c| c.as_str() == channel.as_ref())
-                {
-                    self.subscriptions.swap_remove(i);
-                    self.hub
-                        .metrics()
-                        .subscriptions
-                        .fetch_sub(1, Ordering::Relaxed);
-                }
-            }
-            Poll::Ready(Some(Err(Disconnect::SlowConsumer))) => {
-                self.hub
-                    .metrics()
-                    .slow_consumers
-                    .fetch_add(1, Ordering::Relaxed);
-            }
-            _ => {}
+        if let Poll::Ready(n) = &next {
+            self.observe(n);
         }
         next
     }

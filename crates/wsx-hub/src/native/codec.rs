@@ -360,6 +360,20 @@ pub fn presence_json(members: &[std::sync::Arc<ClientInfo>]) -> Value {
     json!({ "presence": map })
 }
 
+/// The `subscribe` result: the stream position and, with recovery asked, whether it
+/// recovered.
+pub fn subscribed_json(r: &crate::hub::broker::Subscribed) -> Value {
+    let mut out = Map::new();
+    if let Some(p) = &r.position {
+        out.insert("offset".into(), json!(p.offset));
+        out.insert("epoch".into(), json!(p.epoch));
+    }
+    if let Some(rec) = r.recovered {
+        out.insert("recovered".into(), json!(rec));
+    }
+    Value::Object(out)
+}
+
 /// The `history` result.
 pub fn history_json(pubs: &[std::sync::Arc<Publication>], pos: &StreamPosition) -> Value {
     let pubs: Vec<Value> = pubs

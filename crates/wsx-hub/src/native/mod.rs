@@ -200,15 +200,7 @@ impl Session {
                     epoch: req.epoch,
                 });
                 let r = s.subscribe(&req.channel, req.token.as_deref(), pos).await?;
-                let mut out = serde_json::Map::new();
-                if let Some(p) = r.position {
-                    out.insert("offset".into(), json!(p.offset));
-                    out.insert("epoch".into(), json!(p.epoch));
-                }
-                if let Some(rec) = r.recovered {
-                    out.insert("recovered".into(), json!(rec));
-                }
-                Value::Object(out)
+                codec::subscribed_json(&r)
             }
             Command::Unsubscribe(req) => {
                 s.unsubscribe(&req.channel).await?;
