@@ -84,3 +84,8 @@ fn demo_chart_receives_ticks_and_recovers() {
 fn stompjs_in_chromium_over_the_browsers_websocket() {
     run_script("stompjs.mjs", &[]);
 }
+
+#[test]
+fn socket_io_client_in_chromium_polls_upgrades_and_recovers() {
+    run_script("socketio.mjs", &[]);
+}

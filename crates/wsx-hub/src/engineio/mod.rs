@@ -789,6 +789,7 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
             let (_, open) = engine.open(Carrier::Polling, info(&req), Some(slot));
             polling_response(format!("0{open}").into_bytes())
         }
+        (None, _) if !wsx::upgrade::is_upgrade_request(&req) => EioError::BadRequest.response(),
         (None, _) => {
             let e = engine.clone();
             let request = info(&req);
