@@ -4,7 +4,17 @@
 //! climbs. Server pinned to core 0, this process to core 1 (by scripts/bench).
 //!
 //! fanout WSX_BIN [--subscribers N] [--seconds S] [--rates 10,50,100,...] [--floor]
-//!        [--protocol native|stomp] [--publisher api|stomp] [--stomp-broker WS_URL]
+//!        [--protocol native|stomp|socketio|socketio-polling] [--publisher api|stomp]
+//!        [--stomp-broker WS_URL] [--socketio-server node]
+//!
+//! `--protocol socketio`: the subscribers are Socket.IO clients over WebSocket
+//! (`/socket.io/`, `subscribe("fanout")` with an ack, `publication` events);
+//! `socketio-polling`: the same over HTTP long-polling (a GET connection and a POST
+//! connection each). `--socketio-server node`: instead of `wsx serve`, the Node.js
+//! `socket.io` server of `bench/peers/socketio_server.mjs` (npm, pinned the same way),
+//! whose `POST /api/publish` does `io.to(channel).emit("publication", ...)`.
+//! Every table row also has the server's CPU time per delivery (utime + stime of the
+//! server process over the step).
 //!
 //! `--protocol stomp`: the subscribers speak STOMP 1.2 over WebSocket (`/stomp`,
 //! `SUBSCRIBE /topic/fanout`). `--publisher stomp`: one STOMP client publishes (a `SEND`
@@ -224,6 +234,115 @@ async fn floor_reader(mut tcp: TcpStream, got: Arc<Mutex<Vec<(u64, Instant)>>>) 
     }
 }
 
+/// One HTTP/1.1 request on a kept-alive connection: the response body, if 200.
+async fn http_call(conn: &mut TcpStream, host: &str, method: &str, target: &str, body: &[u8]) -> Option<Vec<u8>> {
+    let head = format!(
+        "{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.ok()?;
+    conn.write_all(body).await.ok()?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut tmp = [0u8; 8192];
+    loop {
+        let n = conn.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+        if let Some(h) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .unwrap_or(0);
+            if buf.len() >= h + 4 + len {
+                return head.starts_with("http/1.1 200").then(|| buf[h + 4..h + 4 + len].to_vec());
+            }
+        }
+    }
+}
+
+/// A Socket.IO subscriber over WebSocket: connect the main namespace, `subscribe` the
+/// channel (acknowledged), then record each `publication` event; pings answered.
+async fn sio_ws_subscriber(
+    tcp: TcpStream,
+    host: &str,
+    got: Arc<Mutex<Vec<(u64, Instant)>>>,
+    ready: impl FnOnce(),
+) {
+    let (mut ws, _) = wsx::client_handshake(tcp, host, "/socket.io/?EIO=4&transport=websocket", &wsx::ClientConfig::default())
+        .await
+        .expect("Socket.IO handshake");
+    let mut ready = Some(ready);
+    while let Some(Ok(msg)) = ws.next().await {
+        let wsx::Message::Text(t) = msg else { continue };
+        let s = t.as_str();
+        if s == "2" {
+            let _ = ws.send(wsx::Message::text("3")).await;
+        } else if s.starts_with("42[\"publication\"") {
+            if let Some(seq) = seq_of(s) {
+                record(&got, seq, Instant::now());
+            }
+        } else if s.starts_with('0') {
+            ws.send(wsx::Message::text("40")).await.expect("CONNECT");
+        } else if s.starts_with("40") {
+            ws.send(wsx::Message::text(r#"420["subscribe","fanout"]"#)).await.expect("subscribe");
+        } else if s.starts_with("430") {
+            if let Some(r) = ready.take() {
+                r();
+            }
+        }
+    }
+}
+
+/// A Socket.IO subscriber over HTTP long-polling.
+async fn sio_polling_subscriber(
+    mut get: TcpStream,
+    mut post: TcpStream,
+    host: &str,
+    got: Arc<Mutex<Vec<(u64, Instant)>>>,
+    ready: impl FnOnce(),
+) {
+    let open = http_call(&mut get, host, "GET", "/socket.io/?EIO=4&transport=polling", b"").await.expect("handshake");
+    let open = String::from_utf8_lossy(&open);
+    let sid = open.split("\"sid\":\"").nth(1).and_then(|r| r.split('"').next()).expect("sid").to_string();
+    let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
+    http_call(&mut post, host, "POST", &target, b"40").await.expect("CONNECT");
+    http_call(&mut post, host, "POST", &target, br#"420["subscribe","fanout"]"#).await.expect("subscribe");
+    let mut ready = Some(ready);
+    while let Some(body) = http_call(&mut get, host, "GET", &target, b"").await {
+        let now = Instant::now();
+        for packet in body.split(|&b| b == 0x1e) {
+            let s = String::from_utf8_lossy(packet);
+            if s == "2" {
+                if http_call(&mut post, host, "POST", &target, b"3").await.is_none() {
+                    return;
+                }
+            } else if s.starts_with("42[\"publication\"") {
+                if let Some(seq) = seq_of(&s) {
+                    record(&got, seq, now);
+                }
+            } else if s.starts_with("430") {
+                if let Some(r) = ready.take() {
+                    r();
+                }
+            }
+        }
+    }
+}
+
+/// The CPU time (user + system) a process has used so far.
+fn cpu_time(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name (which may hold spaces) end with ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    // utime and stime are fields 14 and 15 of the line: 11 and 12 after ')' (state is not a number).
+    let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -241,6 +360,10 @@ async fn main() {
     };
     let broker = value("--stomp-broker");
     let stomp = broker.is_some() || value("--protocol").as_deref() == Some("stomp");
+    let node_sio = value("--socketio-server").as_deref() == Some("node");
+    let protocol = value("--protocol").unwrap_or_default();
+    let sio_polling = protocol == "socketio-polling";
+    let sio = node_sio || sio_polling || protocol == "socketio";
     let stomp_publisher = broker.is_some() || value("--publisher").as_deref() == Some("stomp");
     // The broker's host:port and WebSocket path.
     let (broker_host, broker_path) = match &broker {
@@ -291,6 +414,16 @@ async fn main() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("sleep")
+    } else if node_sio {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("socketio_server.mjs");
+        Command::new("taskset")
+            .args(["-c", "0", "node"])
+            .arg(script)
+            .arg(port.to_string())
+            .arg(KEY)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the Node.js socket.io server")
     } else if floor {
         let me = std::env::current_exe().expect("own path");
         Command::new("taskset")
@@ -362,6 +495,22 @@ async fn main() {
                 drop(permit);
                 let _ = ready.send(());
                 return floor_reader(tcp, got).await;
+            }
+            if sio_polling {
+                let post = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                post.set_nodelay(true).ok();
+                let on_ready = move || {
+                    drop(permit);
+                    let _ = ready.send(());
+                };
+                return sio_polling_subscriber(tcp, post, &host, got, on_ready).await;
+            }
+            if sio {
+                let on_ready = move || {
+                    drop(permit);
+                    let _ = ready.send(());
+                };
+                return sio_ws_subscriber(tcp, &host, got, on_ready).await;
             }
             if stomp {
                 let mut ws = stomp_client(tcp, &host, &path, true).await;
@@ -455,6 +604,10 @@ async fn main() {
     });
     let mut published: Vec<Instant> = vec![Instant::now()]; // index = offset (1-based)
     let what = match (&broker, floor, stomp, stomp_publisher) {
+        _ if node_sio && sio_polling => " of the Node.js socket.io server, Socket.IO over HTTP long-polling (HTTP publisher)".into(),
+        _ if node_sio => " of the Node.js socket.io server, Socket.IO over WebSocket (HTTP publisher)".into(),
+        _ if sio_polling => " of wsx, Socket.IO over HTTP long-polling (HTTP API publisher)".into(),
+        _ if sio => " of wsx, Socket.IO over WebSocket (HTTP API publisher)".into(),
         (Some(url), ..) => format!(" of the STOMP broker at {url} (STOMP subscribers and publisher)"),
         (None, true, ..) => " floor (plain TCP, one write per connection, no server)".into(),
         (None, false, true, true) => " of wsx over STOMP (STOMP subscribers and publisher)".into(),
@@ -466,10 +619,12 @@ async fn main() {
         "\nfan-out{what}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
         rss / 1024
     );
-    println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms |");
-    println!("|---|---|---|---|---|---|---|");
+    println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms | server CPU µs/delivery |");
+    println!("|---|---|---|---|---|---|---|---|");
+    let server_pid = server.id();
     for rate in rates {
         let first = published.len() as u64;
+        let cpu0 = cpu_time(server_pid);
         let count = (rate * seconds).round() as usize;
         let period = Duration::from_secs_f64(1.0 / rate);
         let start = Instant::now();
@@ -530,18 +685,20 @@ async fn main() {
                 last_seen = Some(last_seen.map_or(t, |l: Instant| l.max(t)));
             }
         }
+        let cpu = cpu_time(server_pid).saturating_sub(cpu0);
         let span = match (first_receipt, last_seen) {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
             _ => 1.0,
         };
         println!(
-            "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             delivered as f64 / span,
             n * count,
             pct(&mut per_delivery, 0.5),
             pct(&mut per_delivery, 0.99),
             pct(&mut last_receipt, 0.5),
             pct(&mut last_receipt, 0.99),
+            cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
         );
     }
     let _ = server.kill();

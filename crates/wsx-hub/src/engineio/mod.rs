@@ -12,8 +12,10 @@
 pub mod packet;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -257,6 +259,17 @@ impl Frame {
     }
 }
 
+/// Frames an application hands to a session's carrier when it asks, instead of queueing
+/// them: the carrier (the WebSocket's task, or a pending long-poll) polls its sources
+/// itself, so a delivery costs no task of the application's and waits in the
+/// application's own bounded queue while the client does not read.
+pub trait Source: Send + Sync + 'static {
+    /// Append what is ready to `out`: `Ready(true)` when something was appended,
+    /// `Ready(false)` when the source has ended (it is then dropped), `Pending` (with
+    /// `cx`'s waker registered) when nothing is ready.
+    fn poll_frames(&self, cx: &mut Context<'_>, out: &mut Vec<Frame>) -> Poll<bool>;
+}
+
 /// The application run for each session.
 pub type OnConnection = Arc<dyn Fn(EngineSocket) -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -301,10 +314,10 @@ struct Shared {
     /// How long one write to a WebSocket may wait for the peer.
     write_timeout: Duration,
     out: Mutex<Out>,
-    /// Frames were queued, or the carrier changed.
+    /// Frames were queued, a source was added, or the carrier changed.
     readable: Notify,
-    /// The buffer drained below half.
-    writable: Notify,
+    /// The application's sources, polled by the carrier (copied on change).
+    sources: Mutex<Arc<[Arc<dyn Source>]>>,
     pong: Notify,
     closed: CancellationToken,
     _slot: Mutex<Option<OwnedSemaphorePermit>>,
@@ -369,23 +382,15 @@ impl EngineHandle {
         self.shared.push_all(frames)
     }
 
-    /// Wait until the buffer has room (below half of its bound) or the session closed.
-    pub async fn ready(&self) {
-        loop {
-            let notified = self.shared.writable.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            {
-                let out = lock(&self.shared.out);
-                if out.closed.is_some() || out.bytes <= self.shared.max_buffer / 2 {
-                    return;
-                }
-            }
-            tokio::select! {
-                _ = notified => {}
-                _ = self.shared.closed.cancelled() => return,
-            }
+    /// Add a source the carrier polls for frames (until it ends or the session closes).
+    pub fn add_source(&self, source: Arc<dyn Source>) {
+        {
+            let mut sources = lock(&self.shared.sources);
+            let mut all = sources.to_vec();
+            all.push(source);
+            *sources = Arc::from(all);
         }
+        self.shared.readable.notify_waiters();
     }
 
     /// Close the session.
@@ -439,12 +444,51 @@ impl Shared {
 
     fn take(&self, out: &mut Out) -> Vec<Frame> {
         out.bytes = 0;
-        self.writable.notify_waiters();
-        out.frames.drain(..).collect()
+        std::mem::take(&mut out.frames).into()
+    }
+
+    /// The queued frames and what the sources have ready now, if any.
+    async fn take_ready(&self) -> Option<Vec<Frame>> {
+        let mut frames = {
+            let mut out = lock(&self.out);
+            self.take(&mut out)
+        };
+        if let Poll::Ready(more) =
+            std::future::poll_fn(|cx| Poll::Ready(self.poll_sources(cx))).await
+        {
+            frames.extend(more);
+        }
+        (!frames.is_empty()).then_some(frames)
+    }
+
+    /// Poll the sources: `Ready` with their frames when some are ready.
+    fn poll_sources(&self, cx: &mut Context<'_>) -> Poll<Vec<Frame>> {
+        let sources = lock(&self.sources).clone();
+        let mut out = Vec::new();
+        let mut ended = Vec::new();
+        for (i, s) in sources.iter().enumerate() {
+            if let Poll::Ready(false) = s.poll_frames(cx, &mut out) {
+                ended.push(i);
+            }
+        }
+        if !ended.is_empty() {
+            let mut now = lock(&self.sources);
+            let keep: Vec<_> = now
+                .iter()
+                .filter(|s| !ended.iter().any(|&i| Arc::ptr_eq(s, &sources[i])))
+                .cloned()
+                .collect();
+            *now = Arc::from(keep);
+        }
+        if out.is_empty() {
+            Poll::Pending
+        } else {
+            Poll::Ready(out)
+        }
     }
 
     fn close(&self, reason: CloseReason) {
-        {
+        let keep = {
             let mut out = lock(&self.out);
             if out.closed.is_some() {
                 return;
@@ -457,14 +501,31 @@ impl Shared {
                 Packet::Close
             };
             out.frames.push_back(Frame::new(&last));
-        }
+            // When the client closed with no poll pending, the next poll (one that raced
+            // the close) still gets the noop; then the session is gone.
+            reason == CloseReason::ClientClose
+                && !matches!(out.carrier, Carrier::WebSocket)
+                && !out.get_busy
+        };
         if let Some(engine) = self.engine.upgrade() {
-            lock(&engine.sessions).remove(&self.sid);
+            if keep {
+                let sid = self.sid.clone();
+                let engine = Arc::downgrade(&engine);
+                tokio::spawn(async move {
+                    tokio::time::sleep(CLOSED_GRACE).await;
+                    if let Some(engine) = engine.upgrade() {
+                        lock(&engine.sessions).remove(&sid);
+                    }
+                });
+            } else {
+                lock(&engine.sessions).remove(&self.sid);
+            }
         }
         lock(&self._slot).take();
+        // Sources may hold the application's state, which holds this session.
+        *lock(&self.sources) = Arc::from(Vec::new());
         self.closed.cancel();
         self.readable.notify_waiters();
-        self.writable.notify_waiters();
     }
 
     /// A WebSocket for this polling session arrived: `false` if one is upgrading
@@ -661,7 +722,7 @@ impl Engine {
                 closed: None,
             }),
             readable: Notify::new(),
-            writable: Notify::new(),
+            sources: Mutex::new(Arc::from(Vec::new())),
             pong: Notify::new(),
             closed: CancellationToken::new(),
             _slot: Mutex::new(slot),
@@ -808,6 +869,13 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
             let Some(shared) = engine.session(sid) else {
                 return EioError::UnknownSid.response();
             };
+            if lock(&shared.out).closed.is_some() {
+                // Closed: only its last frames are left, for one poll.
+                return match (carrier, req.method() == Method::GET) {
+                    (Carrier::Polling, true) => last_poll(engine, &shared),
+                    _ => EioError::UnknownSid.response(),
+                };
+            }
             match carrier {
                 Carrier::WebSocket => {
                     if !wsx::upgrade::is_upgrade_request(&req) {
@@ -872,6 +940,9 @@ fn polling_response(body: Vec<u8>) -> Response {
         .into_response()
 }
 
+/// How long a polling session the client closed keeps its noop for a poll to come.
+const CLOSED_GRACE: Duration = Duration::from_secs(1);
+
 /// How long a poll that raced an upgrade waits before its 400.
 const LATE_POLL_DELAY: Duration = Duration::from_millis(20);
 
@@ -926,22 +997,42 @@ async fn poll(shared: &Arc<Shared>) -> Response {
             tokio::time::sleep(LATE_POLL_DELAY).await;
             return EioError::BadRequest.response();
         }
-        {
-            let mut out = lock(&shared.out);
-            if !out.frames.is_empty() {
-                let frames = shared.take(&mut out);
-                let mut body = Vec::new();
-                for (i, f) in frames.iter().enumerate() {
-                    if i > 0 {
-                        body.push(packet::SEPARATOR);
-                    }
-                    f.write_polling(&mut body);
-                }
-                return polling_response(body);
+        let frames = match shared.take_ready().await {
+            Some(frames) => frames,
+            None => tokio::select! {
+                _ = notified => continue,
+                frames = std::future::poll_fn(|cx| shared.poll_sources(cx)) => frames,
+            },
+        };
+        let mut body = Vec::new();
+        for (i, f) in frames.iter().enumerate() {
+            if i > 0 {
+                body.push(packet::SEPARATOR);
             }
+            f.write_polling(&mut body);
         }
-        notified.await;
+        return polling_response(body);
     }
+}
+
+/// The poll after a session closed with no poll pending: its last frames, once.
+fn last_poll(engine: &Engine, shared: &Shared) -> Response {
+    lock(&engine.inner.sessions).remove(&shared.sid);
+    let frames = {
+        let mut out = lock(&shared.out);
+        shared.take(&mut out)
+    };
+    if frames.is_empty() {
+        return EioError::UnknownSid.response();
+    }
+    let mut body = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(packet::SEPARATOR);
+        }
+        f.write_polling(&mut body);
+    }
+    polling_response(body)
 }
 
 /// A POST: the client's packets.
@@ -1062,17 +1153,8 @@ async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
         let notified = shared.readable.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
-        let frames = {
-            let mut out = lock(&shared.out);
-            if out.frames.is_empty() {
-                None
-            } else {
-                Some(shared.take(&mut out))
-            }
-        };
-        if let Some(frames) = frames {
-            let write = tokio::time::timeout(shared.write_timeout, write_frames(&mut ws, &frames));
-            if !matches!(write.await, Ok(true)) {
+        if let Some(frames) = shared.take_ready().await {
+            if !write_frames(&mut ws, &frames, shared.write_timeout).await {
                 break CloseReason::TransportError;
             }
             continue;
@@ -1082,6 +1164,11 @@ async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
         }
         tokio::select! {
             _ = notified => {}
+            frames = std::future::poll_fn(|cx| shared.poll_sources(cx)) => {
+                if !write_frames(&mut ws, &frames, shared.write_timeout).await {
+                    break CloseReason::TransportError;
+                }
+            }
             msg = ws.next() => {
                 let packet = match msg {
                     Some(Ok(Message::Text(t))) => Packet::decode_text(t.into_bytes()),
@@ -1117,7 +1204,20 @@ async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// Write frames; a timer (`timeout`) only when the socket cannot take them at once.
 async fn write_frames<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    frames: &[Frame],
+    timeout: Duration,
+) -> bool {
+    let mut write = std::pin::pin!(write_all(ws, frames));
+    match std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await {
+        Poll::Ready(ok) => ok,
+        Poll::Pending => matches!(tokio::time::timeout(timeout, write).await, Ok(true)),
+    }
+}
+
+async fn write_all<S: AsyncRead + AsyncWrite + Unpin>(
     ws: &mut WebSocket<S>,
     frames: &[Frame],
 ) -> bool {

@@ -35,6 +35,7 @@ use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -51,6 +52,7 @@ pub use self::packet::Args;
 use self::packet::{Kind, Packet};
 use crate::engineio::{
     CloseReason, Engine, EngineConfig, EngineHandle, EngineSocket, Frame, Inbound, RequestInfo,
+    Source,
 };
 use crate::hub::client::ClientInfo;
 use crate::hub::error::HubError;
@@ -1018,7 +1020,10 @@ async fn connect(
         .unwrap_or_else(|e| e.into_inner())
         .clone();
     tokio::spawn(run_handlers(socket.clone(), work_rx, on_connection));
-    tokio::spawn(pump(socket.clone(), queue));
+    handle.add_source(Arc::new(HubSource {
+        socket: socket.clone(),
+        queue,
+    }));
     Ok(socket)
 }
 
@@ -1096,55 +1101,68 @@ struct Encoded {
 
 static ENCODED: LazyLock<EncodingSlot<Arc<Encoded>>> = LazyLock::new(EncodingSlot::register);
 
-/// Drain the socket's hub queue into its Engine.IO session.
-async fn pump(socket: Socket, queue: Arc<crate::hub::queue::Outbound>) {
-    let engine = socket.inner.engine.clone();
-    loop {
-        let first = std::future::poll_fn(|cx| queue.poll_next(cx)).await;
-        let mut next = first;
-        let mut frames = Vec::new();
+/// A socket's hub queue as a source of its Engine.IO session: the carrier (the
+/// WebSocket's task, a pending long-poll) takes deliveries straight from the hub queue,
+/// up to 64 at a time, and they wait there while the client does not read (so the hub
+/// queue's slow-consumer rule applies).
+struct HubSource {
+    socket: Socket,
+    queue: Arc<crate::hub::queue::Outbound>,
+}
+
+impl Source for HubSource {
+    fn poll_frames(&self, cx: &mut Context<'_>, out: &mut Vec<Frame>) -> Poll<bool> {
+        let before = out.len();
         for _ in 0..64 {
-            match next {
-                None => return,
-                Some(Ok(d)) => {
+            match self.queue.poll_next(cx) {
+                Poll::Pending => break,
+                Poll::Ready(None) => return Poll::Ready(out.len() > before),
+                Poll::Ready(Some(Ok(d))) => {
                     if matches!(d, Delivery::Unsubscribed { .. }) {
-                        let item = Some(Ok(d.clone()));
-                        if let Some(s) = socket.inner.hub.lock().await.as_mut() {
-                            s.observe(&item);
-                        }
+                        self.socket.observe(Some(Ok(d.clone())));
                     }
-                    socket.frames_for(&d, &mut frames);
+                    self.socket.frames_for(&d, out);
                 }
-                Some(Err(d)) => {
-                    let item = Some(Err(d.clone()));
-                    if let Some(s) = socket.inner.hub.lock().await.as_mut() {
-                        s.observe(&item);
-                    }
-                    engine.send_all(std::mem::take(&mut frames));
+                Poll::Ready(Some(Err(d))) => {
+                    self.socket.observe(Some(Err(d.clone())));
+                    let engine = &self.socket.inner.engine;
                     match d {
                         Disconnect::Server {
                             reconnect: false, ..
-                        } => socket.disconnect(),
+                        } => self.socket.disconnect(),
                         Disconnect::SlowConsumer => engine.close(CloseReason::SlowConsumer),
                         Disconnect::Shutdown => engine.close(CloseReason::Shutdown),
                         _ => engine.close(CloseReason::Reconnect),
                     }
-                    return;
+                    return Poll::Ready(out.len() > before);
                 }
             }
-            match std::future::poll_fn(|cx| queue.poll_next(cx)).now_or_never() {
-                Some(n) => next = n,
-                None => break,
-            }
         }
-        engine.ready().await;
-        if !frames.is_empty() && !engine.send_all(frames) {
-            return;
+        if out.len() > before {
+            Poll::Ready(true)
+        } else {
+            // Either nothing is queued (the waker is registered) or a whole batch was
+            // for other namespaces: look again soon.
+            if !self.queue.is_empty() {
+                cx.waker().wake_by_ref();
+            }
+            Poll::Pending
         }
     }
 }
 
 impl Socket {
+    /// Keep the hub session's books on an item of its queue (off the carrier's task:
+    /// the session is behind an async lock).
+    fn observe(&self, item: Option<Result<Delivery, Disconnect>>) {
+        let me = self.clone();
+        tokio::spawn(async move {
+            if let Some(s) = me.inner.hub.lock().await.as_mut() {
+                s.observe(&item);
+            }
+        });
+    }
+
     /// The frames of a delivery for this socket (none when it is not for it).
     fn frames_for(&self, d: &Delivery, out: &mut Vec<Frame>) {
         let nsp = self.inner.ns.name();
