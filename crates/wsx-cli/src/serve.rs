@@ -175,6 +175,11 @@ fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
         .with_state(gate.clone())
         // The native protocol: GET /connection/websocket.
         .merge(wsx_hub::native::router(gate))
+        // The native protocol over SockJS (every sockjs-client transport): /connection/sockjs.
+        .merge(wsx_hub::native::sockjs_router(
+            gate,
+            wsx_hub::sockjs::SockJsConfig::default().sockjs_url("/vendor/sockjs.min.js"),
+        ))
         // STOMP 1.0-1.2 over WebSocket: GET /stomp (STOMP over TCP: --stomp-listen).
         .merge(wsx_hub::stomp::router(gate, settings.stomp.clone()))
         // Socket.IO v4 clients (Engine.IO polling, WebSocket, upgrade): /socket.io/.

@@ -23,6 +23,8 @@ files! {
     "/chart.js" => "chart.js", "text/javascript; charset=utf-8";
     "/console.js" => "console.js", "text/javascript; charset=utf-8";
     "/style.css" => "style.css", "text/css; charset=utf-8";
+    "/vendor/sockjs.min.js" => "vendor/sockjs.min.js", "text/javascript; charset=utf-8";
+    "/vendor/sockjs-client.LICENSE" => "vendor/sockjs-client.LICENSE", "text/plain; charset=utf-8";
 }
 
 /// The file served at `path`, if any: content type and body.

@@ -14,6 +14,7 @@
 //! - [`stomp`]: STOMP 1.0-1.2 over WebSocket (`/stomp`) and TCP;
 //! - [`socketio`]: Socket.IO v5 over [`engineio`] v4 (long-polling, WebSocket, the
 //!   upgrade), as a server library and as the hub's vocabulary (`/socket.io/`);
+//! - [`sockjs`]: the SockJS protocol's server side, every transport;
 //! - [`api`]: the HTTP server API (`/api/*`).
 
 #![forbid(unsafe_code)]
@@ -24,6 +25,7 @@ pub mod engineio;
 pub mod hub;
 pub mod native;
 pub mod socketio;
+pub mod sockjs;
 pub mod stomp;
 pub mod transport;
 

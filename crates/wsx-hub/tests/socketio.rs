@@ -4,21 +4,19 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
-use tokio_util::task::TaskTracker;
-use wsx::{ClientConfig, Message, OriginPolicy, ServerConfig};
+use wsx::{ClientConfig, Message};
 use wsx_hub::engineio::{Engine, EngineConfig};
 use wsx_hub::socketio::{Args, ConnectError, Identity, SocketIo, SocketIoConfig};
-use wsx_hub::{Gate, Hub, HubConfig};
+use wsx_hub::{Hub, HubConfig};
+
+mod common;
+use common::http;
 
 /// The application: auth by name, echo with acks, typed arguments, rooms, an ack the
 /// server asks of the client, a broadcast from outside a handler, a kick; `/admin`
@@ -106,30 +104,12 @@ fn app(io: &SocketIo) {
 
 async fn server(cfg: SocketIoConfig) -> (SocketAddr, SocketIo, Engine) {
     let hub = Arc::new(Hub::new(HubConfig::default()));
-    let (stop_tx, stop) = watch::channel(false);
-    std::mem::forget(stop_tx);
-    let gate = Gate::new(
-        hub.clone(),
-        ServerConfig::default().origin(OriginPolicy::Any),
-        1000,
-        stop,
-        TaskTracker::new(),
-    );
+    let gate = common::gate(hub.clone(), 1000);
     let io = SocketIo::new(hub, cfg);
     app(&io);
     let engine = io.engine(&gate);
     let router = engine.router("/socket.io/");
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    (addr, io, engine)
+    (common::serve(router).await, io, engine)
 }
 
 fn engine() -> EngineConfig {
@@ -141,43 +121,7 @@ fn engine() -> EngineConfig {
 #[tokio::test(flavor = "multi_thread")]
 async fn socket_io_client_drives_an_application_built_on_the_library() {
     let (addr, _io, _engine) = server(SocketIoConfig::default().engine(engine())).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/socketio/lib_app.mjs");
-    let url = format!("http://{addr}");
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .arg(script)
-            .arg(url)
-            .output()
-            .unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("OK passed"),
-        "{stdout}\n{stderr}"
-    );
-}
-
-/// One HTTP/1.1 request on a fresh connection: (status, body).
-async fn http(addr: SocketAddr, method: &str, target: &str, body: &[u8]) -> (u16, String) {
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let head = format!(
-        "{method} {target} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    tcp.write_all(body).await.unwrap();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
-        .await
-        .unwrap()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out).into_owned();
-    let status = text[9..12].parse().unwrap();
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, body.to_string())
+    common::node("socketio/lib_app.mjs", vec![format!("http://{addr}")]).await;
 }
 
 async fn handshake(addr: SocketAddr) -> String {

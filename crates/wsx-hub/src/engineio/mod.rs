@@ -357,11 +357,7 @@ impl EngineSocket {
 
     /// The next message; `None` once the session closed.
     pub async fn recv(&mut self) -> Option<Inbound> {
-        tokio::select! {
-            biased;
-            m = self.rx.recv() => m,
-            _ = self.handle.shared.closed.cancelled() => self.rx.try_recv().ok(),
-        }
+        crate::transport::recv_or_closed(&mut self.rx, &self.handle.shared.closed).await
     }
 }
 
@@ -803,23 +799,7 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
         _ => return EioError::UnknownTransport.response(),
     };
     // The Origin allow-list applies to polling as to WebSocket.
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok());
-    let host = req
-        .headers()
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if !engine
-        .inner
-        .gate
-        .config()
-        .handshake
-        .origin
-        .allows(origin, host)
-    {
+    if !engine.inner.gate.origin_allowed(req.headers()) {
         return EioError::Forbidden.response();
     }
     if req.method() == Method::OPTIONS {

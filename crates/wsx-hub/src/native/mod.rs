@@ -121,6 +121,51 @@ async fn endpoint(
     })
 }
 
+/// A transport of whole text messages the native protocol can run over (a SockJS
+/// session, say): [`Session::run_messages`].
+pub trait MessageTransport: Send {
+    /// The next message from the client; `None` once the transport is closed.
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<String>> + Send;
+    /// Send a message; `false` once the transport is closed.
+    fn send(&mut self, text: String) -> bool;
+    /// Close the transport with a close code and reason.
+    fn close(&mut self, code: u16, reason: &str);
+}
+
+impl MessageTransport for crate::sockjs::SockJsSession {
+    async fn recv(&mut self) -> Option<String> {
+        crate::sockjs::SockJsSession::recv(self).await
+    }
+
+    fn send(&mut self, text: String) -> bool {
+        self.handle().send(text)
+    }
+
+    fn close(&mut self, code: u16, reason: &str) {
+        self.handle().close(code, reason);
+    }
+}
+
+/// The SockJS endpoint carrying the native protocol (`/connection/sockjs`), for
+/// clients that cannot hold a WebSocket open: sockjs-client's transports, the same
+/// commands and pushes.
+pub fn sockjs_router(gate: &Gate, cfg: crate::sockjs::SockJsConfig) -> Router {
+    let hub = gate.hub().clone();
+    crate::sockjs::SockJs::new(
+        gate,
+        cfg,
+        Arc::new(move |s| {
+            Session::new(hub.clone(), String::new())
+                .run_messages(s)
+                .boxed()
+        }),
+    )
+    .router(SOCKJS_PATH)
+}
+
+/// Where [`sockjs_router`] mounts the native protocol over SockJS.
+pub const SOCKJS_PATH: &str = "/connection/sockjs";
+
 /// One native-protocol connection.
 pub struct Session {
     hub: HubSession,
@@ -261,6 +306,50 @@ impl Session {
                 SharedFrame::text(&codec::publication_push(queue, message))
             }
         }
+    }
+
+    /// Run the session over a message transport (SockJS, say) until either side
+    /// closes it: the same commands, replies and pushes as over a WebSocket.
+    pub async fn run_messages<T: MessageTransport>(mut self, mut t: T) {
+        loop {
+            tokio::select! {
+                msg = t.recv() => {
+                    let Some(text) = msg else { break };
+                    match self.handle(&text).await {
+                        Outcome::Reply(r) => {
+                            self.hub.metrics().count_out(r.len());
+                            if !t.send(r) {
+                                break;
+                            }
+                        }
+                        Outcome::Close(code, reason) => {
+                            t.close(code, reason);
+                            break;
+                        }
+                    }
+                }
+                d = self.hub.next_delivery() => match d {
+                    Some(Ok(d)) => {
+                        let frame = Self::frame_for(&d);
+                        let bytes = frame.as_bytes();
+                        let payload = &bytes[bytes.len() - frame.payload_len()..];
+                        self.hub.metrics().count_out(payload.len());
+                        // The frame's payload is the push's JSON text.
+                        if !t.send(String::from_utf8_lossy(payload).into_owned()) {
+                            break;
+                        }
+                    }
+                    Some(Err(d)) => {
+                        let (code, reason) = close_for(&d);
+                        t.send(codec::disconnect_push(code, reason, d.reconnect()));
+                        t.close(code, reason);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+        }
+        self.hub.close().await;
     }
 
     /// Run the session over an accepted WebSocket until either side closes.

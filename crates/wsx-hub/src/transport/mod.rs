@@ -31,6 +31,18 @@ pub struct Gate {
     tasks: TaskTracker,
 }
 
+/// The next item of `rx`; once `closed` is cancelled, only what is left in it.
+pub async fn recv_or_closed<T>(
+    rx: &mut tokio::sync::mpsc::Receiver<T>,
+    closed: &tokio_util::sync::CancellationToken,
+) -> Option<T> {
+    tokio::select! {
+        biased;
+        m = rx.recv() => m,
+        _ = closed.cancelled() => rx.try_recv().ok(),
+    }
+}
+
 /// Resolves once `rx` says the server is shutting down.
 pub async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -78,6 +90,20 @@ impl Gate {
     /// Spawn a connection's task (tracked: shutdown waits for it).
     pub fn spawn<F: Future<Output = ()> + Send + 'static>(&self, f: F) {
         self.tasks.spawn(f);
+    }
+
+    /// Whether a request with these headers comes from an allowed origin (the
+    /// WebSocket origin policy, applied to HTTP transports alike).
+    pub fn origin_allowed(&self, headers: &http::HeaderMap) -> bool {
+        let get = |h| {
+            headers
+                .get(h)
+                .and_then(|v: &http::HeaderValue| v.to_str().ok())
+        };
+        self.cfg.handshake.origin.allows(
+            get(http::header::ORIGIN),
+            get(http::header::HOST).unwrap_or(""),
+        )
     }
 
     /// Count and log a refused handshake; its response.

@@ -1,0 +1,127 @@
+//! SockJS (`wsx_hub::sockjs`): sockjs-client 1.6 in Node on each of its Node transports
+//! against an echo and a closing service built on the library and against the native
+//! protocol over SockJS (`native::sockjs_router`), with recovery; and bad input over
+//! raw HTTP.
+#![allow(clippy::unwrap_used)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use wsx_hub::sockjs::{SockJs, SockJsConfig};
+use wsx_hub::{Hub, HubConfig};
+
+mod common;
+use common::http;
+
+const KEY: &str = "sockjs-test-key-0123456789";
+
+async fn server(cfg: SockJsConfig) -> (SocketAddr, SockJs) {
+    let mut hub_cfg = HubConfig::default();
+    hub_cfg.default_options.history_size = 100;
+    let hub = Arc::new(Hub::new(hub_cfg));
+    let gate = common::gate(hub.clone(), 1000);
+    let echo = SockJs::new(
+        &gate,
+        cfg.clone(),
+        Arc::new(|mut s| {
+            async move {
+                let h = s.handle().clone();
+                while let Some(m) = s.recv().await {
+                    h.send(m);
+                }
+            }
+            .boxed()
+        }),
+    );
+    let close = SockJs::new(
+        &gate,
+        cfg.clone(),
+        Arc::new(|s| async move { s.handle().close(3000, "Go away!") }.boxed()),
+    );
+    let mut api = wsx_hub::api::ApiConfig::default();
+    api.api_key = Some(KEY.into());
+    let router = echo
+        .router("/echo")
+        .merge(close.router("/close"))
+        .merge(wsx_hub::native::sockjs_router(&gate, cfg))
+        .merge(wsx_hub::api::router(hub, api));
+    (common::serve(router).await, echo)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockjs_client_in_node_on_every_node_transport() {
+    let (addr, _echo) = server(SockJsConfig::default().response_limit(4096)).await;
+    common::node(
+        "sockjs/sockjs_node.mjs",
+        vec![format!("http://{addr}"), KEY.to_string()],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_statuses_and_sessions_expire() {
+    let cfg = SockJsConfig::default().timing(Duration::from_secs(25), Duration::from_millis(300));
+    let mut small = cfg.clone();
+    small.max_message_bytes = 1000;
+    let (addr, echo) = server(small).await;
+    // Unknown sessions, posts to closed sessions, oversized and broken posts.
+    assert_eq!(
+        http(addr, "POST", "/echo/0/nope/xhr_send", br#"["x"]"#)
+            .await
+            .0,
+        404
+    );
+    assert_eq!(
+        http(addr, "POST", "/echo/0/s1/xhr", b"").await,
+        (200, "o\n".into())
+    );
+    assert_eq!(
+        http(addr, "POST", "/echo/0/s1/xhr_send", &[b'x'; 2000])
+            .await
+            .0,
+        413
+    );
+    assert_eq!(
+        http(addr, "POST", "/echo/0/s1/xhr_send", b"[\"x").await,
+        (500, "Broken JSON encoding.".into())
+    );
+    assert_eq!(
+        http(addr, "POST", "/close/0/c1/xhr", b"").await,
+        (200, "o\n".into())
+    );
+    assert_eq!(
+        http(addr, "POST", "/close/0/c1/xhr", b"").await,
+        (200, "c[3000,\"Go away!\"]\n".into())
+    );
+    assert_eq!(
+        http(addr, "POST", "/close/0/c1/xhr_send", br#"["x"]"#)
+            .await
+            .0,
+        404
+    );
+
+    // Ten thousand sessions opened and abandoned: each holds a connection slot (503
+    // beyond 1,000) and expires 300 ms after its last request.
+    let (mut opened, mut refused) = (0, 0);
+    for i in 0..10_000 {
+        match http(addr, "POST", &format!("/echo/0/a{i}/xhr"), b"")
+            .await
+            .0
+        {
+            200 => opened += 1,
+            503 => refused += 1,
+            other => panic!("status {other}"),
+        }
+        assert!(echo.sessions() <= 1000);
+    }
+    assert_eq!(opened + refused, 10_000);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(echo.sessions(), 0, "every abandoned session expired");
+    // The service still works.
+    assert_eq!(
+        http(addr, "POST", "/echo/0/fresh/xhr", b"").await,
+        (200, "o\n".into())
+    );
+}
