@@ -89,3 +89,8 @@ fn stompjs_in_chromium_over_the_browsers_websocket() {
 fn socket_io_client_in_chromium_polls_upgrades_and_recovers() {
     run_script("socketio.mjs", &[]);
 }
+
+#[test]
+fn sockjs_client_in_chromium_on_every_browser_transport() {
+    run_script("sockjs.mjs", &[]);
+}
