@@ -10,6 +10,11 @@
 //
 // Reconnects with exponential backoff and jitter, resubscribes with recovery from the
 // last offset seen, and honours the server's disconnect advice.
+//
+// Transports, tried in order until one opens (`transports` option to choose):
+// 'websocket', 'sse' (server-sent events + POST), 'polling' (HTTP long-polling + POST),
+// and 'sockjs' when the page loaded sockjs-client (window.SockJS). Recovery works
+// across a change of transport: subscriptions keep their offsets.
 
 const NO_RECONNECT_CLOSE_CODES = new Set([3001, 3009, 4003]);
 
@@ -44,6 +49,103 @@ export class Subscription {
   }
 }
 
+// A transport over plain HTTP with the interface of a WebSocket (readyState, send,
+// close, onopen/onmessage/onclose). Sends are posted one request at a time, in order.
+class HttpTransport {
+  constructor(base) {
+    this.base = base;
+    this.readyState = 0;
+    this.id = null;
+    this._queue = [];
+    this._posting = false;
+  }
+
+  send(text) {
+    this._queue.push(text);
+    this._flush();
+  }
+
+  async _flush() {
+    if (this._posting || !this._queue.length || this.readyState !== 1) return;
+    this._posting = true;
+    const body = this._queue.splice(0).join('\n');
+    try {
+      const r = await fetch(`${this.base}/${this.id}`, { method: 'POST', body });
+      if (!r.ok) throw new Error(`status ${r.status}`);
+    } catch (e) {
+      this._closed(1006, `send failed: ${e.message}`);
+    }
+    this._posting = false;
+    this._flush();
+  }
+
+  _opened(id) {
+    this.id = id;
+    this.readyState = 1;
+    if (this.onopen) this.onopen();
+    this._flush();
+  }
+
+  _closed(code, reason) {
+    if (this.readyState === 3) return;
+    this.readyState = 3;
+    this._stop();
+    if (this.onclose) this.onclose({ code, reason });
+  }
+
+  close() { this._closed(1000, 'client disconnect'); }
+}
+
+// Server-sent events for what the server sends.
+class SseTransport extends HttpTransport {
+  constructor(base) {
+    super(`${base}/connection/sse`);
+    const es = new EventSource(this.base);
+    this._es = es;
+    es.addEventListener('session', (e) => this._opened(JSON.parse(e.data).session));
+    es.onmessage = (e) => { if (this.onmessage) this.onmessage({ data: e.data }); };
+    es.addEventListener('close', (e) => { const c = JSON.parse(e.data); this._closed(c.code, c.reason); });
+    // No automatic reconnection of the stream: a new stream is a new session.
+    es.onerror = () => this._closed(1006, 'event stream failed');
+  }
+
+  _stop() { this._es.close(); }
+}
+
+// Long-polling for what the server sends.
+class PollTransport extends HttpTransport {
+  constructor(base) {
+    super(`${base}/connection/poll`);
+    this._abort = new AbortController();
+    this._run();
+  }
+
+  async _run() {
+    try {
+      const r = await fetch(this.base, { method: 'POST', signal: this._abort.signal });
+      if (!r.ok) throw new Error(`status ${r.status}`);
+      this._opened((await r.json()).session);
+      while (this.readyState === 1) {
+        const p = await fetch(`${this.base}/${this.id}`, { signal: this._abort.signal });
+        if (p.status === 410) {
+          const c = await p.json();
+          this._closed(c.code, c.reason);
+          return;
+        }
+        if (!p.ok) throw new Error(`status ${p.status}`);
+        for (const m of await p.json()) {
+          if (this.readyState !== 1) return;
+          if (this.onmessage) this.onmessage({ data: JSON.stringify(m) });
+        }
+      }
+    } catch (e) {
+      this._closed(1006, `poll failed: ${e.message}`);
+    }
+  }
+
+  _stop() { this._abort.abort(); }
+}
+
 export class Client {
   constructor(url, options = {}) {
     this.url = url;
@@ -54,8 +156,11 @@ export class Client {
       minReconnectDelay: 500,
       maxReconnectDelay: 20000,
       WebSocket: globalThis.WebSocket,
+      // In the order tried; default: websocket, sse, polling, and sockjs if loaded.
+      transports: undefined,
       ...options,
     };
+    this.transport = null;
     this._subs = new Map();
     this._pending = new Map();
     this._nextId = 1;
@@ -90,18 +195,74 @@ export class Client {
     if (this._ws) return;
     clearTimeout(this._timer);
     this._setState(this._attempt === 0 ? 'connecting' : 'reconnecting');
-    const ws = new this.options.WebSocket(this.url);
-    this._ws = ws;
-    ws.onopen = () => this._onOpen();
-    ws.onmessage = (ev) => this._onMessage(ev.data);
-    ws.onclose = (ev) => this._onClose(ev.code, ev.reason);
+    const order = this.options.transports
+      || ['websocket', 'sse', 'polling', ...(globalThis.SockJS ? ['sockjs'] : [])];
+    this._open(order, 0);
+  }
+
+  // The base HTTP URL of the server (from the WebSocket URL).
+  _httpBase() {
+    const u = new URL(this.url, globalThis.location && globalThis.location.href);
+    const scheme = u.protocol === 'wss:' || u.protocol === 'https:' ? 'https:' : 'http:';
+    return `${scheme}//${u.host}`;
+  }
+
+  _transport(name) {
+    switch (name) {
+      case 'websocket':
+        if (!this.options.WebSocket) throw new Error('no WebSocket');
+        return new this.options.WebSocket(this.url);
+      case 'sse':
+        if (!globalThis.EventSource) throw new Error('no EventSource');
+        return new SseTransport(this._httpBase());
+      case 'polling':
+        return new PollTransport(this._httpBase());
+      case 'sockjs':
+        if (!globalThis.SockJS) throw new Error('sockjs-client not loaded');
+        return new globalThis.SockJS(`${this._httpBase()}/connection/sockjs`);
+      default:
+        throw new Error(`unknown transport ${name}`);
+    }
+  }
+
+  // Open the transport order[i]; one that closes before it opened hands over to the
+  // next in the order.
+  _open(order, i) {
+    let t;
+    try {
+      t = this._transport(order[i]);
+    } catch (e) {
+      if (i + 1 < order.length) return this._open(order, i + 1);
+      return this._onClose(1006, e.message);
+    }
+    let opened = false;
+    this._ws = t;
+    t.onopen = () => {
+      opened = true;
+      this.transport = order[i];
+      this._onOpen();
+    };
+    t.onmessage = (ev) => this._onMessage(ev.data);
+    t.onclose = (ev) => {
+      if (this._ws !== t) return;
+      if (!opened && i + 1 < order.length) {
+        this._ws = null;
+        this._open(order, i + 1);
+      } else {
+        this._onClose(ev.code, ev.reason);
+      }
+    };
   }
 
   disconnect() {
     this._wanted = false;
     clearTimeout(this._timer);
-    if (this._ws) this._ws.close(1000, 'client disconnect');
+    const t = this._ws;
     this._ws = null;
+    if (t) t.close(1000, 'client disconnect');
+    for (const p of this._pending.values()) p.reject(new WsxError(0, 'connection closed'));
+    this._pending.clear();
+    for (const sub of this._subs.values()) sub.active = false;
     this._setState('disconnected');
   }
 

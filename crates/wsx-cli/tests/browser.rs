@@ -94,3 +94,8 @@ fn socket_io_client_in_chromium_polls_upgrades_and_recovers() {
 fn sockjs_client_in_chromium_on_every_browser_transport() {
     run_script("sockjs.mjs", &[]);
 }
+
+#[test]
+fn js_client_falls_back_to_sse_polling_and_sockjs_and_recovers() {
+    run_script("fallback.mjs", &[]);
+}

@@ -62,7 +62,8 @@ async fn sockjs_client_in_node_on_every_node_transport() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_input_gets_clear_statuses_and_sessions_expire() {
-    let cfg = SockJsConfig::default().timing(Duration::from_secs(25), Duration::from_millis(300));
+    let cfg =
+        SockJsConfig::default().timing(Duration::from_millis(200), Duration::from_millis(300));
     let mut small = cfg.clone();
     small.max_message_bytes = 1000;
     let (addr, echo) = server(small).await;
@@ -101,6 +102,39 @@ async fn bad_input_gets_clear_statuses_and_sessions_expire() {
             .0,
         404
     );
+
+    // The plain HTTP transports of the native protocol: unguessable ids, unknown ones
+    // 404, one poll at a time, commands answered on the next poll, expiry.
+    let (status, body) = http(addr, "POST", "/connection/poll", b"").await;
+    assert_eq!(status, 200, "{body}");
+    let id: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let id = id["session"].as_str().unwrap().to_string();
+    assert_eq!(id.len(), 22, "128 random bits");
+    assert_eq!(
+        http(addr, "POST", "/connection/poll/nope", b"{}").await.0,
+        404
+    );
+    assert_eq!(http(addr, "GET", "/connection/poll/nope", b"").await.0, 404);
+    let target = format!("/connection/poll/{id}");
+    // Polls end after the heartbeat interval (200 ms here) with `[]`; while one is
+    // pending, another gets 409.
+    let (a, b) = tokio::join!(
+        http(addr, "GET", &target, b""),
+        http(addr, "GET", &target, b"")
+    );
+    let mut statuses = [a.0, b.0];
+    statuses.sort();
+    assert_eq!(statuses, [200, 409], "{a:?} {b:?}");
+    let connect = br#"{"id":1,"connect":{}}"#;
+    assert_eq!(http(addr, "POST", &target, connect).await.0, 204);
+    let (status, body) = http(addr, "GET", &target, b"").await;
+    assert_eq!(status, 200);
+    let replies: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(replies[0]["id"], 1, "{body}");
+    assert!(replies[0]["connect"]["client"].is_string(), "{body}");
+    // No poll for longer than the disconnect delay: the session is gone.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(http(addr, "POST", &target, connect).await.0, 404);
 
     // Ten thousand sessions opened and abandoned: each holds a connection slot (503
     // beyond 1,000) and expires 300 ms after its last request.

@@ -148,10 +148,13 @@ impl MessageTransport for crate::sockjs::SockJsSession {
 
 /// The SockJS endpoint carrying the native protocol (`/connection/sockjs`), for
 /// clients that cannot hold a WebSocket open: sockjs-client's transports, the same
-/// commands and pushes.
+/// commands and pushes. The same sessions are also served without SockJS framing, for
+/// `web/wsx.js` when WebSocket cannot get through: server-sent events at
+/// `/connection/sse` and long-polling at `/connection/poll` (see
+/// [`SockJs::fallback_router`](crate::sockjs::SockJs::fallback_router)).
 pub fn sockjs_router(gate: &Gate, cfg: crate::sockjs::SockJsConfig) -> Router {
     let hub = gate.hub().clone();
-    crate::sockjs::SockJs::new(
+    let js = crate::sockjs::SockJs::new(
         gate,
         cfg,
         Arc::new(move |s| {
@@ -159,12 +162,19 @@ pub fn sockjs_router(gate: &Gate, cfg: crate::sockjs::SockJsConfig) -> Router {
                 .run_messages(s)
                 .boxed()
         }),
-    )
-    .router(SOCKJS_PATH)
+    );
+    js.router(SOCKJS_PATH)
+        .merge(js.fallback_router(SSE_PATH, POLL_PATH))
 }
 
 /// Where [`sockjs_router`] mounts the native protocol over SockJS.
 pub const SOCKJS_PATH: &str = "/connection/sockjs";
+
+/// Where [`sockjs_router`] mounts the native protocol over server-sent events.
+pub const SSE_PATH: &str = "/connection/sse";
+
+/// Where [`sockjs_router`] mounts the native protocol over long-polling.
+pub const POLL_PATH: &str = "/connection/poll";
 
 /// One native-protocol connection.
 pub struct Session {

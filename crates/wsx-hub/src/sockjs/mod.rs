@@ -824,6 +824,214 @@ fn iframe_page(js: &SockJs, headers: &HeaderMap) -> Response {
     r
 }
 
+/// The plain HTTP transports: the same sessions and application as the SockJS
+/// endpoint, without SockJS framing, for a client of its own (`web/wsx.js`).
+///
+/// - Server-sent events: `GET {sse}` opens a session and streams it:
+///   `event: session` with `{"session": ID}`, then each message as one `data:` line, `:`
+///   comments as heartbeats, `event: close` with `{"code", "reason"}` at the end.
+/// - Long-polling: `POST {poll}` opens a session (`{"session": ID}`); `GET {poll}/ID`
+///   answers the messages waiting as a JSON array of the raw messages (`[]` after the
+///   heartbeat interval with none), 410 with `{"code", "reason"}` once closed, 409 while
+///   another poll is pending.
+/// - Either: `POST {sse or poll}/ID` sends the body's messages (one per line) → 204;
+///   404 for a session that does not exist or is closed.
+///
+/// Session ids are 128 random bits; every request must come from an allowed origin.
+impl SockJs {
+    /// The SSE and long-polling routes at `sse` and `poll`.
+    pub fn fallback_router(&self, sse: &str, poll: &str) -> Router {
+        let ep = self.clone();
+        Router::new()
+            .route(sse, any(sse_open))
+            .route(&format!("{sse}/{{id}}"), any(fallback_send))
+            .route(poll, any(poll_open))
+            .route(&format!("{poll}/{{id}}"), any(poll_session))
+            .with_state(ep)
+    }
+
+    /// A new session with a random id, its application started.
+    fn open_random(
+        &self,
+        peer: SocketAddr,
+        headers: &HeaderMap,
+        open: bool,
+    ) -> Result<Arc<Session>, wsx::Refusal> {
+        let id = {
+            use base64::Engine as _;
+            let bytes: [u8; 16] = rand::random();
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        };
+        let s = find_or_open(self, &id, peer, headers)?;
+        if open {
+            lock(&s.st).phase = Phase::Open;
+        }
+        Ok(s)
+    }
+}
+
+fn json_close(code: u16, reason: &str) -> String {
+    let mut s = format!(r#"{{"code":{code},"reason":"#);
+    frame::quote(reason, &mut s);
+    s.push('}');
+    s
+}
+
+async fn sse_open(
+    State(js): State<SockJs>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    if !js.inner.gate.origin_allowed(req.headers()) {
+        return text(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
+    if req.method() != Method::GET {
+        return method_not_allowed("GET");
+    }
+    let s = match js.open_random(peer, req.headers(), false) {
+        Ok(s) => s,
+        Err(refusal) => return js.inner.gate.refuse(peer, refusal),
+    };
+    lock(&s.st).receiver = true;
+    let receiver = Receiver {
+        engine: Arc::downgrade(&js.inner),
+        s,
+        done: false,
+    };
+    let heartbeat = js.inner.cfg.heartbeat;
+    let stream = futures_util::stream::unfold(Some(receiver), move |r| async move {
+        let mut r = r?;
+        let chunk = match r.s.next_frame(heartbeat).await {
+            Frame::Open => format!("event: session\ndata: {{\"session\":\"{}\"}}\n\n", r.s.id),
+            Frame::Heartbeat => ":\n\n".to_string(),
+            Frame::Messages(m) => m.iter().map(|m| format!("data: {m}\n\n")).collect(),
+            Frame::Close(code, reason) => {
+                r.done = true;
+                let last = format!("event: close\ndata: {}\n\n", json_close(code, &reason));
+                return Some((Ok::<_, std::convert::Infallible>(Bytes::from(last)), None));
+            }
+        };
+        Some((Ok(Bytes::from(chunk)), Some(r)))
+    });
+    let mut resp = Response::new(Body::from_stream(stream));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
+    resp
+}
+
+async fn poll_open(
+    State(js): State<SockJs>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request<Body>,
+) -> Response {
+    if !js.inner.gate.origin_allowed(req.headers()) {
+        return text(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    let s = match js.open_random(peer, req.headers(), true) {
+        Ok(s) => s,
+        Err(refusal) => return js.inner.gate.refuse(peer, refusal),
+    };
+    // Until its first poll the session expires like one between polls.
+    drop(Receiver {
+        engine: Arc::downgrade(&js.inner),
+        s: s.clone(),
+        done: true,
+    });
+    json_response(StatusCode::OK, format!(r#"{{"session":"{}"}}"#, s.id))
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    let mut r = (status, body).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(NOT_CACHED));
+    r
+}
+
+async fn poll_session(
+    State(js): State<SockJs>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request<Body>,
+) -> Response {
+    if !js.inner.gate.origin_allowed(req.headers()) {
+        return text(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
+    match *req.method() {
+        Method::POST => return send_lines(&js, req, &id).await,
+        Method::GET => {}
+        _ => return method_not_allowed("GET, POST"),
+    }
+    let Some(s) = lock(&js.inner.sessions).get(&id).cloned() else {
+        return not_found();
+    };
+    let attached = !std::mem::replace(&mut lock(&s.st).receiver, true);
+    if !attached {
+        return text(StatusCode::CONFLICT, "Another poll is pending");
+    }
+    let mut r = Receiver {
+        engine: Arc::downgrade(&js.inner),
+        s,
+        done: false,
+    };
+    let f = r.s.next_frame(js.inner.cfg.heartbeat).await;
+    r.done = true;
+    match f {
+        Frame::Messages(m) => json_response(StatusCode::OK, format!("[{}]", m.join(","))),
+        Frame::Close(code, reason) => json_response(StatusCode::GONE, json_close(code, &reason)),
+        Frame::Open | Frame::Heartbeat => json_response(StatusCode::OK, "[]".into()),
+    }
+}
+
+async fn fallback_send(
+    State(js): State<SockJs>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    req: Request<Body>,
+) -> Response {
+    if !js.inner.gate.origin_allowed(req.headers()) {
+        return text(StatusCode::FORBIDDEN, "Origin not allowed");
+    }
+    if req.method() != Method::POST {
+        return method_not_allowed("POST");
+    }
+    send_lines(&js, req, &id).await
+}
+
+/// A POST of messages, one per line.
+async fn send_lines(js: &SockJs, req: Request<Body>, id: &str) -> Response {
+    let Some(s) = lock(&js.inner.sessions).get(id).cloned() else {
+        return not_found();
+    };
+    if matches!(lock(&s.st).phase, Phase::Closed(..)) {
+        return not_found();
+    }
+    let body = match axum::body::to_bytes(req.into_body(), js.inner.cfg.max_message_bytes).await {
+        Ok(b) => b,
+        Err(_) => return text(StatusCode::PAYLOAD_TOO_LARGE, "Payload too large."),
+    };
+    let Ok(body) = std::str::from_utf8(&body) else {
+        return text(StatusCode::BAD_REQUEST, "Messages must be UTF-8.");
+    };
+    let msgs: Vec<String> = body
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(str::to_string)
+        .collect();
+    if !s.deliver(msgs).await {
+        return not_found();
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
 /// Find `id`'s session, or open it (a receiving request opens sessions).
 fn find_or_open(
     js: &SockJs,
