@@ -7,6 +7,10 @@
 //!        [--protocol native|stomp|socketio|socketio-polling] [--publisher api|stomp]
 //!        [--stomp-broker WS_URL] [--socketio-server node]
 //!
+//! `--protocol sse` / `poll`: native-protocol subscribers over server-sent events
+//! (`/connection/sse`, read as an HTTP/1.0 close-delimited stream) or long-polling
+//! (`/connection/poll`), commands by POST.
+//!
 //! `--protocol socketio`: the subscribers are Socket.IO clients over WebSocket
 //! (`/socket.io/`, `subscribe("fanout")` with an ack, `publication` events);
 //! `socketio-polling`: the same over HTTP long-polling (a GET connection and a POST
@@ -234,6 +238,86 @@ async fn floor_reader(mut tcp: TcpStream, got: Arc<Mutex<Vec<(u64, Instant)>>>) 
     }
 }
 
+/// A native-protocol subscriber over server-sent events: connect and subscribe by
+/// POST, pushes from the stream.
+async fn sse_subscriber(
+    mut stream: TcpStream,
+    mut post: TcpStream,
+    host: &str,
+    got: Arc<Mutex<Vec<(u64, Instant)>>>,
+    ready: impl FnOnce(),
+) {
+    let req = format!("GET /connection/sse HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    stream.write_all(req.as_bytes()).await.expect("SSE request");
+    let mut ready = Some(ready);
+    let mut buf = Vec::with_capacity(8192);
+    let mut tmp = [0u8; 8192];
+    let mut id: Option<String> = None;
+    loop {
+        let Ok(n) = stream.read(&mut tmp).await else { return };
+        if n == 0 {
+            return;
+        }
+        let now = Instant::now();
+        buf.extend_from_slice(&tmp[..n]);
+        while let Some(i) = buf.iter().position(|&b| b == b'\n') {
+            let line = String::from_utf8_lossy(&buf[..i]).into_owned();
+            buf.drain(..=i);
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            if id.is_none() {
+                if let Some(s) = data.split("\"session\":\"").nth(1).and_then(|r| r.split('"').next()) {
+                    let sid = s.to_string();
+                    let body = "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"fanout\"}}";
+                    http_call(&mut post, host, "POST", &format!("/connection/sse/{sid}"), body.as_bytes()).await;
+                    id = Some(sid);
+                }
+                continue;
+            }
+            if data.starts_with("{\"push\"") {
+                if let Some(off) = offset_of(data) {
+                    record(&got, off, now);
+                }
+            } else if data.contains("\"id\":2") {
+                if let Some(r) = ready.take() {
+                    r();
+                }
+            }
+        }
+    }
+}
+
+/// A native-protocol subscriber over long-polling.
+async fn poll_subscriber(
+    mut get: TcpStream,
+    mut post: TcpStream,
+    host: &str,
+    got: Arc<Mutex<Vec<(u64, Instant)>>>,
+    ready: impl FnOnce(),
+) {
+    let open = http_call(&mut post, host, "POST", "/connection/poll", b"").await.expect("open");
+    let open = String::from_utf8_lossy(&open).into_owned();
+    let sid = open.split("\"session\":\"").nth(1).and_then(|r| r.split('"').next()).expect("session").to_string();
+    let target = format!("/connection/poll/{sid}");
+    let body = "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"fanout\"}}";
+    http_call(&mut post, host, "POST", &target, body.as_bytes()).await.expect("commands");
+    let mut ready = Some(ready);
+    while let Some(body) = http_call(&mut get, host, "GET", &target, b"").await {
+        let now = Instant::now();
+        let text = String::from_utf8_lossy(&body);
+        // The array's items, split at each push object's start.
+        for item in text.split("{\"push\"").skip(1) {
+            if let Some(off) = offset_of(item) {
+                record(&got, off, now);
+            }
+        }
+        if text.contains("\"id\":2") {
+            if let Some(r) = ready.take() {
+                r();
+            }
+        }
+    }
+}
+
 /// One HTTP/1.1 request on a kept-alive connection: the response body, if 200.
 async fn http_call(conn: &mut TcpStream, host: &str, method: &str, target: &str, body: &[u8]) -> Option<Vec<u8>> {
     let head = format!(
@@ -257,7 +341,7 @@ async fn http_call(conn: &mut TcpStream, host: &str, method: &str, target: &str,
                 .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
                 .unwrap_or(0);
             if buf.len() >= h + 4 + len {
-                return head.starts_with("http/1.1 200").then(|| buf[h + 4..h + 4 + len].to_vec());
+                return head.starts_with("http/1.1 2").then(|| buf[h + 4..h + 4 + len].to_vec());
             }
         }
     }
@@ -364,6 +448,8 @@ async fn main() {
     let protocol = value("--protocol").unwrap_or_default();
     let sio_polling = protocol == "socketio-polling";
     let sio = node_sio || sio_polling || protocol == "socketio";
+    let sse = protocol == "sse";
+    let long_poll = protocol == "poll";
     let stomp_publisher = broker.is_some() || value("--publisher").as_deref() == Some("stomp");
     // The broker's host:port and WebSocket path.
     let (broker_host, broker_path) = match &broker {
@@ -496,6 +582,19 @@ async fn main() {
                 let _ = ready.send(());
                 return floor_reader(tcp, got).await;
             }
+            if sse || long_poll {
+                let post = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                post.set_nodelay(true).ok();
+                let on_ready = move || {
+                    drop(permit);
+                    let _ = ready.send(());
+                };
+                return if sse {
+                    sse_subscriber(tcp, post, &host, got, on_ready).await
+                } else {
+                    poll_subscriber(tcp, post, &host, got, on_ready).await
+                };
+            }
             if sio_polling {
                 let post = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
                 post.set_nodelay(true).ok();
@@ -607,6 +706,8 @@ async fn main() {
         _ if node_sio && sio_polling => " of the Node.js socket.io server, Socket.IO over HTTP long-polling (HTTP publisher)".into(),
         _ if node_sio => " of the Node.js socket.io server, Socket.IO over WebSocket (HTTP publisher)".into(),
         _ if sio_polling => " of wsx, Socket.IO over HTTP long-polling (HTTP API publisher)".into(),
+        _ if sse => " of wsx, native protocol over server-sent events (HTTP API publisher)".into(),
+        _ if long_poll => " of wsx, native protocol over long-polling (HTTP API publisher)".into(),
         _ if sio => " of wsx, Socket.IO over WebSocket (HTTP API publisher)".into(),
         (Some(url), ..) => format!(" of the STOMP broker at {url} (STOMP subscribers and publisher)"),
         (None, true, ..) => " floor (plain TCP, one write per connection, no server)".into(),
