@@ -159,3 +159,43 @@ async fn bad_input_gets_clear_statuses_and_sessions_expire() {
         (200, "o\n".into())
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_streaming_client_that_stops_reading_is_closed_not_buffered() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // No response limit: the stream would go on as long as the client reads.
+    let mut cfg = SockJsConfig::default().response_limit(1 << 40);
+    cfg.max_buffer = 64 << 10;
+    let (addr, _echo) = server(cfg).await;
+    // Open an xhr-streaming receiver, read its prelude and open frame, then stop reading.
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /echo/0/slow/xhr_streaming HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("o\n") {
+        let mut buf = [0u8; 4096];
+        let n = tcp.read(&mut buf).await.unwrap();
+        assert!(n > 0);
+        seen.extend_from_slice(&buf[..n]);
+    }
+    // Messages echoed into the unread stream fill the socket, then the session's
+    // 64 KiB buffer: the session is closed (3008) instead of growing, and later
+    // posts find it gone.
+    let msg = format!("[\"{}\"]", "x".repeat(16_000));
+    let mut statuses = Vec::new();
+    for _ in 0..4000 {
+        let (status, _) = http(addr, "POST", "/echo/0/slow/xhr_send", msg.as_bytes()).await;
+        statuses.push(status);
+        if status == 404 {
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&404), "{} posts", statuses.len());
+    // Far more than the 64 KiB buffer went out first (over 1 MB into the socket, until
+    // the unread socket was full).
+    assert!(statuses.len() > 64, "{} posts", statuses.len());
+    assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 204));
+    drop(tcp);
+}
