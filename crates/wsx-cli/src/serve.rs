@@ -197,7 +197,21 @@ fn socketio(gate: &Gate, settings: &Settings) -> Router {
     io.router(gate, wsx_hub::socketio::PATH)
 }
 
-/// The next accepted connection (`TCP_NODELAY` set), or `None` once `stop` resolves.
+/// TCP keepalive on accepted connections: a peer that vanished (its host died, the
+/// network dropped it) is found after ~90 s even when the protocol on top has no
+/// heart-beat of its own (STOMP over TCP with `heart-beat:0,0`, say).
+fn keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(60))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "TCP keepalive not set");
+    }
+}
+
+/// The next accepted connection (`TCP_NODELAY` and keepalive set), or `None` once `stop`
+/// resolves.
 /// An accept error (out of file descriptors, say) is logged and retried after a pause
 /// that gives connections time to close.
 async fn next_connection<F: std::future::Future<Output = ()>>(
@@ -209,6 +223,7 @@ async fn next_connection<F: std::future::Future<Output = ()>>(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     let _ = tcp.set_nodelay(true);
+                    keepalive(&tcp);
                     return Some((tcp, peer));
                 }
                 Err(e) => {

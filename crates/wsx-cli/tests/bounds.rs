@@ -204,3 +204,31 @@ async fn a_peer_still_sending_past_the_limit_gets_the_close_frame_and_no_reset()
         .unwrap()
         .expect("every byte sent was taken: the server drained instead of resetting");
 }
+
+/// Accepted connections have TCP keepalive on (a vanished peer is found even when the
+/// protocol on top has no heart-beat): the kernel shows a keepalive timer on the
+/// server's side of an idle connection.
+#[tokio::test]
+async fn accepted_connections_have_tcp_keepalive() {
+    let (_server, addr) = serve(&["--demo", "off"]).await;
+    let tcp = TcpStream::connect(&addr).await.unwrap();
+    let port = addr.rsplit(':').next().unwrap().to_string();
+    let client_port = tcp.local_addr().unwrap().port();
+    let filter = format!("( sport = :{port} and dport = :{client_port} )");
+    let mut shown = String::new();
+    for _ in 0..50 {
+        let out = std::process::Command::new("ss")
+            .args(["-tnoH", "state", "established", &filter])
+            .output()
+            .expect("ss (iproute2, installed by scripts/test)");
+        shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        // The kernel lists the connection before the server has accepted it (and set
+        // keepalive): look again, a bounded number of times.
+        if shown.contains("keepalive") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(shown.contains("timer:(keepalive,"), "{shown}");
+    drop(tcp);
+}
