@@ -70,6 +70,8 @@ pub enum Limit {
     InfoSize(usize),
     /// Messages waiting in a work queue.
     QueueFull(usize),
+    /// Work queues on this node (a message to a new queue beyond it is refused).
+    Queues(usize),
 }
 
 /// A per-namespace feature.
@@ -113,6 +115,9 @@ impl fmt::Display for HubError {
             }
             HubError::LimitExceeded(Limit::QueueFull(max)) => {
                 write!(f, "queue full ({max} messages waiting)")
+            }
+            HubError::LimitExceeded(Limit::Queues(max)) => {
+                write!(f, "too many work queues (at most {max})")
             }
             HubError::UnknownMessage => f.write_str("no pending message with this id"),
             HubError::NotConnected => f.write_str("connect first"),

@@ -36,6 +36,9 @@ pub struct WorkQueueLimits {
     pub max_bytes: usize,
     /// Most unacknowledged messages per consumer (client ack modes). Default: 256.
     pub prefetch: usize,
+    /// Most work queues holding messages or consumers at once; a message to a new
+    /// queue beyond it is refused. Default: 10,000.
+    pub max_queues: usize,
 }
 
 impl Default for WorkQueueLimits {
@@ -44,6 +47,7 @@ impl Default for WorkQueueLimits {
             max_messages: 10_000,
             max_bytes: 16 << 20,
             prefetch: 256,
+            max_queues: 10_000,
         }
     }
 }
@@ -192,9 +196,16 @@ impl WorkQueues {
         r
     }
 
-    /// Append a message; it goes to one consumer. Refused when the queue is full.
+    /// Append a message; it goes to one consumer. Refused when the queue is full, or
+    /// when it would be a new queue beyond `max_queues`.
     pub fn send(&self, name: &str, payload: Payload) -> Result<(), HubError> {
         let limits = self.limits;
+        {
+            let all = lock(&self.queues);
+            if all.len() >= limits.max_queues && !all.contains_key(name) {
+                return Err(HubError::LimitExceeded(Limit::Queues(limits.max_queues)));
+            }
+        }
         self.with(name, |q| {
             if q.ready.len() >= limits.max_messages
                 || q.bytes + payload.data.len() > limits.max_bytes
@@ -429,5 +440,25 @@ mod tests {
         w.send("q", Payload::text("12345678")).unwrap();
         assert!(w.send("q", Payload::text("123")).is_err());
         w.send("q", Payload::text("12")).unwrap();
+    }
+
+    #[test]
+    fn the_number_of_queues_is_bounded() {
+        let w = WorkQueues::new(WorkQueueLimits {
+            max_queues: 2,
+            ..WorkQueueLimits::default()
+        });
+        w.send("a", Payload::text("1")).unwrap();
+        w.send("b", Payload::text("1")).unwrap();
+        assert_eq!(
+            w.send("c", Payload::text("1")),
+            Err(HubError::LimitExceeded(Limit::Queues(2)))
+        );
+        // Existing queues still take messages.
+        w.send("a", Payload::text("2")).unwrap();
+        assert_eq!(
+            HubError::LimitExceeded(Limit::Queues(2)).to_string(),
+            "too many work queues (at most 2)"
+        );
     }
 }
