@@ -909,6 +909,18 @@ fn limit_ws(cfg: wsx::ServerConfig, max_payload: usize) -> wsx::ServerConfig {
     cfg.protocol(protocol)
 }
 
+/// Frames as one polling payload, joined by the record separator.
+fn polling_body(frames: &[Frame]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for (i, f) in frames.iter().enumerate() {
+        if i > 0 {
+            body.push(packet::SEPARATOR);
+        }
+        f.write_polling(&mut body);
+    }
+    body
+}
+
 fn polling_response(body: Vec<u8>) -> Response {
     (
         [
@@ -984,14 +996,7 @@ async fn poll(shared: &Arc<Shared>) -> Response {
                 frames = std::future::poll_fn(|cx| shared.poll_sources(cx)) => frames,
             },
         };
-        let mut body = Vec::new();
-        for (i, f) in frames.iter().enumerate() {
-            if i > 0 {
-                body.push(packet::SEPARATOR);
-            }
-            f.write_polling(&mut body);
-        }
-        return polling_response(body);
+        return polling_response(polling_body(&frames));
     }
 }
 
@@ -1005,14 +1010,7 @@ fn last_poll(engine: &Engine, shared: &Shared) -> Response {
     if frames.is_empty() {
         return EioError::UnknownSid.response();
     }
-    let mut body = Vec::new();
-    for (i, f) in frames.iter().enumerate() {
-        if i > 0 {
-            body.push(packet::SEPARATOR);
-        }
-        f.write_polling(&mut body);
-    }
-    polling_response(body)
+    polling_response(polling_body(&frames))
 }
 
 /// A POST: the client's packets.

@@ -321,6 +321,18 @@ struct Receiver {
     done: bool,
 }
 
+impl Receiver {
+    /// Become `s`'s receiving request; `None` when another one is attached.
+    fn attach(js: &SockJs, s: &Arc<Session>) -> Option<Receiver> {
+        let busy = std::mem::replace(&mut lock(&s.st).receiver, true);
+        (!busy).then(|| Receiver {
+            engine: Arc::downgrade(&js.inner),
+            s: s.clone(),
+            done: false,
+        })
+    }
+}
+
 impl Drop for Receiver {
     fn drop(&mut self) {
         let generation = {
@@ -504,11 +516,10 @@ fn not_found() -> Response {
     text(StatusCode::NOT_FOUND, "Not found")
 }
 
-fn method_not_allowed(allow: &'static str) -> Response {
+fn method_not_allowed(allow: &str) -> Response {
     let mut r = Response::new(Body::empty());
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    r.headers_mut()
-        .insert(header::ALLOW, HeaderValue::from_static(allow));
+    r.headers_mut().insert(header::ALLOW, hv(allow));
     r
 }
 
@@ -870,6 +881,19 @@ impl SockJs {
     }
 }
 
+/// A plain-transport request that may not go on: from a refused origin (403), or with
+/// another method than `allowed` (405).
+fn refused(js: &SockJs, req: &Request<Body>, allowed: &[Method]) -> Option<Response> {
+    if !js.inner.gate.origin_allowed(req.headers()) {
+        return Some(text(StatusCode::FORBIDDEN, "Origin not allowed"));
+    }
+    if !allowed.contains(req.method()) {
+        let allow: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+        return Some(method_not_allowed(&allow.join(", ")));
+    }
+    None
+}
+
 fn json_close(code: u16, reason: &str) -> String {
     let mut s = format!(r#"{{"code":{code},"reason":"#);
     frame::quote(reason, &mut s);
@@ -882,24 +906,17 @@ async fn sse_open(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response {
-    if !js.inner.gate.origin_allowed(req.headers()) {
-        return text(StatusCode::FORBIDDEN, "Origin not allowed");
-    }
-    if req.method() != Method::GET {
-        return method_not_allowed("GET");
+    if let Some(r) = refused(&js, &req, &[Method::GET]) {
+        return r;
     }
     let s = match js.open_random(peer, req.headers(), false) {
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
-    lock(&s.st).receiver = true;
-    let receiver = Receiver {
-        engine: Arc::downgrade(&js.inner),
-        s,
-        done: false,
-    };
+    // A new session: nobody else receives on it.
+    let receiver = Receiver::attach(&js, &s);
     let heartbeat = js.inner.cfg.heartbeat;
-    let stream = futures_util::stream::unfold(Some(receiver), move |r| async move {
+    let stream = futures_util::stream::unfold(receiver, move |r| async move {
         let mut r = r?;
         let chunk = match r.s.next_frame(heartbeat).await {
             Frame::Open => format!("event: session\ndata: {{\"session\":\"{}\"}}\n\n", r.s.id),
@@ -928,22 +945,17 @@ async fn poll_open(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     req: Request<Body>,
 ) -> Response {
-    if !js.inner.gate.origin_allowed(req.headers()) {
-        return text(StatusCode::FORBIDDEN, "Origin not allowed");
-    }
-    if req.method() != Method::POST {
-        return method_not_allowed("POST");
+    if let Some(r) = refused(&js, &req, &[Method::POST]) {
+        return r;
     }
     let s = match js.open_random(peer, req.headers(), true) {
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
     // Until its first poll the session expires like one between polls.
-    drop(Receiver {
-        engine: Arc::downgrade(&js.inner),
-        s: s.clone(),
-        done: true,
-    });
+    if let Some(mut r) = Receiver::attach(&js, &s) {
+        r.done = true;
+    }
     json_response(StatusCode::OK, format!(r#"{{"session":"{}"}}"#, s.id))
 }
 
@@ -963,25 +975,17 @@ async fn poll_session(
     axum::extract::Path(id): axum::extract::Path<String>,
     req: Request<Body>,
 ) -> Response {
-    if !js.inner.gate.origin_allowed(req.headers()) {
-        return text(StatusCode::FORBIDDEN, "Origin not allowed");
+    if let Some(r) = refused(&js, &req, &[Method::GET, Method::POST]) {
+        return r;
     }
-    match *req.method() {
-        Method::POST => return send_lines(&js, req, &id).await,
-        Method::GET => {}
-        _ => return method_not_allowed("GET, POST"),
+    if req.method() == Method::POST {
+        return send_lines(&js, req, &id).await;
     }
     let Some(s) = lock(&js.inner.sessions).get(&id).cloned() else {
         return not_found();
     };
-    let attached = !std::mem::replace(&mut lock(&s.st).receiver, true);
-    if !attached {
+    let Some(mut r) = Receiver::attach(&js, &s) else {
         return text(StatusCode::CONFLICT, "Another poll is pending");
-    }
-    let mut r = Receiver {
-        engine: Arc::downgrade(&js.inner),
-        s,
-        done: false,
     };
     let f = r.s.next_frame(js.inner.cfg.heartbeat).await;
     r.done = true;
@@ -997,11 +1001,8 @@ async fn fallback_send(
     axum::extract::Path(id): axum::extract::Path<String>,
     req: Request<Body>,
 ) -> Response {
-    if !js.inner.gate.origin_allowed(req.headers()) {
-        return text(StatusCode::FORBIDDEN, "Origin not allowed");
-    }
-    if req.method() != Method::POST {
-        return method_not_allowed("POST");
+    if let Some(r) = refused(&js, &req, &[Method::POST]) {
+        return r;
     }
     send_lines(&js, req, &id).await
 }
@@ -1068,17 +1069,10 @@ async fn receive(
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
-    let attached = {
-        let mut st = lock(&s.st);
-        !std::mem::replace(&mut st.receiver, true)
-    };
-    let busy =
-        (!attached).then(|| wrap.wrap(&Frame::Close(2010, "Another connection still open".into())));
-    let receiver = attached.then(|| Receiver {
-        engine: Arc::downgrade(&js.inner),
-        s: s.clone(),
-        done: false,
-    });
+    let receiver = Receiver::attach(js, &s);
+    let busy = receiver
+        .is_none()
+        .then(|| wrap.wrap(&Frame::Close(2010, "Another connection still open".into())));
     let heartbeat = js.inner.cfg.heartbeat;
     let limit = js.inner.cfg.response_limit;
     let cors = matches!(wrap, Wrap::Line);
