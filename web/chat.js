@@ -1,6 +1,6 @@
 // Chat: a room is the channel chat:<room> (presence, join/leave, history of 50) plus
 // typing:<room> for typing notices (kept nowhere).
-import { newClient, showState, h } from '/demo.js';
+import { newClient, showState, memberVia, h } from '/demo.js';
 
 const $ = (id) => document.getElementById(id);
 const ROOMS = ['lobby', 'rust', 'random'];
@@ -10,7 +10,7 @@ let room = params.get('room') || 'lobby';
 let chatSub = null;
 let typingSub = null;
 let seen = new Set(); // offsets shown (history and live may overlap)
-let members = new Map(); // client id -> info
+let members = new Map(); // client id -> member (client, info, protocol, transport)
 const typing = new Map(); // nick -> expiry
 let lastTypingSent = 0;
 
@@ -36,9 +36,11 @@ function addMessage(offset, m) {
 }
 
 function renderMembers() {
-  const byNick = [...members.entries()].sort((a, b) => a[1].localeCompare(b[1]));
-  $('members').replaceChildren(...byNick.map(([id, name]) => h('li', { dataset: { client: id } },
-    h('span', { class: 'dot' }), name || 'anonymous', id === client.clientId ? h('small', { class: 'muted' }, ' (you)') : null)));
+  const byNick = [...members.values()].sort((a, b) => (a.info || '').localeCompare(b.info || ''));
+  $('members').replaceChildren(...byNick.map((m) => h('li', { dataset: { client: m.client, via: memberVia(m) } },
+    h('span', { class: 'dot' }), h('span', { class: 'nick' }, m.info || 'anonymous'),
+    h('span', { class: 'via', title: 'how this member is connected' }, memberVia(m)),
+    m.client === client.clientId ? h('small', { class: 'muted' }, ' (you)') : null)));
   $('member-count').textContent = `· ${members.size}`;
 }
 
@@ -63,7 +65,7 @@ async function loadRoom() {
       chatSub.presence(),
     ]);
     for (const p of hist.publications.reverse()) addMessage(p.offset, p.data);
-    members = new Map(Object.values(pres).map((m) => [m.client, m.info]));
+    members = new Map(Object.values(pres).map((m) => [m.client, m]));
     renderMembers();
   } catch (e) {
     console.error('loading the room failed', e);
@@ -84,7 +86,7 @@ function enter(name) {
   chatSub = client.subscribe(`chat:${room}`, {
     onPublication: (data, p) => addMessage(p.offset, data),
     onSubscribed: () => { $('send').disabled = false; loadRoom(); },
-    onJoin: (m) => { members.set(m.client, m.info); renderMembers(); },
+    onJoin: (m) => { members.set(m.client, m); renderMembers(); },
     onLeave: (m) => { members.delete(m.client); renderMembers(); },
     onError: (e) => console.error('subscribe failed', e),
   });

@@ -25,6 +25,31 @@ export class WsxError extends Error {
   }
 }
 
+// Listeners by event name, and the connection state every client here reports.
+export class Emitter {
+  constructor() {
+    this._listeners = new Map();
+    this.state = 'disconnected';
+  }
+
+  on(event, fn) {
+    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
+    this._listeners.get(event).add(fn);
+    return () => this._listeners.get(event).delete(fn);
+  }
+
+  _emit(event, payload) {
+    for (const fn of this._listeners.get(event) || []) {
+      try { fn(payload); } catch (e) { console.error(e); }
+    }
+  }
+
+  _setState(state, extra = {}) {
+    this.state = state;
+    this._emit('state', { state, ...extra });
+  }
+}
+
 export class Subscription {
   constructor(client, channel, handlers) {
     this.client = client;
@@ -146,8 +171,9 @@ class PollTransport extends HttpTransport {
   _stop() { this._abort.abort(); }
 }
 
-export class Client {
+export class Client extends Emitter {
   constructor(url, options = {}) {
+    super();
     this.url = url;
     this.options = {
       token: undefined,
@@ -164,30 +190,11 @@ export class Client {
     this._subs = new Map();
     this._pending = new Map();
     this._nextId = 1;
-    this._listeners = new Map();
     this._attempt = 0;
     this._ws = null;
     this._timer = null;
     this._wanted = false;
-    this.state = 'disconnected';
     this.clientId = null;
-  }
-
-  on(event, fn) {
-    if (!this._listeners.has(event)) this._listeners.set(event, new Set());
-    this._listeners.get(event).add(fn);
-    return () => this._listeners.get(event).delete(fn);
-  }
-
-  _emit(event, payload) {
-    for (const fn of this._listeners.get(event) || []) {
-      try { fn(payload); } catch (e) { console.error(e); }
-    }
-  }
-
-  _setState(state, extra = {}) {
-    this.state = state;
-    this._emit('state', { state, ...extra });
   }
 
   connect() {

@@ -18,6 +18,7 @@ files! {
     "/console" => "console.html", "text/html; charset=utf-8";
     "/wsx.js" => "wsx.js", "text/javascript; charset=utf-8";
     "/demo.js" => "demo.js", "text/javascript; charset=utf-8";
+    "/adapters.js" => "adapters.js", "text/javascript; charset=utf-8";
     "/grading.js" => "grading.js", "text/javascript; charset=utf-8";
     "/chat.js" => "chat.js", "text/javascript; charset=utf-8";
     "/chart.js" => "chart.js", "text/javascript; charset=utf-8";
@@ -25,6 +26,10 @@ files! {
     "/style.css" => "style.css", "text/css; charset=utf-8";
     "/vendor/sockjs.min.js" => "vendor/sockjs.min.js", "text/javascript; charset=utf-8";
     "/vendor/sockjs-client.LICENSE" => "vendor/sockjs-client.LICENSE", "text/plain; charset=utf-8";
+    "/vendor/stomp.umd.min.js" => "vendor/stomp.umd.min.js", "text/javascript; charset=utf-8";
+    "/vendor/stompjs.LICENSE" => "vendor/stompjs.LICENSE", "text/plain; charset=utf-8";
+    "/vendor/socket.io.min.js" => "vendor/socket.io.min.js", "text/javascript; charset=utf-8";
+    "/vendor/socket.io-client.LICENSE" => "vendor/socket.io-client.LICENSE", "text/plain; charset=utf-8";
 }
 
 /// The file served at `path`, if any: content type and body.

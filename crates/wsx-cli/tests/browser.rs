@@ -1,6 +1,7 @@
 //! In Chromium (playwright-core) against `wsx serve`: `web/wsx.js` (reconnect with
 //! backoff, recovery of missed publications, reconnect after a server restart) and the
-//! demo pages (grading with the real judge, chat, chart). Screenshots go to
+//! demo pages (grading with the real judge, chat, chart), also over each protocol of
+//! their switch and with WebSocket blocked. Screenshots go to
 //! `target/screenshots/`.
 #![allow(clippy::unwrap_used)]
 
@@ -78,6 +79,26 @@ fn demo_chat_between_two_windows() {
 #[test]
 fn demo_chart_receives_ticks_and_recovers() {
     run_script("demo.mjs", &[screenshots().to_str().unwrap(), "chart"]);
+}
+
+#[test]
+fn demo_chat_between_six_windows_on_six_protocols() {
+    run_script("demo_switch.mjs", &["chat"]);
+}
+
+#[test]
+fn demo_grading_over_every_protocol_of_the_switch() {
+    run_script("demo_switch.mjs", &["grading"]);
+}
+
+#[test]
+fn demo_chart_recovers_over_every_protocol_of_the_switch() {
+    run_script("demo_switch.mjs", &["chart"]);
+}
+
+#[test]
+fn demo_pages_work_and_recover_with_websocket_blocked() {
+    run_script("demo_switch.mjs", &["blocked"]);
 }
 
 #[test]

@@ -666,3 +666,50 @@ async fn http_edges_answer_with_what_to_do() {
     assert!(r.starts_with("HTTP/1.1 426"), "{r}");
     assert!(r.contains("/echo is a WebSocket endpoint"), "{r}");
 }
+
+#[tokio::test]
+async fn demo_presence_and_history_answer_for_public_channels_only() {
+    let key = "demo-test-key-0123456789";
+    let (_server, addr) = serve(&["--api-key", key]).await;
+    let get =
+        |path: &str| format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    for i in 1..=3 {
+        let r = post(
+            &addr,
+            "/api/publish",
+            &format!("Authorization: apikey {key}\r\n"),
+            &format!(r#"{{"channel":"chat:lobby","data":{{"n":{i}}}}}"#),
+        )
+        .await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    }
+    let r = http(
+        &addr,
+        &get("/demo/history?channel=chat%3Alobby&limit=2&reverse=true"),
+    )
+    .await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    let body: serde_json::Value =
+        serde_json::from_str(r.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+    let got: Vec<&serde_json::Value> = body["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["data"]["n"])
+        .collect();
+    assert_eq!(got, [3, 2], "the newest two, newest first: {body}");
+    let r = http(&addr, &get("/demo/presence?channel=chat:lobby")).await;
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains(r#"{"presence":{}}"#),
+        "{r}"
+    );
+    // A submission's verdicts are not for anyone to read, nor is anything else.
+    for path in [
+        "/demo/history?channel=judge:abc",
+        "/demo/presence?channel=other",
+        "/demo/history",
+    ] {
+        let r = http(&addr, &get(path)).await;
+        assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
+    }
+}

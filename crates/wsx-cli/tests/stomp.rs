@@ -28,7 +28,8 @@ fn root() -> std::path::PathBuf {
 /// The namespaces these tests' channels are in (`/topic/x:mix` is the channel `x:mix`
 /// of the namespace `x`); `news` keeps history for recovery.
 const NAMESPACES: &str = "[namespaces.x]\n[namespaces.node]\n[namespaces.py]\n\
-                          [namespaces.news]\nhistory_size = 100\n";
+                          [namespaces.news]\nhistory_size = 100\n\
+                          [namespaces.room]\npresence = true\njoin_leave = true\n";
 
 fn config_file() -> String {
     let dir = std::env::temp_dir().join(format!("wsx-stomp-{}", std::process::id()));
@@ -447,6 +448,40 @@ async fn recovery_over_stomp_gives_exactly_the_missed_ten() {
         )
         .await;
     assert_eq!(r.get("wsx-recovered"), Some("false"));
+}
+
+#[tokio::test]
+async fn a_subscription_with_wsx_presence_gets_join_and_leave_messages() {
+    let (_server, addr, stomp) = server().await;
+    let mut a = Raw::connected(&stomp, "").await;
+    a.subscribe("p", "/topic/room:1", "wsx-presence:true\n")
+        .await;
+    let mut b = Raw::connected(&stomp, "").await;
+    b.subscribe("q", "/topic/room:1", "").await;
+    let join = a.frame().await;
+    assert_eq!(join.command, Command::Message, "{join:?}");
+    assert_eq!(join.get("wsx-event"), Some("join"));
+    assert_eq!(join.get("subscription"), Some("p"));
+    assert_eq!(join.get("content-type"), Some("application/json"));
+    let member: Value = serde_json::from_slice(&join.body).unwrap();
+    assert_eq!(member["protocol"], "stomp", "{member}");
+    assert_eq!(member["transport"], "tcp", "{member}");
+    assert_eq!(member["info"], "guest", "the login is the info: {member}");
+    // Presence over the API shows the same member.
+    let p = api(&addr, "presence", json!({"channel": "room:1"})).await;
+    let id = member["client"].as_str().unwrap();
+    assert_eq!(p["result"]["presence"][id]["protocol"], "stomp", "{p}");
+    // b did not ask for events: its next frame is the publication.
+    api(&addr, "publish", json!({"channel": "room:1", "data": "hi"})).await;
+    let m = b.frame().await;
+    assert_eq!(m.get("wsx-event"), None, "{m:?}");
+    assert_eq!(&m.body[..], b"\"hi\"");
+    assert_eq!(&a.frame().await.body[..], b"\"hi\"");
+    drop(b);
+    let leave = a.frame().await;
+    assert_eq!(leave.get("wsx-event"), Some("leave"), "{leave:?}");
+    let gone: Value = serde_json::from_slice(&leave.body).unwrap();
+    assert_eq!(gone["client"], member["client"]);
 }
 
 #[tokio::test]

@@ -208,6 +208,7 @@ async fn presence_history_and_join_leave() {
     assert_eq!(members.len(), 2);
     assert_eq!(members[&b_id]["info"], "nick:bob");
     assert_eq!(members[&b_id]["name"], "t");
+    assert_eq!(members[&b_id]["protocol"], "native");
     // Info is bounded.
     let mut c = Client::open(&url).await;
     let r = c.call("connect", json!({"info": "x".repeat(257)})).await;

@@ -59,6 +59,7 @@ pub fn namespaces() -> Vec<(String, ChannelOptions)> {
 
 #[derive(Clone)]
 struct DemoState {
+    hub: Arc<wsx_hub::Hub>,
     judge: Arc<judge::Judge>,
     origin: OriginPolicy,
     /// Submissions only from pages served under a loopback host name (DNS rebinding).
@@ -77,6 +78,7 @@ pub fn start(
     let loopback = listen.ip().is_loopback();
     let disabled = judge_refusal(listen, demo.judge_allow_remote);
     let state = DemoState {
+        hub: hub.clone(),
         judge: Arc::new(judge::Judge::new(hub, demo.judge.clone(), disabled)),
         origin,
         loopback_only: loopback,
@@ -85,7 +87,72 @@ pub fn start(
     Router::new()
         .route("/demo/judge/problem", get(problem))
         .route("/demo/judge/submit", post(submit))
+        .route("/demo/presence", get(channel_presence))
+        .route("/demo/history", get(channel_history))
         .with_state(state)
+}
+
+/// The namespaces whose presence and history anyone may read over
+/// `/demo/presence` and `/demo/history`: the pages' public channels.
+const PUBLIC: [&str; 2] = ["chat", ticker::NAMESPACE];
+
+/// The `channel` of a `/demo/...?channel=NAME` request, if it is a public one.
+fn public_channel(req: &Request<Body>) -> Option<String> {
+    let query = req.uri().query().unwrap_or("");
+    let channel = url_param(query, "channel").unwrap_or_default();
+    let ns = channel
+        .split_once(':')
+        .map_or(channel.as_str(), |(ns, _)| ns);
+    PUBLIC.contains(&ns).then_some(channel)
+}
+
+fn not_public() -> Response {
+    error(
+        StatusCode::FORBIDDEN,
+        "only the demo's chat and chart channels are readable here",
+    )
+}
+
+fn url_param(query: &str, name: &str) -> Option<String> {
+    wsx_hub::sockjs::frame::param(query, name, true)
+}
+
+fn hub_result(r: Result<serde_json::Value, wsx_hub::HubError>) -> Response {
+    match r {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e.to_string()),
+    }
+}
+
+/// `GET /demo/presence?channel=chat:lobby` → the native `presence` result: for the
+/// pages' clients whose protocol has no presence query (STOMP).
+async fn channel_presence(State(s): State<DemoState>, req: Request<Body>) -> Response {
+    let Some(channel) = public_channel(&req) else {
+        return not_public();
+    };
+    let r = s.hub.presence(&channel).await;
+    hub_result(r.map(|m| wsx_hub::native::codec::presence_json(&m)))
+}
+
+/// `GET /demo/history?channel=ticks&limit=N&reverse=true` → the native `history`
+/// result (at most 500 publications).
+async fn channel_history(State(s): State<DemoState>, req: Request<Body>) -> Response {
+    let Some(channel) = public_channel(&req) else {
+        return not_public();
+    };
+    let query = req.uri().query().unwrap_or("");
+    let limit = url_param(query, "limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .unwrap_or(50)
+        .min(500);
+    let reverse = url_param(query, "reverse").as_deref() == Some("true");
+    let q = wsx_hub::backplane::HistoryQuery {
+        limit,
+        since: None,
+        reverse,
+    };
+    let r = s.hub.history(&channel, q).await;
+    hub_result(r.map(|p| wsx_hub::native::codec::history_json(&p.publications, &p.position)))
 }
 
 /// Why the judge may not run code on this listener, if it may not.

@@ -123,7 +123,7 @@ async function chat() {
   const ctxB = await browser.newContext();
   const a = await openPage(`${base}/chat?room=${room}&nick=alice`, 'alice', ctxA);
   const b = await openPage(`${base}/chat?room=${room}&nick=bob`, 'bob', ctxB);
-  const members = (p) => p.$$eval('#members li', (lis) => lis.map((li) => li.textContent.replace(' (you)', '')).sort());
+  const members = (p) => p.$$eval('#members li .nick', (els) => els.map((el) => el.textContent).sort());
   for (const p of [a, b]) {
     await p.waitForFunction(() => document.querySelectorAll('#members li').length === 2);
     assert.deepEqual(await members(p), ['alice', 'bob']);

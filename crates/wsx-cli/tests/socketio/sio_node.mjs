@@ -186,9 +186,13 @@ try {
     assert.equal(before.num_clients, 1);
     await call(watcher, 'subscribe', 'pres');
     const left = once(watcher, 'leave', 'leave');
+    const me = await call(s, 'whoami');
+    assert.equal(me.user, 'bob');
+    const members = (await call(watcher, 'presence', 'pres')).presence;
+    assert.equal(members[me.client].protocol, 'socketio', JSON.stringify(members));
     s.disconnect();
     const [ch, who] = await left;
-    assert.deepEqual([ch, who.user], ['pres', 'bob']);
+    assert.deepEqual([ch, who.user, who.client], ['pres', 'bob', me.client]);
     assert.equal((await call(watcher, 'presence_stats', 'pres')).num_clients, 1);
     const t = await client({ auth: { token: token('carol') } });
     const gone = once(t, 'disconnect', 'server disconnect');

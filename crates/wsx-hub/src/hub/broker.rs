@@ -251,8 +251,7 @@ mod tests {
         Arc::new(ClientInfo {
             client,
             user: format!("u{client}"),
-            name: String::new(),
-            info: String::new(),
+            ..ClientInfo::default()
         })
     }
 

@@ -4,7 +4,7 @@
 pub type ClientId = u64;
 
 /// Who a connection is: presence shows this.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct ClientInfo {
     /// The connection.
     pub client: ClientId,
@@ -14,4 +14,10 @@ pub struct ClientInfo {
     pub name: String,
     /// Free-form connection info the client gave at `connect` (a nickname, say).
     pub info: String,
+    /// The protocol it speaks: the front-end's name (`native`, `stomp`, `socketio`).
+    pub protocol: String,
+    /// How it reached the server, where the front-end knows and it cannot change
+    /// (`websocket`, `sse`, `polling`, `tcp`, a SockJS transport such as
+    /// `sockjs/xhr-streaming`); "" otherwise.
+    pub transport: String,
 }

@@ -469,8 +469,7 @@ mod tests {
             Arc::new(ClientInfo {
                 client: id,
                 user: format!("user{id}"),
-                name: String::new(),
-                info: String::new(),
+                ..ClientInfo::default()
             }),
             Outbound::new(QueueLimits::default()),
         )

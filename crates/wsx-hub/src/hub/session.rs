@@ -70,6 +70,7 @@ impl HubSession {
     pub fn new(hub: Arc<Hub>, frontend: &'static str, user: String) -> HubSession {
         let client = hub.next_client_id();
         let queue = Outbound::new(hub.config().queue);
+        let frontend_name = frontend;
         let frontend = hub.metrics().frontend(frontend);
         frontend.connections.fetch_add(1, Ordering::Relaxed);
         hub.register(client, &user, queue.clone());
@@ -77,8 +78,8 @@ impl HubSession {
             info: Arc::new(ClientInfo {
                 client,
                 user,
-                name: String::new(),
-                info: String::new(),
+                protocol: frontend_name.to_string(),
+                ..ClientInfo::default()
             }),
             hub,
             frontend,
@@ -129,11 +130,20 @@ impl HubSession {
         self.hub
             .register(self.info.client, &user, self.queue.clone());
         self.info = Arc::new(ClientInfo {
-            client: self.info.client,
             user,
-            name: String::new(),
-            info: String::new(),
+            ..ClientInfo::clone(&self.info)
         });
+    }
+
+    /// Record how this connection reached the server (presence shows it): a
+    /// transport that cannot change for the session's life. Before `connect`.
+    pub fn set_transport(&mut self, transport: &str) {
+        if !self.connected {
+            self.info = Arc::new(ClientInfo {
+                transport: transport.to_string(),
+                ..ClientInfo::clone(&self.info)
+            });
+        }
     }
 
     /// Check the token, record who this is and subscribe the channels the token grants.
@@ -188,10 +198,10 @@ impl HubSession {
                 .register(self.info.client, &user, self.queue.clone());
         }
         self.info = Arc::new(ClientInfo {
-            client: self.info.client,
             user,
             name,
             info,
+            ..ClientInfo::clone(&self.info)
         });
         self.connected = true;
     }

@@ -348,7 +348,14 @@ pub fn disconnect_push(code: u16, reason: &str, reconnect: bool) -> String {
 
 /// A client as presence shows it (native replies, pushes and the HTTP API).
 pub fn client_json(m: &ClientInfo) -> Value {
-    json!({ "client": m.client.to_string(), "user": m.user, "name": m.name, "info": m.info })
+    json!({
+        "client": m.client.to_string(),
+        "user": m.user,
+        "name": m.name,
+        "info": m.info,
+        "protocol": m.protocol,
+        "transport": m.transport,
+    })
 }
 
 /// The `presence` result: members by client id.

@@ -117,7 +117,9 @@ async fn endpoint(
 ) -> Response {
     let hub = gate.hub().clone();
     gate.upgrade(peer, &mut req, None, move |ws, _, stop| {
-        Session::new(hub, String::new()).run_until(ws, stop)
+        Session::new(hub, String::new())
+            .via("websocket")
+            .run_until(ws, stop)
     })
 }
 
@@ -159,6 +161,10 @@ pub fn sockjs_router(gate: &Gate, cfg: crate::sockjs::SockJsConfig) -> Router {
         cfg,
         Arc::new(move |s| {
             Session::new(hub.clone(), String::new())
+                .via(&match s.transport {
+                    t @ ("sse" | "polling") => t.to_string(),
+                    t => format!("sockjs/{t}"),
+                })
                 .run_messages(s)
                 .boxed()
         }),
@@ -196,6 +202,13 @@ impl Session {
             hub: HubSession::new(hub, FRONTEND, user),
             bad_commands: 0,
         }
+    }
+
+    /// Record how the client reached the server (presence shows it): `websocket`,
+    /// `sse`, `polling`, `sockjs/<transport>`.
+    pub fn via(mut self, transport: &str) -> Session {
+        self.hub.set_transport(transport);
+        self
     }
 
     async fn handle(&mut self, text: &str) -> Outcome {

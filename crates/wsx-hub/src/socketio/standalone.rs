@@ -10,6 +10,7 @@
 //! | `presence(channel)` | `{result: {presence: {...}}}` |
 //! | `presence_stats(channel)` | `{result: {num_clients, num_users}}` |
 //! | `history(channel, {limit?, since?: {offset, epoch}, reverse?}?)` | `{result: {publications, offset, epoch}}` |
+//! | `whoami()` | `{result: {client, user}}`: the hub's id of this connection (presence and join/leave show it) |
 //!
 //! Errors are `{error: {code, message}}` with the native codes. The server emits
 //! `publication(channel, data, {offset})` (with recovery on, the offset string last),
@@ -55,6 +56,18 @@ pub fn mount(io: &SocketIo) {
         });
         socket.on("history", |s, args, ack| async move {
             reply(ack, history(&s, &args).await);
+        });
+        socket.on("whoami", |s, _args, ack| async move {
+            let guard = s.hub_session().lock().await;
+            let r = match guard.as_ref() {
+                Some(sess) => Ok(json!({
+                    "client": sess.client().to_string(),
+                    "user": sess.info().user,
+                })),
+                None => Err(HubError::NotConnected.into()),
+            };
+            drop(guard);
+            reply(ack, r);
         });
     });
 }

@@ -170,6 +170,10 @@ pub struct SockJsSession {
     pub peer: SocketAddr,
     /// The headers of the request that opened the session.
     pub headers: HeaderMap,
+    /// The transport of the request that opened it: `websocket`, `raw-websocket`,
+    /// `xhr-streaming`, `xhr-polling`, `eventsource`, `htmlfile`, `jsonp-polling`, or
+    /// the plain fallbacks `sse` and `polling`.
+    pub transport: &'static str,
 }
 
 impl SockJsSession {
@@ -625,6 +629,7 @@ impl SockJs {
         rx: mpsc::Receiver<String>,
         peer: SocketAddr,
         headers: HeaderMap,
+        transport: &'static str,
     ) {
         let handle = SessionHandle { s: s.clone() };
         let app = (self.inner.app)(SockJsSession {
@@ -632,6 +637,7 @@ impl SockJs {
             rx,
             peer,
             headers,
+            transport,
         });
         let stop = self.inner.gate.stopped();
         self.inner.gate.spawn(async move {
@@ -867,13 +873,14 @@ impl SockJs {
         peer: SocketAddr,
         headers: &HeaderMap,
         open: bool,
+        transport: &'static str,
     ) -> Result<Arc<Session>, wsx::Refusal> {
         let id = {
             use base64::Engine as _;
             let bytes: [u8; 16] = rand::random();
             base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
         };
-        let s = find_or_open(self, &id, peer, headers)?;
+        let s = find_or_open(self, &id, peer, headers, transport)?;
         if open {
             lock(&s.st).phase = Phase::Open;
         }
@@ -909,7 +916,7 @@ async fn sse_open(
     if let Some(r) = refused(&js, &req, &[Method::GET]) {
         return r;
     }
-    let s = match js.open_random(peer, req.headers(), false) {
+    let s = match js.open_random(peer, req.headers(), false, "sse") {
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
@@ -948,7 +955,7 @@ async fn poll_open(
     if let Some(r) = refused(&js, &req, &[Method::POST]) {
         return r;
     }
-    let s = match js.open_random(peer, req.headers(), true) {
+    let s = match js.open_random(peer, req.headers(), true, "polling") {
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
@@ -1039,6 +1046,7 @@ fn find_or_open(
     id: &str,
     peer: SocketAddr,
     headers: &HeaderMap,
+    transport: &'static str,
 ) -> Result<Arc<Session>, wsx::Refusal> {
     let mut all = lock(&js.inner.sessions);
     if let Some(s) = all.get(id) {
@@ -1048,7 +1056,7 @@ fn find_or_open(
     let (s, rx) = Session::new(id.to_string(), &js.inner.cfg, Some(slot));
     all.insert(id.to_string(), s.clone());
     drop(all);
-    js.start(&s, rx, peer, headers.clone());
+    js.start(&s, rx, peer, headers.clone(), transport);
     Ok(s)
 }
 
@@ -1065,7 +1073,14 @@ async fn receive(
     let ctx = Ctx::of(headers, js.inner.cfg.cookie_needed);
     let streaming = prelude.is_some();
     let content_type = wrap.content_type();
-    let s = match find_or_open(js, &id, peer, headers) {
+    let transport = match (&wrap, streaming) {
+        (Wrap::Line, true) => "xhr-streaming",
+        (Wrap::Line, false) => "xhr-polling",
+        (Wrap::Event, _) => "eventsource",
+        (Wrap::Script, _) => "htmlfile",
+        (Wrap::Jsonp(_), _) => "jsonp-polling",
+    };
+    let s = match find_or_open(js, &id, peer, headers, transport) {
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
@@ -1232,7 +1247,8 @@ async fn websocket(
         .clone()
         .upgrade(peer, req, Some(&cfg), move |ws, _, _| async move {
             let (s, rx) = Session::new(id.unwrap_or_default(), &js.inner.cfg, None);
-            js.start(&s, rx, peer, headers);
+            let transport = if raw { "raw-websocket" } else { "websocket" };
+            js.start(&s, rx, peer, headers, transport);
             run_websocket(&js, s, ws, raw).await;
         })
 }

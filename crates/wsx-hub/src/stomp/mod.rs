@@ -71,17 +71,15 @@ async fn endpoint(
     let cfg = ep.cfg.clone();
     ep.gate
         .upgrade(peer, &mut req, Some(&ep.ws), move |ws, _, stop| {
-            run(new_session(hub, cfg), WsWire(ws), stop)
+            run(new_session(hub, cfg, "websocket"), WsWire(ws), stop)
         })
 }
 
 /// A STOMP session for a new connection, starting its CONNECT deadline now.
-fn new_session(hub: Arc<crate::Hub>, cfg: Arc<StompConfig>) -> StompSession {
-    StompSession::new(
-        HubSession::new(hub, FRONTEND, String::new()),
-        cfg,
-        Instant::now(),
-    )
+fn new_session(hub: Arc<crate::Hub>, cfg: Arc<StompConfig>, transport: &str) -> StompSession {
+    let mut session = HubSession::new(hub, FRONTEND, String::new());
+    session.set_transport(transport);
+    StompSession::new(session, cfg, Instant::now())
 }
 
 /// Carry STOMP over a byte stream (a TCP connection, plain or TLS) until either side
@@ -93,7 +91,7 @@ where
     F: std::future::Future<Output = ()> + Send,
 {
     run(
-        new_session(gate.hub().clone(), cfg),
+        new_session(gate.hub().clone(), cfg, "tcp"),
         TcpWire {
             io,
             buf: vec![0u8; 8 << 10],

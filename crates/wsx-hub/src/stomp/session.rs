@@ -33,6 +33,11 @@ pub const SINCE_EPOCH_HEADER: &str = "wsx-since-epoch";
 /// `RECEIPT` header of a recovering `SUBSCRIBE`: `true` when every missed message
 /// follows, `false` when history could not cover the gap (nothing missed is sent).
 pub const RECOVERED_HEADER: &str = "wsx-recovered";
+/// `SUBSCRIBE` header: `true` asks for the channel's join and leave events as
+/// `MESSAGE` frames (where the namespace sends them).
+pub const PRESENCE_HEADER: &str = "wsx-presence";
+/// `MESSAGE` header of a join or leave event: `join` or `leave`.
+pub const EVENT_HEADER: &str = "wsx-event";
 /// `MESSAGE` header of a work-queue message handed out before (NACKed, or its consumer
 /// left without acknowledging it); the name RabbitMQ uses.
 pub const REDELIVERED_HEADER: &str = "redelivered";
@@ -230,6 +235,8 @@ struct Sub {
     dest: Dest,
     ack: AckMode,
     key: u64,
+    /// Join and leave events wanted (`wsx-presence: true`).
+    presence: bool,
 }
 
 /// The `MESSAGE` tail (destination, content and body) of a publication, made once per
@@ -852,7 +859,16 @@ impl StompSession {
             }
             Dest::Queue(q) => self.hub.consume(q, key, ack, token)?,
         }
-        self.subs.insert(id, Sub { dest, ack, key });
+        let presence = frame.get(PRESENCE_HEADER) == Some("true");
+        self.subs.insert(
+            id,
+            Sub {
+                dest,
+                ack,
+                key,
+                presence,
+            },
+        );
         self.receipt(&frame, extra);
         Ok(())
     }
@@ -1010,9 +1026,38 @@ impl StompSession {
                 }
                 self.epochs.remove(channel.as_ref());
             }
-            Delivery::Join { .. } | Delivery::Leave { .. } => {}
+            Delivery::Join { channel, info, .. } => self.presence_event(&channel, &info, "join"),
+            Delivery::Leave { channel, info, .. } => self.presence_event(&channel, &info, "leave"),
         }
         self.heartbeat.sent(now);
+    }
+
+    /// A join or leave as a `MESSAGE` (JSON body: the member as presence shows it) to
+    /// each subscription of `channel` that asked for them.
+    fn presence_event(&mut self, channel: &str, info: &crate::ClientInfo, event: &str) {
+        let Some(ids) = self.topics.get(channel) else {
+            return;
+        };
+        let wanted: Vec<String> = ids
+            .iter()
+            .filter(|id| self.subs.get(*id).is_some_and(|s| s.presence))
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            return;
+        }
+        let body = crate::native::codec::client_json(info).to_string();
+        for id in wanted {
+            self.next_key += 1;
+            let frame = Frame::new(Command::Message)
+                .header("subscription", id)
+                .header("message-id", format!("e{}", self.next_key))
+                .header("destination", format!("/topic/{channel}"))
+                .header("content-type", "application/json")
+                .header(EVENT_HEADER, event)
+                .body(body.clone());
+            self.push_frame(&frame, false);
+        }
     }
 
     fn message_head(
