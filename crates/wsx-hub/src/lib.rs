@@ -5,7 +5,8 @@
 //! message), presence with join/leave, history with offsets and an epoch, recovery of
 //! missed publications, and a bounded outbound queue per connection that drops slow
 //! consumers instead of growing memory. What a cluster's nodes share sits behind the
-//! async [`Backplane`] trait ([`MemoryBackplane`] in process; Redis later). The core
+//! async [`Backplane`] trait ([`MemoryBackplane`] in process, `redis::RedisBackplane`
+//! with the `redis` feature). The core
 //! knows no wire format: each front-end drives a protocol-neutral [`HubSession`] and
 //! maps [`HubError`] and [`Delivery`] onto its own protocol.
 //!
@@ -24,6 +25,8 @@ pub mod api;
 pub mod engineio;
 pub mod hub;
 pub mod native;
+#[cfg(feature = "redis")]
+pub mod redis;
 pub mod socketio;
 pub mod sockjs;
 pub mod stomp;

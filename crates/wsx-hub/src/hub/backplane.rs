@@ -63,6 +63,10 @@ pub enum Event {
     Join(Arc<ClientInfo>),
     /// A client left (presence with join/leave on).
     Leave(Arc<ClientInfo>),
+    /// The node may have missed some of the channel's events (its link to a remote
+    /// backplane dropped, or offsets jumped): its subscribers must recover, the way a
+    /// reconnecting client does.
+    Lost,
 }
 
 /// A node's receiver of events (the hub's broker).

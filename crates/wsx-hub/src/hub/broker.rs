@@ -7,7 +7,7 @@ use crate::hub::backplane::{Deliver, Event};
 use crate::hub::client::ClientId;
 use crate::hub::error::HubError;
 use crate::hub::publication::{Publication, StreamPosition};
-use crate::hub::queue::{Delivery, Outbound, SlowConsumer};
+use crate::hub::queue::{Delivery, Disconnect, Outbound, SlowConsumer};
 use crate::hub::shards::{self, lock, SHARDS};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,11 +27,22 @@ struct Subscriber {
     /// While the subscription recovers: events held back until the missed publications
     /// are queued ([`Broker::go_live`]).
     held: Option<Vec<Delivery>>,
+    /// The last publication offset queued: a remote backplane may deliver one that
+    /// recovery already gave (it was on its way while history was read), never twice.
+    last: u64,
 }
 
 impl Subscriber {
     /// Queue or hold `d`; `Err` when the consumer is too slow.
     fn offer(&mut self, d: &Delivery) -> Result<(), SlowConsumer> {
+        if let Delivery::Publication { publication, .. } = d {
+            if self.held.is_none() {
+                if publication.offset <= self.last {
+                    return Ok(());
+                }
+                self.last = publication.offset;
+            }
+        }
         match &mut self.held {
             None => self.queue.push(d.clone()),
             Some(held) if held.len() < self.queue.limits().max_messages => {
@@ -99,6 +110,7 @@ impl Broker {
             Subscriber {
                 queue,
                 held: recovering.then(Vec::new),
+                last: 0,
             },
         );
         Ok(ch.subscribers.len() == 1)
@@ -150,14 +162,9 @@ impl Broker {
                 publication: p,
             })?;
         }
+        sub.last = last;
         for d in sub.held.take().unwrap_or_default() {
-            let fresh = match &d {
-                Delivery::Publication { publication, .. } => publication.offset > last,
-                _ => true,
-            };
-            if fresh {
-                sub.queue.push(d)?;
-            }
+            sub.offer(&d)?;
         }
         Ok(())
     }
@@ -189,6 +196,13 @@ impl Deliver for Broker {
             return;
         };
         let name = ch.name.clone();
+        if let Event::Lost = event {
+            // Reconnecting with recovery gets each subscriber exactly what it missed.
+            for s in ch.subscribers.values() {
+                s.queue.disconnect(Disconnect::insufficient_state());
+            }
+            return;
+        }
         // The joiner itself is not told of its own join.
         let joiner = match &event {
             Event::Join(info) => Some(info.client),
@@ -209,6 +223,7 @@ impl Deliver for Broker {
                 info,
                 encodings: Arc::default(),
             },
+            Event::Lost => return,
         };
         let mut slow = Vec::new();
         for (id, s) in ch.subscribers.iter_mut() {

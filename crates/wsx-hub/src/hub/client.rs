@@ -4,7 +4,8 @@
 pub type ClientId = u64;
 
 /// Who a connection is: presence shows this.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(default)]
 pub struct ClientInfo {
     /// The connection.
     pub client: ClientId,

@@ -113,7 +113,21 @@ pub enum Disconnect {
     Shutdown,
 }
 
+/// The close code of [`Disconnect::insufficient_state`].
+pub const INSUFFICIENT_STATE: u16 = 3011;
+
 impl Disconnect {
+    /// This node may have missed publications of a channel the client is subscribed to
+    /// (its backplane link dropped): reconnect, and recovery gets exactly what was
+    /// missed (code 3011).
+    pub fn insufficient_state() -> Disconnect {
+        Disconnect::Server {
+            code: INSUFFICIENT_STATE,
+            reason: "insufficient state: reconnect to recover".into(),
+            reconnect: true,
+        }
+    }
+
     /// Whether the client should reconnect.
     pub fn reconnect(&self) -> bool {
         match self {

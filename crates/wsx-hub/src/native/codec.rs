@@ -50,6 +50,9 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 3008;
     /// The first command was not `connect`.
     pub const NOT_CONNECTED: u16 = 3009;
+    /// The node may have missed publications (its backplane link dropped): reconnect
+    /// and recover.
+    pub const INSUFFICIENT_STATE: u16 = crate::hub::queue::INSUFFICIENT_STATE;
 }
 
 /// `connect`'s arguments.

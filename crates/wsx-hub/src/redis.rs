@@ -1,0 +1,1231 @@
+//! The Redis backplane: several hub nodes share channel streams, history, presence
+//! and delivery through one Redis (7.0 or later).
+//!
+//! Per channel `C`, with the key prefix `P` (default `wsx`), every key carries the hash
+//! tag `{C}`, so that one channel's keys live on one node of a Redis Cluster:
+//!
+//! | key | type | what |
+//! |---|---|---|
+//! | `P:{C}:m` | hash | the stream's meta: `o` (last offset), `e` (epoch) |
+//! | `P:{C}:s` | stream | history: entry id `0-<offset>`, fields `d` (payload), `t` (ms) |
+//! | `P:{C}:p` | hash | presence: client id → member (JSON) |
+//! | `P:{C}:x` | sorted set | presence expiry: client id → deadline (ms) |
+//! | `P:{C}` | pub/sub channel | `p<offset>:<epoch>:<payload>`, `j<member>`, `l<member>` |
+//!
+//! A publication is one Lua script (atomic): next offset, epoch created if missing,
+//! history appended and trimmed (`MAXLEN`, TTL), the message published. Every node that
+//! has subscribers of `C` subscribes to `P:{C}` on a dedicated RESP3 connection and
+//! hands what arrives to its broker, in the order Redis sends it (offset order, since
+//! the script publishes in the order it assigns offsets). Commands from all sessions
+//! share one multiplexed connection, so concurrent publications are pipelined.
+//!
+//! Epoch: a random string written beside the offset when the meta is created. A Redis
+//! restart that kept its data (AOF, RDB) keeps both; one that lost them starts a new
+//! epoch at the next publication or history read, and recovery then says
+//! `recovered: false` instead of giving a partial stream.
+//!
+//! Faults: every command has a timeout ([`RedisConfig::timeout`]); a failure is
+//! [`BackplaneError::Unavailable`]. Both connections reconnect by themselves. After the
+//! pub/sub connection drops, a node cannot know what it missed: when it has resubscribed
+//! it compares each channel's offset in Redis with the last one it delivered, and on a
+//! difference (or an offset that jumps while connected) it tells the channel's local
+//! subscribers to recover ([`Event::Lost`]: they reconnect, 3011, and recover exactly).
+//!
+//! Presence: each member has a deadline `presence_ttl` ahead; the node holding the
+//! connection renews its members every third of that (and writes them again after a
+//! Redis restart lost them). Reading presence, and every renewal, first removes the
+//! members whose deadline passed (a node that died) and publishes their leaves.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::aio::ConnectionManager;
+use redis::{Client, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind, Script, Value};
+use tokio::sync::mpsc;
+
+use crate::hub::backplane::{
+    Backplane, BackplaneError, BoxFuture, Deliver, Event, HistoryPage, HistoryQuery, NodeId,
+};
+use crate::hub::client::{ClientId, ClientInfo};
+use crate::hub::options::ChannelOptions;
+use crate::hub::publication::{Payload, PayloadKind, Publication, StreamPosition};
+use crate::hub::shards::lock;
+
+/// How to reach Redis and what to keep there.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
+    pub url: String,
+    /// The prefix of every key and channel name (several clusters can share a Redis).
+    pub prefix: String,
+    /// Longest wait for a command's reply, and for a connection; an operation that
+    /// takes longer fails (the client gets "unavailable").
+    pub timeout: Duration,
+    /// How long a member stays in presence unless its node renews it: a node that
+    /// dies leaves no ghost members after this.
+    pub presence_ttl: Duration,
+    /// How long a channel's offset and epoch are kept after its last publication (at
+    /// least its history's TTL).
+    pub meta_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".into(),
+            prefix: "wsx".into(),
+            timeout: Duration::from_secs(2),
+            presence_ttl: Duration::from_secs(30),
+            meta_ttl: Duration::from_secs(7 * 24 * 3600),
+        }
+    }
+}
+
+const PUBLISH: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('DEL', KEYS[2])
+end
+local o = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+if tonumber(ARGV[2]) > 0 then
+  local t = redis.call('TIME')
+  redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[2], '0-' .. o, 'd', ARGV[1], 't', t[1] * 1000 + math.floor(t[2] / 1000))
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+end
+redis.call('PUBLISH', ARGV[6], 'p' .. o .. ':' .. e .. ':' .. ARGV[1])
+return {o, e}
+";
+
+const HISTORY: &str = r"
+local e = redis.call('HGET', KEYS[1], 'e')
+if not e then
+  e = ARGV[5]
+  redis.call('HSET', KEYS[1], 'e', e)
+  redis.call('EXPIRE', KEYS[1], ARGV[6])
+  redis.call('DEL', KEYS[2])
+end
+local o = tonumber(redis.call('HGET', KEYS[1], 'o') or '0')
+local ttl = tonumber(ARGV[4])
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+while true do
+  local head = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 64)
+  local cut = nil
+  for _, ent in ipairs(head) do
+    if tonumber(ent[2][4]) + ttl <= now then cut = ent[1] else break end
+  end
+  if cut == nil then break end
+  redis.call('XTRIM', KEYS[2], 'MINID', '0-' .. (tonumber(string.sub(cut, 3)) + 1))
+  if cut ~= head[#head][1] then break end
+end
+local first = o + 1
+local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)
+if #oldest > 0 then first = tonumber(string.sub(oldest[1][1], 3)) end
+local out = {o, e, first}
+local limit = tonumber(ARGV[2])
+if limit > 0 then
+  local lo = '-'
+  if tonumber(ARGV[1]) >= 0 then lo = '(0-' .. ARGV[1] end
+  local ents
+  if ARGV[3] == '1' then
+    ents = redis.call('XREVRANGE', KEYS[2], '+', lo, 'COUNT', limit)
+  else
+    ents = redis.call('XRANGE', KEYS[2], lo, '+', 'COUNT', limit)
+  end
+  for _, ent in ipairs(ents) do
+    out[#out + 1] = tonumber(string.sub(ent[1], 3))
+    out[#out + 1] = ent[2][2]
+  end
+end
+return out
+";
+
+/// Remove the members whose deadline passed (publishing their leaves), then add or
+/// renew the members given as (client, member) pairs from ARGV[5].
+const PRESENCE_SET: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
+for _, c in ipairs(dead) do
+  local m = redis.call('HGET', KEYS[1], c)
+  redis.call('HDEL', KEYS[1], c)
+  if m and ARGV[4] == '1' then redis.call('PUBLISH', ARGV[3], 'l' .. m) end
+end
+if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
+local n = 0
+for i = 5, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[i])
+  n = n + 1
+end
+if n > 0 then
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[2], ARGV[2])
+end
+return redis.call('HVALS', KEYS[1])
+";
+
+const LEAVE: &str = r"
+local m = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if m and ARGV[3] == '1' then redis.call('PUBLISH', ARGV[2], 'l' .. m) end
+return m
+";
+
+fn unavailable(e: redis::RedisError) -> BackplaneError {
+    BackplaneError::Unavailable(format!("redis: {e}"))
+}
+
+fn fresh_epoch() -> String {
+    format!("{:016x}", rand::random::<u64>())
+}
+
+/// A payload as stored and published: kind, headers, bytes.
+fn encode_payload(p: &Payload) -> Vec<u8> {
+    let mut out = Vec::with_capacity(p.data.len() + 8);
+    out.push(match p.kind {
+        PayloadKind::Json => b'j',
+        PayloadKind::Text => b't',
+        PayloadKind::Binary => b'b',
+    });
+    out.extend_from_slice(&(p.headers.len() as u16).to_be_bytes());
+    for (k, v) in &p.headers {
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v.as_bytes());
+    }
+    out.extend_from_slice(&p.data);
+    out
+}
+
+fn decode_payload(b: &[u8]) -> Option<Payload> {
+    let kind = match *b.first()? {
+        b'j' => PayloadKind::Json,
+        b't' => PayloadKind::Text,
+        b'b' => PayloadKind::Binary,
+        _ => return None,
+    };
+    let n = u16::from_be_bytes(b.get(1..3)?.try_into().ok()?);
+    let mut at = 3;
+    let take = |at: &mut usize| -> Option<String> {
+        let len = u32::from_be_bytes(b.get(*at..*at + 4)?.try_into().ok()?) as usize;
+        let s = std::str::from_utf8(b.get(*at + 4..*at + 4 + len)?).ok()?;
+        *at += 4 + len;
+        Some(s.to_string())
+    };
+    let mut headers = Vec::with_capacity(n as usize);
+    for _ in 0..n {
+        let k = take(&mut at)?;
+        let v = take(&mut at)?;
+        headers.push((k, v));
+    }
+    Some(Payload {
+        kind,
+        data: Bytes::copy_from_slice(b.get(at..)?),
+        headers,
+    })
+}
+
+/// A pub/sub message: a publication, a join or a leave.
+fn decode_message(b: &[u8]) -> Option<(Event, Option<(u64, String)>)> {
+    match *b.first()? {
+        b'p' => {
+            let rest = &b[1..];
+            let c1 = rest.iter().position(|&c| c == b':')?;
+            let offset: u64 = std::str::from_utf8(&rest[..c1]).ok()?.parse().ok()?;
+            let rest = &rest[c1 + 1..];
+            let c2 = rest.iter().position(|&c| c == b':')?;
+            let epoch = std::str::from_utf8(&rest[..c2]).ok()?.to_string();
+            let payload = decode_payload(&rest[c2 + 1..])?;
+            let p = Arc::new(Publication::new(offset, payload));
+            Some((Event::Publication(p), Some((offset, epoch))))
+        }
+        b'j' => Some((
+            Event::Join(Arc::new(serde_json::from_slice(&b[1..]).ok()?)),
+            None,
+        )),
+        b'l' => Some((
+            Event::Leave(Arc::new(serde_json::from_slice(&b[1..]).ok()?)),
+            None,
+        )),
+        _ => None,
+    }
+}
+
+/// This node's presence entries of one channel: whether the namespace sends joins and
+/// leaves, and the members (client → member JSON).
+#[derive(Debug, Default, Clone)]
+struct LocalMembers {
+    join_leave: bool,
+    members: HashMap<ClientId, String>,
+}
+
+/// What the node knows of a channel it listens on.
+#[derive(Debug, Default)]
+struct Track {
+    /// The last publication delivered (offset, epoch).
+    last: Option<(u64, String)>,
+    /// The stream's offset and epoch when listening started (before any delivery).
+    baseline: Option<(u64, String)>,
+    /// The pub/sub connection dropped since: check for a gap once resubscribed.
+    suspect: bool,
+}
+
+struct Inner {
+    cfg: RedisConfig,
+    /// Commands (multiplexed: concurrent ones are pipelined).
+    conn: ConnectionManager,
+    /// Pub/sub (RESP3; its pushes go to the delivery task).
+    sub: ConnectionManager,
+    node: NodeId,
+    deliver: OnceLock<Arc<dyn Deliver>>,
+    /// Channels this node listens on.
+    tracks: Mutex<HashMap<String, Track>>,
+    /// This node's presence entries, renewed periodically, by channel.
+    members: Mutex<HashMap<String, LocalMembers>>,
+    publish: Script,
+    history: Script,
+    presence_set: Script,
+    leave: Script,
+}
+
+/// The Redis backplane. See the module documentation.
+#[derive(Clone)]
+pub struct RedisBackplane {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RedisBackplane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBackplane")
+            .field("prefix", &self.inner.cfg.prefix)
+            .field("node", &self.inner.node)
+            .finish()
+    }
+}
+
+impl RedisBackplane {
+    /// Connect (both connections), take a node id, and start the delivery and
+    /// presence-renewal tasks (on the current tokio runtime).
+    pub async fn connect(cfg: RedisConfig) -> Result<RedisBackplane, BackplaneError> {
+        let info = cfg
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(unavailable)?;
+        let resp3 = info
+            .redis_settings()
+            .clone()
+            .set_protocol(ProtocolVersion::RESP3);
+        let client = Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
+        let manager = |push: Option<mpsc::UnboundedSender<PushInfo>>| {
+            let mut c = redis::aio::ConnectionManagerConfig::new()
+                .set_response_timeout(Some(cfg.timeout))
+                .set_connection_timeout(Some(cfg.timeout))
+                .set_number_of_retries(3)
+                .set_max_delay(Duration::from_secs(1));
+            if let Some(tx) = push {
+                c = c.set_push_sender(tx).set_automatic_resubscription();
+            }
+            ConnectionManager::new_with_config(client.clone(), c)
+        };
+        let conn = manager(None).await.map_err(unavailable)?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let sub = manager(Some(tx)).await.map_err(unavailable)?;
+        let node: u64 = redis::cmd("INCR")
+            .arg(format!("{}:node-seq", cfg.prefix))
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let inner = Arc::new(Inner {
+            cfg,
+            conn,
+            sub,
+            node,
+            deliver: OnceLock::new(),
+            tracks: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            publish: Script::new(PUBLISH),
+            history: Script::new(HISTORY),
+            presence_set: Script::new(PRESENCE_SET),
+            leave: Script::new(LEAVE),
+        });
+        tokio::spawn(pushes(Arc::downgrade(&inner), rx));
+        tokio::spawn(upkeep(Arc::downgrade(&inner)));
+        Ok(RedisBackplane { inner })
+    }
+
+    /// This node's id in the cluster (unique among the nodes sharing the prefix).
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+}
+
+impl Inner {
+    fn key(&self, channel: &str, suffix: &str) -> String {
+        format!("{}:{{{channel}}}:{suffix}", self.cfg.prefix)
+    }
+
+    fn topic(&self, channel: &str) -> String {
+        format!("{}:{{{channel}}}", self.cfg.prefix)
+    }
+
+    /// The channel a pub/sub name belongs to.
+    fn channel_of<'a>(&self, topic: &'a str) -> Option<&'a str> {
+        topic
+            .strip_prefix(self.cfg.prefix.as_str())?
+            .strip_prefix(":{")?
+            .strip_suffix('}')
+    }
+
+    fn meta_ttl(&self, opts: &ChannelOptions) -> u64 {
+        self.cfg.meta_ttl.max(opts.history_ttl).as_secs().max(1)
+    }
+
+    fn presence_ms(&self) -> u64 {
+        (self.cfg.presence_ttl.as_millis() as u64).max(1)
+    }
+
+    /// Add or renew `members` of `channel` (after removing expired ones); the
+    /// members now present.
+    async fn presence_set(
+        &self,
+        channel: &str,
+        join_leave: bool,
+        members: &[(ClientId, String)],
+    ) -> Result<Vec<Arc<ClientInfo>>, BackplaneError> {
+        let mut inv = self.presence_set.prepare_invoke();
+        inv.key(self.key(channel, "p"))
+            .key(self.key(channel, "x"))
+            .arg(self.presence_ms())
+            .arg(self.cfg.presence_ttl.as_secs().max(1) * 2)
+            .arg(self.topic(channel))
+            .arg(if join_leave { "1" } else { "0" });
+        for (c, m) in members {
+            inv.arg(c.to_string()).arg(m);
+        }
+        let all: Vec<Vec<u8>> = inv
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(all
+            .iter()
+            .filter_map(|m| serde_json::from_slice(m).ok().map(Arc::new))
+            .collect())
+    }
+
+    fn deliver(&self, channel: &str, event: Event) {
+        if let Some(d) = self.deliver.get() {
+            d.deliver(channel, event);
+        }
+    }
+
+    /// A message from pub/sub: check offsets, then deliver.
+    fn on_message(&self, topic: &str, body: &[u8]) {
+        let Some(channel) = self.channel_of(topic) else {
+            return;
+        };
+        let Some((event, position)) = decode_message(body) else {
+            tracing::warn!(channel, "undecodable backplane message");
+            return;
+        };
+        let mut lost = false;
+        if let Some((offset, epoch)) = position {
+            let mut tracks = lock(&self.tracks);
+            let Some(t) = tracks.get_mut(channel) else {
+                return;
+            };
+            match (&t.last, &t.baseline) {
+                (Some((last, e)), _) if *e == epoch && offset <= *last => return,
+                (Some((last, e)), _) => lost = *e != epoch || offset > last + 1,
+                // The first delivery since listening: nothing before it may be missing
+                // since where the stream stood then.
+                (None, Some((base, e))) => {
+                    lost = (*base > 0 && *e != epoch)
+                        || (*e == epoch || *base == 0) && offset > base + 1
+                }
+                (None, None) => {}
+            }
+            t.last = Some((offset, epoch));
+        }
+        if lost {
+            tracing::warn!(
+                channel,
+                "publications missed on the backplane: subscribers recover"
+            );
+            self.deliver(channel, Event::Lost);
+        }
+        self.deliver(channel, event);
+    }
+
+    /// After a resubscription: whether the stream moved on while the node was deaf.
+    async fn check_gap(&self, channel: String) {
+        let reference = {
+            let mut tracks = lock(&self.tracks);
+            let Some(t) = tracks.get_mut(&channel) else {
+                return;
+            };
+            if !std::mem::take(&mut t.suspect) {
+                return;
+            }
+            t.last.clone().or_else(|| t.baseline.clone())
+        };
+        let now = self.position(&channel).await;
+        let lost = match (&reference, &now) {
+            (_, Err(_)) => true,
+            (Some((o, e)), Ok(Some((no, ne)))) => e != ne || no > o,
+            (None, Ok(Some((no, _)))) => *no > 0,
+            // The stream is gone (Redis lost its data): what was missed is unknown.
+            (Some((o, _)), Ok(None)) => *o > 0,
+            (None, Ok(None)) => false,
+        };
+        if lost {
+            tracing::warn!(
+                channel,
+                "the backplane link dropped and the stream moved on: subscribers recover"
+            );
+            // Start over from here: the next publication is taken as it comes.
+            if let Some(t) = lock(&self.tracks).get_mut(&channel) {
+                t.last = None;
+                t.baseline = now.ok().flatten();
+            }
+            self.deliver(&channel, Event::Lost);
+        }
+    }
+
+    /// The stream's offset and epoch in Redis (`None`: no stream).
+    async fn position(&self, channel: &str) -> Result<Option<(u64, String)>, BackplaneError> {
+        let (o, e): (Option<u64>, Option<String>) = redis::cmd("HMGET")
+            .arg(self.key(channel, "m"))
+            .arg("o")
+            .arg("e")
+            .query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(e.map(|e| (o.unwrap_or(0), e)))
+    }
+}
+
+/// The delivery task: pub/sub pushes to the broker, in order.
+async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
+    while let Some(push) = rx.recv().await {
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        match push.kind {
+            PushKind::Message => {
+                if let [Value::BulkString(topic), Value::BulkString(body)] = push.data.as_slice() {
+                    if let Ok(topic) = std::str::from_utf8(topic) {
+                        inner.on_message(topic, body);
+                    }
+                }
+            }
+            PushKind::Disconnection => {
+                tracing::warn!("the backplane's pub/sub connection dropped; reconnecting");
+                for t in lock(&inner.tracks).values_mut() {
+                    t.suspect = true;
+                }
+            }
+            PushKind::Subscribe => {
+                let channel = match push.data.first() {
+                    Some(Value::BulkString(topic)) => std::str::from_utf8(topic)
+                        .ok()
+                        .and_then(|t| inner.channel_of(t))
+                        .map(str::to_string),
+                    _ => None,
+                };
+                if let Some(channel) = channel {
+                    let suspect = lock(&inner.tracks).get(&channel).is_some_and(|t| t.suspect);
+                    if suspect {
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.check_gap(channel).await });
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Every third of the presence TTL: renew this node's members (and write them again
+/// if Redis lost them), sweep expired ones; and ping the pub/sub connection, so that a
+/// link that died silently is found and reconnected.
+async fn upkeep(inner: Weak<Inner>) {
+    let every = match inner.upgrade() {
+        Some(i) => (i.cfg.presence_ttl / 3).max(Duration::from_millis(100)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
+    let mut since_renewal = Duration::ZERO;
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let _: Result<Value, _> = redis::cmd("PING").query_async(&mut inner.sub.clone()).await;
+        since_renewal += tick.period();
+        if since_renewal < every {
+            continue;
+        }
+        since_renewal = Duration::ZERO;
+        let all: Vec<(String, LocalMembers)> = lock(&inner.members)
+            .iter()
+            .map(|(ch, m)| (ch.clone(), m.clone()))
+            .collect();
+        for (channel, local) in all {
+            let members: Vec<(ClientId, String)> = local.members.into_iter().collect();
+            if let Err(e) = inner
+                .presence_set(&channel, local.join_leave, &members)
+                .await
+            {
+                tracing::debug!(channel, "presence renewal failed: {e}");
+            }
+        }
+    }
+}
+
+impl Backplane for RedisBackplane {
+    fn attach(&self, node: Arc<dyn Deliver>) -> NodeId {
+        let _ = self.inner.deliver.set(node);
+        self.inner.node
+    }
+
+    fn listen<'a>(
+        &'a self,
+        _node: NodeId,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if lock(&inner.tracks).contains_key(channel) {
+                return Ok(());
+            }
+            inner
+                .sub
+                .clone()
+                .subscribe(inner.topic(channel))
+                .await
+                .map_err(unavailable)?;
+            lock(&inner.tracks).entry(channel.to_string()).or_default();
+            // Where the stream stood when listening began: a link that drops before
+            // the first delivery is checked against this.
+            if let Ok(p) = inner.position(channel).await {
+                if let Some(t) = lock(&inner.tracks).get_mut(channel) {
+                    t.baseline = Some(p.unwrap_or((0, String::new())));
+                }
+            }
+            Ok(())
+        })
+    }
+
+    fn unlisten<'a>(
+        &'a self,
+        _node: NodeId,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if lock(&inner.tracks).remove(channel).is_none() {
+                return Ok(());
+            }
+            inner
+                .sub
+                .clone()
+                .unsubscribe(inner.topic(channel))
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn publish<'a>(
+        &'a self,
+        channel: &'a str,
+        opts: &'a ChannelOptions,
+        payload: Payload,
+    ) -> BoxFuture<'a, Result<Arc<Publication>, BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let encoded = encode_payload(&payload);
+            let (offset, _epoch): (u64, String) = inner
+                .publish
+                .key(inner.key(channel, "m"))
+                .key(inner.key(channel, "s"))
+                .arg(&encoded)
+                .arg(opts.history_size)
+                .arg((opts.history_ttl.as_millis() as u64).max(1))
+                .arg(inner.meta_ttl(opts))
+                .arg(fresh_epoch())
+                .arg(inner.topic(channel))
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            Ok(Arc::new(Publication::new(offset, payload)))
+        })
+    }
+
+    fn history<'a>(
+        &'a self,
+        channel: &'a str,
+        opts: &'a ChannelOptions,
+        q: HistoryQuery,
+    ) -> BoxFuture<'a, Result<HistoryPage, BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let v: Vec<Value> = inner
+                .history
+                .key(inner.key(channel, "m"))
+                .key(inner.key(channel, "s"))
+                .arg(q.since.map_or(-1, |s| s.min(i64::MAX as u64) as i64))
+                .arg(q.limit.min(1_000_000_000))
+                .arg(if q.reverse { "1" } else { "0" })
+                .arg((opts.history_ttl.as_millis() as u64).max(1))
+                .arg(fresh_epoch())
+                .arg(inner.meta_ttl(opts))
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            let bad = || BackplaneError::Unavailable("redis: malformed history reply".into());
+            let int = |v: &Value| match v {
+                Value::Int(i) => Some(*i as u64),
+                _ => None,
+            };
+            let offset = v.first().and_then(int).ok_or_else(bad)?;
+            let epoch = match v.get(1) {
+                Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                _ => return Err(bad()),
+            };
+            let first_retained = v.get(2).and_then(int).ok_or_else(bad)?;
+            let mut publications = Vec::new();
+            for pair in v[3..].chunks(2) {
+                let (Some(o), Some(Value::BulkString(d))) =
+                    (pair.first().and_then(int), pair.get(1))
+                else {
+                    return Err(bad());
+                };
+                let payload = decode_payload(d).ok_or_else(bad)?;
+                publications.push(Arc::new(Publication::new(o, payload)));
+            }
+            Ok(HistoryPage {
+                publications,
+                position: StreamPosition { offset, epoch },
+                first_retained,
+            })
+        })
+    }
+
+    fn join<'a>(
+        &'a self,
+        channel: &'a str,
+        opts: &'a ChannelOptions,
+        info: Arc<ClientInfo>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let member = serde_json::to_string(&*info).unwrap_or_default();
+            // The join event goes out with the entry, in one script: publish it only
+            // for this member (renewals publish nothing).
+            let mut inv = inner.presence_set.prepare_invoke();
+            inv.key(inner.key(channel, "p"))
+                .key(inner.key(channel, "x"))
+                .arg(inner.presence_ms())
+                .arg(inner.cfg.presence_ttl.as_secs().max(1) * 2)
+                .arg(inner.topic(channel))
+                .arg(if opts.join_leave { "1" } else { "0" })
+                .arg(info.client.to_string())
+                .arg(&member);
+            let _: Value = inv
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            if opts.join_leave {
+                let mut msg = b"j".to_vec();
+                msg.extend_from_slice(member.as_bytes());
+                let _: Value = redis::cmd("PUBLISH")
+                    .arg(inner.topic(channel))
+                    .arg(msg)
+                    .query_async(&mut inner.conn.clone())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            lock(&inner.members)
+                .entry(channel.to_string())
+                .or_insert_with(|| LocalMembers {
+                    join_leave: opts.join_leave,
+                    members: HashMap::new(),
+                })
+                .members
+                .insert(info.client, member);
+            Ok(())
+        })
+    }
+
+    fn leave<'a>(
+        &'a self,
+        channel: &'a str,
+        opts: &'a ChannelOptions,
+        client: ClientId,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            {
+                let mut members = lock(&inner.members);
+                if let Some(local) = members.get_mut(channel) {
+                    local.members.remove(&client);
+                    if local.members.is_empty() {
+                        members.remove(channel);
+                    }
+                }
+            }
+            let _: Value = inner
+                .leave
+                .key(inner.key(channel, "p"))
+                .key(inner.key(channel, "x"))
+                .arg(client.to_string())
+                .arg(inner.topic(channel))
+                .arg(if opts.join_leave { "1" } else { "0" })
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn presence<'a>(
+        &'a self,
+        channel: &'a str,
+    ) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BackplaneError>> {
+        Box::pin(async move {
+            // Reading sweeps expired members; their leaves are published only where
+            // the namespace sends leaves, which a renewal knows and a read does not:
+            // a read publishes none.
+            self.inner.presence_set(channel, false, &[]).await
+        })
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::hub::contract::Nodes;
+    use std::future::Future;
+    use std::pin::Pin;
+    use tokio::io::AsyncBufReadExt;
+
+    /// A `redis-server` on a free loopback port, without persistence, killed on drop.
+    pub(crate) struct RedisServer {
+        child: tokio::process::Child,
+        pub(crate) port: u16,
+    }
+
+    impl RedisServer {
+        pub(crate) async fn start(extra: &[&str]) -> RedisServer {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            RedisServer::start_on(port, extra).await
+        }
+
+        /// Stop it (SHUTDOWN: with persistence on, everything is on disk) and wait.
+        pub(crate) async fn stop(mut self) {
+            let client = Client::open(self.url()).unwrap();
+            if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+                let _: Result<Value, _> = redis::cmd("SHUTDOWN").query_async(&mut c).await;
+            }
+            let _ = self.child.wait().await;
+        }
+
+        pub(crate) async fn start_on(port: u16, extra: &[&str]) -> RedisServer {
+            let mut child = tokio::process::Command::new("redis-server")
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                ])
+                .args(extra)
+                .stdout(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .expect("redis-server is not installed: run scripts/test");
+            let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line.contains("Ready to accept connections") {
+                    break;
+                }
+            }
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            RedisServer { child, port }
+        }
+
+        pub(crate) fn url(&self) -> String {
+            format!("redis://127.0.0.1:{}", self.port)
+        }
+    }
+
+    impl Drop for RedisServer {
+        fn drop(&mut self) {
+            let _ = self.child.start_kill();
+        }
+    }
+
+    /// Nodes of one cluster on a fresh Redis.
+    pub(crate) struct RedisNodes {
+        pub(crate) server: RedisServer,
+        pub(crate) cfg: RedisConfig,
+    }
+
+    impl RedisNodes {
+        pub(crate) async fn start() -> RedisNodes {
+            let server = RedisServer::start(&[]).await;
+            let cfg = RedisConfig {
+                url: server.url(),
+                ..RedisConfig::default()
+            };
+            RedisNodes { server, cfg }
+        }
+    }
+
+    impl Nodes for RedisNodes {
+        fn node(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Backplane>> + Send + '_>> {
+            Box::pin(async move {
+                let b: Arc<dyn Backplane> =
+                    Arc::new(RedisBackplane::connect(self.cfg.clone()).await.unwrap());
+                b
+            })
+        }
+    }
+
+    mod contract {
+        crate::hub::contract::contract_tests!(super::RedisNodes::start().await);
+    }
+
+    use crate::hub::channel::ChannelName;
+    use crate::hub::queue::{Delivery, Disconnect, Outbound, QueueLimits, INSUFFICIENT_STATE};
+    use crate::hub::{Hub, HubConfig};
+
+    fn room() -> ChannelOptions {
+        ChannelOptions {
+            history_size: 1000,
+            presence: true,
+            join_leave: true,
+            ..ChannelOptions::default()
+        }
+    }
+
+    async fn hub(cfg: &RedisConfig) -> (Arc<Hub>, RedisBackplane) {
+        let b = RedisBackplane::connect(cfg.clone()).await.unwrap();
+        let hub_cfg = HubConfig {
+            default_options: room(),
+            ..HubConfig::default()
+        };
+        (
+            Arc::new(Hub::with_backplane(hub_cfg, Arc::new(b.clone()))),
+            b,
+        )
+    }
+
+    fn client(hub: &Hub, user: &str) -> (Arc<ClientInfo>, Arc<Outbound>) {
+        let info = ClientInfo {
+            client: hub.next_client_id(),
+            user: user.into(),
+            ..ClientInfo::default()
+        };
+        (Arc::new(info), Outbound::new(QueueLimits::default()))
+    }
+
+    /// The next delivery or disconnect (within 10 s).
+    async fn next(q: &Outbound) -> Result<Delivery, Disconnect> {
+        let f = std::future::poll_fn(|cx| q.poll_next(cx));
+        tokio::time::timeout(Duration::from_secs(10), f)
+            .await
+            .expect("a delivery in time")
+            .expect("the queue is open")
+    }
+
+    async fn redis_cmd(server: &RedisServer, args: &[&str]) -> Value {
+        let client = Client::open(server.url()).unwrap();
+        let mut c = client.get_multiplexed_async_connection().await.unwrap();
+        let mut cmd = redis::cmd(args[0]);
+        for a in &args[1..] {
+            cmd.arg(*a);
+        }
+        cmd.query_async(&mut c).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_node_leaves_no_ghost_members_after_the_presence_ttl() {
+        let nodes = RedisNodes::start().await;
+        let mut cfg = nodes.cfg.clone();
+        cfg.presence_ttl = Duration::from_millis(900);
+        let (a, ba) = hub(&cfg).await;
+        let (b, _bb) = hub(&cfg).await;
+        let ch = ChannelName::parse("room").unwrap();
+        let (bob, qb) = client(&b, "bob");
+        b.subscribe(&ch, &room(), bob.clone(), qb.clone(), None)
+            .await
+            .unwrap();
+        let (alice, qa) = client(&a, "alice");
+        a.subscribe(&ch, &room(), alice.clone(), qa, None)
+            .await
+            .unwrap();
+        assert!(
+            matches!(next(&qb).await, Ok(Delivery::Join { info, .. }) if info.client == alice.client)
+        );
+        // Renewals keep live members well past the TTL.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.presence_stats("room").await.unwrap(), (2, 2));
+        // Node A dies: no leave is sent, no renewal comes.
+        drop(a);
+        drop(ba);
+        let left = next(&qb).await;
+        assert!(
+            matches!(&left, Ok(Delivery::Leave { info, .. }) if info.client == alice.client),
+            "{left:?}"
+        );
+        let members = b.presence("room").await.unwrap();
+        assert_eq!(members.len(), 1, "{members:?}");
+        assert_eq!(members[0].client, bob.client);
+    }
+
+    /// Collect a subscriber's stream of `n` publications through disconnects: after
+    /// each, resubscribe recovering from the last offset seen (what a client does).
+    async fn collect_through_drops(
+        hub: &Hub,
+        n: u64,
+        mut q: Arc<Outbound>,
+        epoch: String,
+    ) -> (Vec<u64>, usize) {
+        let ch = ChannelName::parse("room").unwrap();
+        let mut seen = Vec::new();
+        let mut drops = 0;
+        while seen.len() < n as usize {
+            match next(&q).await {
+                Ok(Delivery::Publication { publication, .. }) => seen.push(publication.offset),
+                Ok(_) => {}
+                Err(d) => {
+                    assert!(
+                        matches!(
+                            &d,
+                            Disconnect::Server {
+                                code: INSUFFICIENT_STATE,
+                                reconnect: true,
+                                ..
+                            }
+                        ),
+                        "{d:?}"
+                    );
+                    drops += 1;
+                    let (info, q2) = client(hub, "sub");
+                    let since = StreamPosition {
+                        offset: seen.last().copied().unwrap_or(0),
+                        epoch: epoch.clone(),
+                    };
+                    let r = hub
+                        .subscribe(&ch, &room(), info, q2.clone(), Some(&since))
+                        .await
+                        .unwrap();
+                    assert_eq!(r.recovered, Some(true));
+                    q = q2;
+                }
+            }
+        }
+        (seen, drops)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_pubsub_connection_makes_subscribers_recover_every_message() {
+        let nodes = RedisNodes::start().await;
+        let (publisher, _) = hub(&nodes.cfg).await;
+        let (node, _) = hub(&nodes.cfg).await;
+        let ch = ChannelName::parse("room").unwrap();
+        let (info, q) = client(&node, "sub");
+        let r = node
+            .subscribe(&ch, &room(), info, q.clone(), None)
+            .await
+            .unwrap();
+        let epoch = r.position.unwrap().epoch;
+        const N: u64 = 400;
+        let publishing = tokio::spawn(async move {
+            for _ in 0..N {
+                publisher.publish("room", Payload::json("1")).await.unwrap();
+            }
+        });
+        // Kill every pub/sub connection while the stream flows.
+        let killed = async {
+            loop {
+                let n = redis_cmd(&nodes.server, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
+                if n != Value::Int(0) {
+                    return;
+                }
+                tokio::task::yield_now().await;
+            }
+        };
+        killed.await;
+        let (seen, drops) = collect_through_drops(&node, N, q, epoch).await;
+        publishing.await.unwrap();
+        assert_eq!(
+            seen,
+            (1..=N).collect::<Vec<_>>(),
+            "every message, in order, once ({drops} recoveries)"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn redis_down_gives_errors_and_a_restart_without_data_tells_the_truth() {
+        let mut nodes = RedisNodes::start().await;
+        let (hub, _) = hub(&nodes.cfg).await;
+        let (q, epoch) = subscribed_after_three(&hub).await;
+        // Down: clear errors, within the timeout.
+        let port = nodes.server.port;
+        nodes.server.stop().await;
+        let started = std::time::Instant::now();
+        let e = hub.publish("room", Payload::json("1")).await.unwrap_err();
+        assert!(matches!(e, crate::HubError::Unavailable(_)), "{e:?}");
+        assert!(
+            started.elapsed() < nodes.cfg.timeout * 3,
+            "{:?}",
+            started.elapsed()
+        );
+        // Back, empty (no persistence): the node finds its stream gone and tells its
+        // subscriber to recover; recovery says it cannot (another epoch), and live
+        // publications flow again.
+        nodes.server = RedisServer::start_on(port, &[]).await;
+        let d = next(&q).await;
+        assert!(
+            matches!(
+                &d,
+                Err(Disconnect::Server {
+                    code: INSUFFICIENT_STATE,
+                    ..
+                })
+            ),
+            "{d:?}"
+        );
+        let ch = ChannelName::parse("room").unwrap();
+        let (info, q2) = client(&hub, "sub");
+        let since = StreamPosition {
+            offset: 3,
+            epoch: epoch.clone(),
+        };
+        let r = hub
+            .subscribe(&ch, &room(), info, q2.clone(), Some(&since))
+            .await
+            .unwrap();
+        assert_eq!(r.recovered, Some(false));
+        assert_ne!(r.position.unwrap().epoch, epoch, "a new epoch");
+        hub.publish("room", Payload::json("1")).await.unwrap();
+        assert!(
+            matches!(next(&q2).await, Ok(Delivery::Publication { publication, .. }) if publication.offset == 1)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restart_with_persistence_keeps_the_stream_and_loses_nothing() {
+        let dir = std::env::temp_dir().join(format!("wsx-redis-aof-{}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let dir_s = dir.display().to_string();
+        let persist = [
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--dir",
+            dir_s.as_str(),
+        ];
+        let server = RedisServer::start(&persist).await;
+        let cfg = RedisConfig {
+            url: server.url(),
+            ..RedisConfig::default()
+        };
+        let port = server.port;
+        let (hub, _) = hub(&cfg).await;
+        let (q, epoch) = subscribed_after_three(&hub).await;
+        server.stop().await;
+        assert!(hub.publish("room", Payload::json("1")).await.is_err());
+        let _server = RedisServer::start_on(port, &persist).await;
+        // The stream and its epoch survived: publishing goes on at 4, the subscriber
+        // gets it without being told to recover, and a recovery from 3 succeeds.
+        let p = hub.publish("room", Payload::json("1")).await.unwrap();
+        assert_eq!(p.offset, 4);
+        let d = next(&q).await;
+        assert!(
+            matches!(&d, Ok(Delivery::Publication { publication, .. }) if publication.offset == 4),
+            "{d:?}"
+        );
+        let ch = ChannelName::parse("room").unwrap();
+        let (info, q2) = client(&hub, "sub");
+        let since = StreamPosition { offset: 3, epoch };
+        let r = hub
+            .subscribe(&ch, &room(), info, q2.clone(), Some(&since))
+            .await
+            .unwrap();
+        assert_eq!(r.recovered, Some(true));
+        assert!(
+            matches!(next(&q2).await, Ok(Delivery::Publication { publication, .. }) if publication.offset == 4)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A subscriber of `room` that has received offsets 1 to 3; its queue and epoch.
+    async fn subscribed_after_three(hub: &Hub) -> (Arc<Outbound>, String) {
+        let ch = ChannelName::parse("room").unwrap();
+        let (info, q) = client(hub, "sub");
+        let r = hub
+            .subscribe(&ch, &room(), info, q.clone(), None)
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            hub.publish("room", Payload::json("1")).await.unwrap();
+        }
+        for want in 1..=3 {
+            let d = next(&q).await;
+            assert!(
+                matches!(&d, Ok(Delivery::Publication { publication, .. }) if publication.offset == want),
+                "{d:?}"
+            );
+        }
+        (q, r.position.unwrap().epoch)
+    }
+    #[test]
+    fn payloads_and_messages_round_trip() {
+        let mut p = Payload::binary(vec![0u8, 1, 255, b':']);
+        p.headers.push(("content-type".into(), "a/b".into()));
+        p.headers.push(("x".into(), "".into()));
+        let enc = encode_payload(&p);
+        assert_eq!(decode_payload(&enc), Some(p.clone()));
+        let mut msg = b"p42:00ff:".to_vec();
+        msg.extend_from_slice(&enc);
+        let (ev, pos) = decode_message(&msg).unwrap();
+        assert_eq!(pos, Some((42, "00ff".to_string())));
+        let Event::Publication(publ) = ev else {
+            panic!("a publication")
+        };
+        assert_eq!(
+            (publ.offset, &publ.data, &publ.headers),
+            (42, &p.data, &p.headers)
+        );
+        let info = ClientInfo {
+            client: 7,
+            user: "u".into(),
+            ..ClientInfo::default()
+        };
+        let mut j = b"j".to_vec();
+        j.extend_from_slice(&serde_json::to_vec(&info).unwrap());
+        assert!(matches!(decode_message(&j), Some((Event::Join(i), None)) if *i == info));
+        assert_eq!(decode_payload(b"j\x00"), None, "truncated");
+        assert!(decode_message(b"x").is_none());
+    }
+}
