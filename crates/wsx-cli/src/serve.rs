@@ -68,7 +68,12 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
-    let hub = Arc::new(wsx_hub::Hub::new(hub_config(&settings)));
+    let hub = Arc::new(match &settings.redis {
+        None => wsx_hub::Hub::new(hub_config(&settings)),
+        Some(redis) => {
+            wsx_hub::Hub::with_backplane(hub_config(&settings), redis_backplane(redis).await?)
+        }
+    });
     let gate = Gate::new(
         hub,
         settings.server.clone(),
@@ -122,6 +127,48 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     }
     info!("bye");
     Ok(())
+}
+
+/// Connect to Redis (a node that cannot reach it at start does not start).
+#[cfg(feature = "redis")]
+async fn redis_backplane(
+    r: &crate::settings::RedisSettings,
+) -> std::io::Result<Arc<dyn wsx_hub::Backplane>> {
+    let cfg = wsx_hub::redis::RedisConfig {
+        url: r.url.clone(),
+        prefix: r.prefix.clone(),
+        timeout: r.timeout,
+        presence_ttl: r.presence_ttl,
+        ..wsx_hub::redis::RedisConfig::default()
+    };
+    let b = wsx_hub::redis::RedisBackplane::connect(cfg)
+        .await
+        .map_err(|e| {
+            std::io::Error::other(format!(
+                "cannot use the Redis backplane at {}: {e}",
+                redact(&r.url)
+            ))
+        })?;
+    info!(node = b.node(), prefix = %r.prefix, "backplane: Redis at {}", redact(&r.url));
+    Ok(Arc::new(b))
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_backplane(
+    r: &crate::settings::RedisSettings,
+) -> std::io::Result<Arc<dyn wsx_hub::Backplane>> {
+    Err(std::io::Error::other(format!(
+        "this wsx was built without the redis feature: cannot use {}",
+        redact(&r.url)
+    )))
+}
+
+/// A Redis URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_string(),
+    }
 }
 
 fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {

@@ -82,6 +82,10 @@ settings! {
     socketio_connect_timeout, "WSX_SOCKETIO_CONNECT_TIMEOUT", "DURATION", "45s", "Socket.IO: time allowed from a session's start to its namespace CONNECT";
     socketio_recovery, "WSX_SOCKETIO_RECOVERY", "DURATION", "2m", "Socket.IO connection state recovery: how long a dropped socket's state is kept (0 or off disables)";
     socketio_cors_credentials, "WSX_SOCKETIO_CORS_CREDENTIALS", "on|off", "off", "Socket.IO polling: allow credentials (cookies) on cross-origin requests from allowed origins";
+    backplane, "WSX_BACKPLANE", "memory|URL", "memory", "What nodes share: memory (this process only) or a Redis URL (redis://[:password@]host:port[/db], rediss:// for TLS) that every node of the cluster names";
+    redis_prefix, "WSX_REDIS_PREFIX", "PREFIX", "wsx", "Prefix of every Redis key and channel (clusters sharing one Redis use different ones)";
+    redis_timeout, "WSX_REDIS_TIMEOUT", "DURATION", "2s", "Longest wait for a Redis reply or connection; beyond, the operation fails (error 111, HTTP 503, STOMP ERROR)";
+    presence_ttl, "WSX_PRESENCE_TTL", "DURATION", "30s", "With Redis: a member stays in presence this long unless its node renews it, so a node that dies leaves no ghosts beyond it";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
@@ -128,6 +132,18 @@ pub struct Settings {
     pub namespaces: Vec<(String, wsx_hub::ChannelOptions)>,
     /// The demo, unless `--demo off`.
     pub demo: Option<crate::demo::DemoSettings>,
+    /// The Redis backplane, unless `--backplane memory`.
+    pub redis: Option<RedisSettings>,
+}
+
+/// `--backplane redis://...` and the settings that go with it.
+#[derive(Debug, Clone)]
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    pub timeout: Duration,
+    pub presence_ttl: Duration,
 }
 
 /// A bad setting: which key, and why. Displayed as one line.
@@ -458,7 +474,32 @@ impl ServeArgs {
         } else {
             None
         };
+        let redis = match get("backplane").trim() {
+            "memory" | "" => None,
+            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                let prefix = get("redis_prefix").trim().to_string();
+                if prefix.is_empty()
+                    || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
+                {
+                    return Err(bad("redis_prefix")(format!(
+                        "`{prefix}`: use a non-empty word without spaces or braces"
+                    )));
+                }
+                Some(RedisSettings {
+                    url: url.to_string(),
+                    prefix,
+                    timeout: positive(dur("redis_timeout")?, "redis_timeout")?,
+                    presence_ttl: positive(dur("presence_ttl")?, "presence_ttl")?,
+                })
+            }
+            other => {
+                return Err(bad("backplane")(format!(
+                    "`{other}` is neither memory nor a redis:// or rediss:// URL"
+                )))
+            }
+        };
         Ok(Settings {
+            redis,
             demo,
             namespaces,
             auth,
