@@ -68,12 +68,13 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
-    let hub = Arc::new(match &settings.redis {
+    let hub = match &settings.redis {
         None => wsx_hub::Hub::new(hub_config(&settings)),
         Some(redis) => {
             wsx_hub::Hub::with_backplane(hub_config(&settings), redis_backplane(redis).await?)
         }
-    });
+    };
+    hub.set_address(&format!("{http}://{addr}"));
     let gate = Gate::new(
         hub,
         settings.server.clone(),

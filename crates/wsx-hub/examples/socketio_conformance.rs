@@ -88,7 +88,7 @@ async fn main() {
     let engine_cfg = EngineConfig::default()
         .heartbeat(Duration::from_millis(300), Duration::from_millis(200))
         .max_payload(1_000_000);
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let hub = Hub::new(HubConfig::default());
     let (_stop, stopped) = watch::channel(false);
     let gate = Gate::new(
         hub.clone(),

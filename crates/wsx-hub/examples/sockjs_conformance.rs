@@ -57,7 +57,7 @@ async fn main() {
             other => panic!("unknown argument {other} (use --listen HOST:PORT, --sockjs-url URL)"),
         }
     }
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let hub = Hub::new(HubConfig::default());
     let (_stop, stopped) = watch::channel(false);
     let gate = Gate::new(
         hub,

@@ -21,7 +21,6 @@ use crate::hub::auth::same_secret;
 use crate::hub::backplane::HistoryQuery;
 use crate::hub::error::HubError;
 use crate::hub::publication::Payload;
-use crate::hub::queue::Disconnect;
 use crate::hub::Hub;
 use crate::native::codec::{codes, history_json, presence_json};
 use crate::native::error_code;
@@ -218,14 +217,17 @@ async fn call(
                     .map(|page| history_json(&page.publications, &page.position)),
             }
         }
-        "channels" => {
-            let channels: serde_json::Map<String, Value> = hub
-                .channels()
+        "channels" => hub.channels_everywhere().await.map(|all| {
+            let channels: serde_json::Map<String, Value> = all
                 .into_iter()
                 .map(|(name, n)| (name, json!({ "num_clients": n })))
                 .collect();
-            Ok(json!({ "channels": channels }))
-        }
+            json!({ "channels": channels })
+        }),
+        "info" => hub
+            .nodes()
+            .await
+            .map(|nodes| json!({ "node": hub.node(), "nodes": nodes })),
         "unsubscribe" => {
             let Some(channel) = req.channel.as_deref() else {
                 return bad_request("missing channel");
@@ -233,16 +235,25 @@ async fn call(
             let Some((user, client)) = req.target() else {
                 return bad_request("give user or client");
             };
+            if let Err(e) = hub.channel(channel) {
+                return reply_error(e);
+            }
             if let (None, Some(id)) = (user, client) {
-                if !hub.has_client(id) {
-                    return error(
-                        StatusCode::NOT_FOUND,
-                        codes::UNKNOWN_CLIENT,
-                        "no such client",
-                    );
+                match hub.has_client_everywhere(id).await {
+                    Ok(false) => {
+                        return error(
+                            StatusCode::NOT_FOUND,
+                            codes::UNKNOWN_CLIENT,
+                            "no such client",
+                        )
+                    }
+                    Ok(true) => {}
+                    Err(e) => return reply_error(e),
                 }
             }
-            Ok(json!({ "unsubscribed": hub.unsubscribe(channel, user, client).await }))
+            hub.unsubscribe_everywhere(channel, user, client)
+                .await
+                .map(|n| json!({ "unsubscribed": n }))
         }
         "disconnect" => {
             let Some((user, client)) = req.target() else {
@@ -256,20 +267,19 @@ async fn call(
                 .reason
                 .as_deref()
                 .unwrap_or("disconnected by the server");
-            let why = Disconnect::Server {
-                code,
-                reason: reason.to_string(),
-                reconnect: req.reconnect,
-            };
-            let n = api.hub.disconnect(user, client, why);
-            if n == 0 && user.is_none() {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    codes::UNKNOWN_CLIENT,
-                    "no such client",
-                );
+            match hub
+                .disconnect_everywhere(user, client, code, reason, req.reconnect)
+                .await
+            {
+                Ok(0) if user.is_none() => {
+                    return error(
+                        StatusCode::NOT_FOUND,
+                        codes::UNKNOWN_CLIENT,
+                        "no such client",
+                    )
+                }
+                r => r.map(|n| json!({ "disconnected": n })),
             }
-            Ok(json!({ "disconnected": n }))
         }
         other => {
             return error(

@@ -290,6 +290,9 @@ struct Inner {
     tracks: Mutex<HashMap<String, Track>>,
     /// This node's presence entries, renewed periodically, by channel.
     members: Mutex<HashMap<String, LocalMembers>>,
+    /// Surveys waiting for answers, by request id.
+    surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>,
+    next_survey: std::sync::atomic::AtomicU64,
     publish: Script,
     history: Script,
     presence_set: Script,
@@ -352,11 +355,21 @@ impl RedisBackplane {
             deliver: OnceLock::new(),
             tracks: Mutex::new(HashMap::new()),
             members: Mutex::new(HashMap::new()),
+            surveys: Mutex::new(HashMap::new()),
+            next_survey: std::sync::atomic::AtomicU64::new(1),
             publish: Script::new(PUBLISH),
             history: Script::new(HISTORY),
             presence_set: Script::new(PRESENCE_SET),
             leave: Script::new(LEAVE),
         });
+        // Surveys to this node, and answers to its own.
+        let mut sub = inner.sub.clone();
+        sub.subscribe(inner.survey_topic())
+            .await
+            .map_err(unavailable)?;
+        sub.subscribe(inner.reply_topic(inner.node))
+            .await
+            .map_err(unavailable)?;
         tokio::spawn(pushes(Arc::downgrade(&inner), rx));
         tokio::spawn(upkeep(Arc::downgrade(&inner)));
         Ok(RedisBackplane { inner })
@@ -383,6 +396,61 @@ impl Inner {
             .strip_prefix(self.cfg.prefix.as_str())?
             .strip_prefix(":{")?
             .strip_suffix('}')
+    }
+
+    fn survey_topic(&self) -> String {
+        format!("{}:survey", self.cfg.prefix)
+    }
+
+    fn reply_topic(&self, node: NodeId) -> String {
+        format!("{}:reply:{node}", self.cfg.prefix)
+    }
+
+    /// A survey from a node (`<id>:<node>:<request>`): answer it to that node.
+    fn on_survey(self: &Arc<Self>, body: &[u8]) {
+        let mut parts = body.splitn(3, |&b| b == b':');
+        let (Some(id), Some(from), Some(request)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return;
+        };
+        let (Ok(id), Some(from)) = (
+            std::str::from_utf8(id).map(str::to_string),
+            std::str::from_utf8(from)
+                .ok()
+                .and_then(|f| f.parse::<NodeId>().ok()),
+        ) else {
+            return;
+        };
+        let Some(node) = self.deliver.get().cloned() else {
+            return;
+        };
+        let request = request.to_vec();
+        let inner = self.clone();
+        tokio::spawn(async move {
+            let mut msg = format!("{id}:").into_bytes();
+            msg.extend_from_slice(&node.answer(request).await);
+            let _: Result<Value, _> = redis::cmd("PUBLISH")
+                .arg(inner.reply_topic(from))
+                .arg(msg)
+                .query_async(&mut inner.conn.clone())
+                .await;
+        });
+    }
+
+    /// An answer to one of this node's surveys (`<id>:<answer>`).
+    fn on_reply(&self, body: &[u8]) {
+        let Some(colon) = body.iter().position(|&b| b == b':') else {
+            return;
+        };
+        let Some(id) = std::str::from_utf8(&body[..colon])
+            .ok()
+            .and_then(|i| i.parse::<u64>().ok())
+        else {
+            return;
+        };
+        if let Some(tx) = lock(&self.surveys).get(&id) {
+            let _ = tx.send(body[colon + 1..].to_vec());
+        }
     }
 
     fn meta_ttl(&self, opts: &ChannelOptions) -> u64 {
@@ -523,7 +591,13 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
             PushKind::Message => {
                 if let [Value::BulkString(topic), Value::BulkString(body)] = push.data.as_slice() {
                     if let Ok(topic) = std::str::from_utf8(topic) {
-                        inner.on_message(topic, body);
+                        if topic == inner.survey_topic() {
+                            inner.on_survey(body);
+                        } else if topic == inner.reply_topic(inner.node) {
+                            inner.on_reply(body);
+                        } else {
+                            inner.on_message(topic, body);
+                        }
                     }
                 }
             }
@@ -808,6 +882,43 @@ impl Backplane for RedisBackplane {
             self.inner.presence_set(channel, false, &[]).await
         })
     }
+
+    /// Published to every node's survey subscription; PUBLISH says how many nodes
+    /// heard it, and their answers come back on this node's reply channel (those that
+    /// do not answer within the timeout are left out).
+    fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let id = inner
+                .next_survey
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, mut rx) = mpsc::unbounded_channel();
+            lock(&inner.surveys).insert(id, tx);
+            let mut msg = format!("{id}:{}:", inner.node).into_bytes();
+            msg.extend_from_slice(&request);
+            let heard: Result<usize, _> = redis::cmd("PUBLISH")
+                .arg(inner.survey_topic())
+                .arg(msg)
+                .query_async(&mut inner.conn.clone())
+                .await;
+            let result = match heard {
+                Err(e) => Err(unavailable(e)),
+                Ok(n) => {
+                    let mut answers = Vec::with_capacity(n);
+                    let deadline = tokio::time::Instant::now() + inner.cfg.timeout;
+                    while answers.len() < n {
+                        match tokio::time::timeout_at(deadline, rx.recv()).await {
+                            Ok(Some(a)) => answers.push(a),
+                            _ => break,
+                        }
+                    }
+                    Ok(answers)
+                }
+            };
+            lock(&inner.surveys).remove(&id);
+            result
+        })
+    }
 }
 
 #[cfg(test)]
@@ -931,10 +1042,7 @@ pub(crate) mod tests {
             default_options: room(),
             ..HubConfig::default()
         };
-        (
-            Arc::new(Hub::with_backplane(hub_cfg, Arc::new(b.clone()))),
-            b,
-        )
+        (Hub::with_backplane(hub_cfg, Arc::new(b.clone())), b)
     }
 
     fn client(hub: &Hub, user: &str) -> (Arc<ClientInfo>, Arc<Outbound>) {

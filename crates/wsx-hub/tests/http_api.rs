@@ -1,7 +1,6 @@
 //! The HTTP server API: auth, errors, and publishing to WebSocket subscribers.
 #![allow(clippy::unwrap_used)]
 
-use std::sync::Arc;
 
 use axum::routing::get;
 use futures_util::StreamExt;
@@ -20,7 +19,7 @@ async fn server() -> String {
     // `judge:42` needs its namespace (with the default namespace's options).
     let opts = cfg.default_options.clone();
     cfg.namespaces.push(("judge".into(), opts));
-    let hub = Arc::new(Hub::new(cfg));
+    let hub = Hub::new(cfg);
     let mut api = ApiConfig::default();
     api.api_key = Some(KEY.into());
     api.max_body = 64 * 1024;
@@ -183,7 +182,7 @@ async fn auth_and_errors() {
 
 #[tokio::test]
 async fn api_is_off_without_a_key() {
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let hub = Hub::new(HubConfig::default());
     let app = wsx_hub::api::router(hub, ApiConfig::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();

@@ -2,7 +2,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -23,7 +22,7 @@ fn with_namespaces(mut cfg: HubConfig) -> HubConfig {
 }
 
 async fn server(cfg: HubConfig) -> String {
-    let hub = Arc::new(Hub::new(with_namespaces(cfg)));
+    let hub = Hub::new(with_namespaces(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -671,7 +670,7 @@ async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut cfg = HubConfig::default();
     cfg.write_timeout = std::time::Duration::from_secs(30);
-    let hub = Arc::new(Hub::new(cfg));
+    let hub = Hub::new(cfg);
     let (server_io, mut peer) = tokio::io::duplex(4096);
     let session_hub = hub.clone();
     let mut io_cfg = wsx::IoConfig::default();

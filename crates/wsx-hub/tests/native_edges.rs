@@ -13,7 +13,7 @@ use wsx::{ClientConfig, MaybeTlsStream, Message, WebSocket};
 use wsx_hub::{Hub, HubConfig, Payload};
 
 async fn server(cfg: HubConfig) -> (Arc<Hub>, String) {
-    let hub = Arc::new(Hub::new(cfg));
+    let hub = Hub::new(cfg);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let h = hub.clone();

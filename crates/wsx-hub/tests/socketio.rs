@@ -4,7 +4,6 @@
 #![allow(clippy::unwrap_used)]
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -103,7 +102,7 @@ fn app(io: &SocketIo) {
 }
 
 async fn server(cfg: SocketIoConfig) -> (SocketAddr, SocketIo, Engine) {
-    let hub = Arc::new(Hub::new(HubConfig::default()));
+    let hub = Hub::new(HubConfig::default());
     let gate = common::gate(hub.clone(), 1000);
     let io = SocketIo::new(hub, cfg);
     app(&io);

@@ -20,7 +20,7 @@ const KEY: &str = "sockjs-test-key-0123456789";
 async fn server(cfg: SockJsConfig) -> (SocketAddr, SockJs) {
     let mut hub_cfg = HubConfig::default();
     hub_cfg.default_options.history_size = 100;
-    let hub = Arc::new(Hub::new(hub_cfg));
+    let hub = Hub::new(hub_cfg);
     let gate = common::gate(hub.clone(), 1000);
     let echo = SockJs::new(
         &gate,

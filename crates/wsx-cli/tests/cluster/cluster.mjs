@@ -129,6 +129,16 @@ const stats = await api(B, 'presence_stats', { channel: CHANNEL });
 assert.equal(stats.num_clients, 3);
 ok('presence is the cluster\'s');
 
+// Cluster-wide answers: channel counts and the nodes, from any node.
+for (const addr of nodes) {
+  const { channels } = await api(addr, 'channels', {});
+  assert.equal(channels[CHANNEL].num_clients, 3, `channels asked of ${addr}: ${JSON.stringify(channels)}`);
+}
+const info = await api(B, 'info', {});
+assert.deepEqual(info.nodes.map((n) => n.address).sort(), nodes.map((a) => `http://${a}`).sort(), JSON.stringify(info));
+assert.equal(info.nodes.reduce((sum, n) => sum + n.connections, 0), 3);
+ok('/api/channels and /api/info answer for the whole cluster');
+
 // Recovery across nodes: leave A at offset N, miss ten, come back on B.
 native.close();
 for (let i = N + 1; i <= N + 10; i++) await api(nodes[i % 3], 'publish', { channel: CHANNEL, data: { i } });
@@ -156,6 +166,22 @@ await api(A, 'publish', { channel: CHANNEL, data: { i: N + 12 } });
 assert.equal((await back.pubs.take(1, 'after the kill')).at(0).data.i, N + 12);
 assert.equal(JSON.parse((await stompMessages.take(1, 'stomp after the kill'))[0].body).i, N + 12);
 ok(`a killed node's member left presence after ${waited} ms; the others keep working`);
+
+// The HTTP API of node A reaches connections on node B: unsubscribe, disconnect.
+const gone = await api(A, 'unsubscribe', { channel: CHANNEL, client: back.client });
+assert.equal(gone.unsubscribed, 1);
+const [unsub] = await back.events.take(1, 'the unsubscribe push');
+assert.ok(unsub.unsubscribe !== undefined && unsub.channel === CHANNEL, JSON.stringify(unsub));
+const stompClosed = new Promise((resolve) => { stomp.onStompError = (f) => resolve(f); });
+const present = Object.values((await api(B, 'presence', { channel: CHANNEL })).presence);
+const stompMember = present.find((m) => m.protocol === 'stomp');
+const dc = await api(A, 'disconnect', { client: stompMember.client, code: 4001, reason: 'bye from A', reconnect: false });
+assert.equal(dc.disconnected, 1);
+const err = await within(stompClosed, 'the STOMP ERROR frame');
+assert.equal(err.headers['wsx-error'], 'disconnected', JSON.stringify(err.headers));
+const unknown = await fetch(`http://${A}/api/disconnect`, { method: 'POST', headers: { Authorization: `apikey ${key}` }, body: JSON.stringify({ client: '999999999' }) });
+assert.equal(unknown.status, 404);
+ok('the API of one node unsubscribes and disconnects connections on another');
 
 sio.close();
 back.close();

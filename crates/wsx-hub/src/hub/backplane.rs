@@ -69,10 +69,17 @@ pub enum Event {
     Lost,
 }
 
-/// A node's receiver of events (the hub's broker).
+/// A node's receiver of events (the hub).
 pub trait Deliver: Send + Sync {
     /// Hand `event` of `channel` to this node's subscribers. Must not block.
     fn deliver(&self, channel: &str, event: Event);
+
+    /// Answer a [`survey`](Backplane::survey) (the hub's cluster-wide operations: a
+    /// JSON request, a JSON answer).
+    fn answer(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        drop(request);
+        Box::pin(std::future::ready(Vec::new()))
+    }
 }
 
 /// A node's handle on the backplane, from [`Backplane::attach`].
@@ -158,6 +165,10 @@ pub trait Backplane: Send + Sync + 'static {
         &'a self,
         channel: &'a str,
     ) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BackplaneError>>;
+
+    /// Ask every node of the cluster (this one included) to [`answer`](Deliver::answer)
+    /// `request`; their answers, from the nodes that answered in time.
+    fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>>;
 }
 
 struct ChannelState {
@@ -364,5 +375,16 @@ impl Backplane for MemoryBackplane {
             s.presence.values().cloned().collect::<Vec<_>>()
         });
         ready(members.ok_or(BackplaneError::UnknownChannel))
+    }
+
+    fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>> {
+        let nodes: Vec<Arc<dyn Deliver>> = lock(&self.nodes).values().cloned().collect();
+        Box::pin(async move {
+            let mut answers = Vec::with_capacity(nodes.len());
+            for n in nodes {
+                answers.push(n.answer(request.clone()).await);
+            }
+            Ok(answers)
+        })
     }
 }

@@ -55,7 +55,7 @@ async fn hub(nodes: &dyn Nodes) -> Arc<Hub> {
         namespaces: vec![("news".into(), opts()), ("room".into(), opts())],
         ..HubConfig::default()
     };
-    Arc::new(Hub::with_backplane(cfg, nodes.node().await))
+    Hub::with_backplane(cfg, nodes.node().await)
 }
 
 pub(crate) fn client(hub: &Hub) -> (Arc<ClientInfo>, Arc<Outbound>) {

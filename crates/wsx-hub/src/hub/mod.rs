@@ -26,8 +26,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use serde_json::{json, Value};
+
 use self::backplane::{
-    Backplane, BackplaneError, HistoryPage, HistoryQuery, MemoryBackplane, NodeId,
+    Backplane, BackplaneError, BoxFuture, Deliver, HistoryPage, HistoryQuery, MemoryBackplane,
+    NodeId,
 };
 use self::broker::{Broker, Subscribed};
 use self::channel::ChannelName;
@@ -36,6 +39,7 @@ use self::error::{Feature, HubError};
 use self::options::ChannelOptions;
 use self::publication::{Payload, Publication, StreamPosition};
 use self::queue::{Delivery, Disconnect, Outbound, QueueLimits};
+use self::shards::lock;
 
 pub use self::session::HubSession;
 
@@ -92,9 +96,35 @@ impl Default for HubConfig {
     }
 }
 
+/// What the backplane sees of a node: events go to its broker, surveys to its hub.
+struct Node {
+    broker: Arc<Broker>,
+    hub: std::sync::Weak<Hub>,
+}
+
+impl Deliver for Node {
+    fn deliver(&self, channel: &str, event: backplane::Event) {
+        self.broker.deliver(channel, event);
+    }
+
+    fn answer(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
+        let hub = self.hub.clone();
+        Box::pin(async move {
+            let (Some(hub), Ok(req)) = (hub.upgrade(), serde_json::from_slice::<Value>(&request))
+            else {
+                return Vec::new();
+            };
+            hub.answer(&req).await.to_string().into_bytes()
+        })
+    }
+}
+
 /// The hub.
 pub struct Hub {
     broker: Arc<Broker>,
+    /// Where this node serves (for `/api/info`), once known.
+    address: Mutex<String>,
+    started: std::time::SystemTime,
     backplane: Arc<dyn Backplane>,
     node: NodeId,
     /// Serialises listen/unlisten decisions per shard of channels, so that "this node
@@ -109,16 +139,32 @@ pub struct Hub {
 
 impl Hub {
     /// A single-node hub with an in-memory backplane.
-    pub fn new(config: HubConfig) -> Hub {
+    pub fn new(config: HubConfig) -> Arc<Hub> {
         Hub::with_backplane(config, Arc::new(MemoryBackplane::new()))
     }
 
     /// A hub that shares channel streams, history and presence with other nodes through
     /// `backplane`.
-    pub fn with_backplane(config: HubConfig, backplane: Arc<dyn Backplane>) -> Hub {
-        let broker = Arc::new(Broker::new());
-        let node = backplane.attach(broker.clone());
+    pub fn with_backplane(config: HubConfig, backplane: Arc<dyn Backplane>) -> Arc<Hub> {
+        Arc::new_cyclic(|me| {
+            let broker = Arc::new(Broker::new());
+            let node = backplane.attach(Arc::new(Node {
+                broker: broker.clone(),
+                hub: me.clone(),
+            }));
+            Hub::parts(config, backplane, broker, node)
+        })
+    }
+
+    fn parts(
+        config: HubConfig,
+        backplane: Arc<dyn Backplane>,
+        broker: Arc<Broker>,
+        node: NodeId,
+    ) -> Hub {
         Hub {
+            address: Mutex::new(String::new()),
+            started: std::time::SystemTime::now(),
             broker,
             backplane,
             node,
@@ -132,6 +178,144 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
+    }
+
+    /// Where this node serves (`http://127.0.0.1:3000`, say), as `/api/info` shows it.
+    pub fn set_address(&self, address: &str) {
+        *lock(&self.address) = address.to_string();
+    }
+
+    /// This node's id in the cluster.
+    pub fn node(&self) -> NodeId {
+        self.node
+    }
+
+    /// Run `request` on every node of the cluster and gather the answers.
+    async fn survey(&self, request: Value) -> Result<Vec<Value>, HubError> {
+        let answers = self
+            .backplane
+            .survey(request.to_string().into_bytes())
+            .await?;
+        Ok(answers
+            .iter()
+            .filter_map(|a| serde_json::from_slice(a).ok())
+            .collect())
+    }
+
+    /// This node's part of a survey.
+    async fn answer(&self, request: &Value) -> Value {
+        let user = request["user"].as_str();
+        let client = request["client"].as_u64();
+        match request["op"].as_str() {
+            Some("disconnect") => {
+                let why = Disconnect::Server {
+                    code: request["code"].as_u64().unwrap_or(3000) as u16,
+                    reason: request["reason"].as_str().unwrap_or_default().to_string(),
+                    reconnect: request["reconnect"].as_bool().unwrap_or(false),
+                };
+                json!({ "n": self.disconnect(user, client, why) })
+            }
+            Some("unsubscribe") => {
+                let channel = request["channel"].as_str().unwrap_or_default();
+                json!({ "n": self.unsubscribe(channel, user, client).await })
+            }
+            Some("has_client") => {
+                json!({ "n": u64::from(client.is_some_and(|c| self.has_client(c))) })
+            }
+            Some("channels") => {
+                let all: serde_json::Map<String, Value> = self
+                    .channels()
+                    .into_iter()
+                    .map(|(ch, n)| (ch, json!(n)))
+                    .collect();
+                json!({ "channels": all })
+            }
+            Some("info") => {
+                let started = self
+                    .started
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                json!({
+                    "node": self.node,
+                    "address": *lock(&self.address),
+                    "connections": self.connections(),
+                    "channels": self.broker.channels().len(),
+                    "started": started,
+                    "version": env!("CARGO_PKG_VERSION"),
+                })
+            }
+            _ => Value::Null,
+        }
+    }
+
+    /// Disconnect `user`'s connections and/or the connection `client` on every node;
+    /// how many there were.
+    pub async fn disconnect_everywhere(
+        &self,
+        user: Option<&str>,
+        client: Option<ClientId>,
+        code: u16,
+        reason: &str,
+        reconnect: bool,
+    ) -> Result<usize, HubError> {
+        let req = json!({ "op": "disconnect", "user": user, "client": client, "code": code, "reason": reason, "reconnect": reconnect });
+        Ok(self
+            .survey(req)
+            .await?
+            .iter()
+            .filter_map(|a| a["n"].as_u64())
+            .sum::<u64>() as usize)
+    }
+
+    /// Remove `user`'s (and/or `client`'s) subscriptions to `channel` on every node;
+    /// how many there were.
+    pub async fn unsubscribe_everywhere(
+        &self,
+        channel: &str,
+        user: Option<&str>,
+        client: Option<ClientId>,
+    ) -> Result<usize, HubError> {
+        let req =
+            json!({ "op": "unsubscribe", "channel": channel, "user": user, "client": client });
+        Ok(self
+            .survey(req)
+            .await?
+            .iter()
+            .filter_map(|a| a["n"].as_u64())
+            .sum::<u64>() as usize)
+    }
+
+    /// Whether the connection `client` is open on any node.
+    pub async fn has_client_everywhere(&self, client: ClientId) -> Result<bool, HubError> {
+        let req = json!({ "op": "has_client", "client": client });
+        Ok(self
+            .survey(req)
+            .await?
+            .iter()
+            .any(|a| a["n"].as_u64() == Some(1)))
+    }
+
+    /// Channels with subscribers on any node, with the cluster's subscriber counts.
+    pub async fn channels_everywhere(&self) -> Result<Vec<(String, usize)>, HubError> {
+        let mut all: HashMap<String, usize> = HashMap::new();
+        for a in self.survey(json!({ "op": "channels" })).await? {
+            if let Some(m) = a["channels"].as_object() {
+                for (ch, n) in m {
+                    *all.entry(ch.clone()).or_default() += n.as_u64().unwrap_or(0) as usize;
+                }
+            }
+        }
+        let mut v: Vec<(String, usize)> = all.into_iter().collect();
+        v.sort();
+        Ok(v)
+    }
+
+    /// Every node that answered: id, address, connections, channels, start time.
+    pub async fn nodes(&self) -> Result<Vec<Value>, HubError> {
+        let mut v = self.survey(json!({ "op": "info" })).await?;
+        v.retain(|a| a.is_object());
+        v.sort_by_key(|a| a["node"].as_u64());
+        Ok(v)
     }
 
     /// This node's work queues.
@@ -462,7 +646,7 @@ mod tests {
             ],
             ..HubConfig::default()
         };
-        Arc::new(Hub::with_backplane(cfg, backplane))
+        Hub::with_backplane(cfg, backplane)
     }
 
     use crate::hub::contract::{client, name, publish_n};
@@ -548,6 +732,9 @@ mod tests {
             channel: &'a str,
         ) -> BoxFuture<'a, Result<Vec<Arc<ClientInfo>>, BackplaneError>> {
             flaky!(self.presence(channel))
+        }
+        fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>> {
+            flaky!(self.survey(request))
         }
     }
 

@@ -1158,7 +1158,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_frame_before_connect_is_an_error_then_the_close() {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let t = Instant::now();
         let mut s = session(&hub, StompConfig::default(), t);
         s.on_input(b"SUBSCRIBE\nid:1\ndestination:/topic/a\nreceipt:7\n\n\0", t)
@@ -1172,7 +1172,7 @@ mod tests {
 
     #[tokio::test]
     async fn connect_picks_the_highest_common_version_and_answers_heart_beats() {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let t = Instant::now();
         let mut s = session(&hub, StompConfig::default(), t);
         s.on_input(
@@ -1196,7 +1196,7 @@ mod tests {
 
     #[tokio::test]
     async fn heart_beats_and_deadlines_follow_the_clock_given() {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let t = Instant::now();
         let mut s = session(&hub, StompConfig::default(), t);
         assert_eq!(
@@ -1230,7 +1230,7 @@ mod tests {
 
     #[tokio::test]
     async fn several_and_partial_frames_per_input() {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let t = Instant::now();
         let mut s = session(&hub, StompConfig::default(), t);
         let all = b"CONNECT\naccept-version:1.2\n\n\0SUBSCRIBE\nid:1\ndestination:/topic/p\nreceipt:a\n\n\0SEND\ndestination:/topic/p\n\nhi\0";
@@ -1300,7 +1300,7 @@ mod tests {
 
     #[tokio::test]
     async fn transactions_are_limited_in_number_and_size() {
-        let hub = Arc::new(Hub::new(HubConfig::default()));
+        let hub = Hub::new(HubConfig::default());
         let t = Instant::now();
         let cfg = StompConfig {
             max_transactions: 2,
