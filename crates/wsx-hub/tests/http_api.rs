@@ -1,7 +1,6 @@
 //! The HTTP server API: auth, errors, and publishing to WebSocket subscribers.
 #![allow(clippy::unwrap_used)]
 
-
 use axum::routing::get;
 use futures_util::StreamExt;
 use serde_json::{json, Value};

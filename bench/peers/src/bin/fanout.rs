@@ -28,6 +28,10 @@
 //! the caller). Every publication's body carries its sequence number (`"o"`), so the
 //! same latency accounting works for any broker.
 //!
+//! `--backplane redis://HOST:PORT`: two `wsx serve` nodes on that Redis (both pinned
+//! to core 0 with Redis): the subscribers on one, the HTTP API publisher on the other,
+//! so every publication crosses the backplane (cross-node latency).
+//!
 //! `--floor` replaces `wsx serve` by the loopback floor: a process (pinned the same way)
 //! that holds N plain TCP connections and writes each pre-built push frame to all of
 //! them in a loop, one `write` per connection: what one core's kernel costs for the
@@ -464,6 +468,17 @@ async fn main() {
         .get(1)
         .cloned()
         .unwrap_or_else(|| "target/release/wsx".into());
+    let backplane = value("--backplane");
+    let node_args = |port: u16| -> Vec<String> {
+        let mut v: Vec<String> = ["-c", "0", &wsx, "serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(b) = &backplane {
+            v.extend(["--backplane".to_string(), b.clone()]);
+        }
+        v
+    };
     let flag = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -523,16 +538,7 @@ async fn main() {
             .expect("start the floor sender")
     } else {
         Command::new("taskset")
-            .args([
-                "-c",
-                "0",
-                &wsx,
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--api-key",
-                KEY,
-            ])
+            .args(node_args(port))
             .args([
                 "--max-connections",
                 &(n + 100).to_string(),
@@ -555,6 +561,34 @@ async fn main() {
     }
     std::thread::spawn(move || for _ in lines {});
     let host = format!("127.0.0.1:{port}");
+    // With a backplane, the publisher's node: another process on the same Redis.
+    let mut publisher_node = None;
+    let publish_host = match &backplane {
+        None => host.clone(),
+        Some(_) => {
+            let pport = std::net::TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .map(|a| a.port())
+                .expect("a free port");
+            let mut node = Command::new("taskset")
+                .args(node_args(pport))
+                .args(["--demo", "off"])
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start the publisher's node");
+            let mut lines = BufReader::new(node.stderr.take().expect("stderr")).lines();
+            loop {
+                match lines.next() {
+                    Some(Ok(l)) if l.contains("open http://") => break,
+                    Some(Ok(_)) => {}
+                    _ => panic!("the publisher's node ended before listening"),
+                }
+            }
+            std::thread::spawn(move || for _ in lines {});
+            publisher_node = Some(node);
+            format!("127.0.0.1:{pport}")
+        }
+    };
 
     // Subscribers.
     let t0 = Instant::now();
@@ -692,7 +726,7 @@ async fn main() {
     let mut publisher = if floor || stomp_publisher {
         None
     } else {
-        let p = TcpStream::connect(&host).await.expect("publisher");
+        let p = TcpStream::connect(&publish_host).await.expect("publisher");
         p.set_nodelay(true).ok();
         Some(p)
     };
@@ -713,6 +747,7 @@ async fn main() {
         (None, true, ..) => " floor (plain TCP, one write per connection, no server)".into(),
         (None, false, true, true) => " of wsx over STOMP (STOMP subscribers and publisher)".into(),
         (None, false, true, false) => " of wsx over STOMP (STOMP subscribers, HTTP API publisher)".into(),
+        (None, false, false, _) if backplane.is_some() => " of wsx, native protocol, across two nodes on Redis (HTTP API publisher on the other node)".into(),
         (None, false, false, _) => " of wsx, native protocol (HTTP API publisher)".into(),
     };
     let rss = if broker.is_some() { 0 } else { rss };
@@ -743,7 +778,7 @@ async fn main() {
                     let body = format!(
                         "{{\"channel\":\"fanout\",\"data\":{{\"k\":{k},\"o\":{seq}}}}}"
                     );
-                    post(p, &host, &body).await
+                    post(p, &publish_host, &body).await
                 }
                 (None, Some((stdin, stdout))) => {
                     use std::io::Write;
@@ -804,4 +839,8 @@ async fn main() {
     }
     let _ = server.kill();
     let _ = server.wait();
+    if let Some(mut node) = publisher_node {
+        let _ = node.kill();
+        let _ = node.wait();
+    }
 }
