@@ -137,6 +137,7 @@ async fn redis_backplane(
 ) -> std::io::Result<Arc<dyn wsx_hub::Backplane>> {
     let cfg = wsx_hub::redis::RedisConfig {
         url: r.url.clone(),
+        cluster: r.cluster.clone(),
         prefix: r.prefix.clone(),
         timeout: r.timeout,
         presence_ttl: r.presence_ttl,
@@ -150,7 +151,12 @@ async fn redis_backplane(
                 redact(&r.url)
             ))
         })?;
-    info!(node = b.node(), prefix = %r.prefix, "backplane: Redis at {}", redact(&r.url));
+    let what = if r.cluster.is_empty() {
+        "Redis"
+    } else {
+        "Redis Cluster"
+    };
+    info!(node = b.node(), prefix = %r.prefix, "backplane: {what} at {}", redact(&r.url));
     Ok(Arc::new(b))
 }
 

@@ -82,7 +82,7 @@ settings! {
     socketio_connect_timeout, "WSX_SOCKETIO_CONNECT_TIMEOUT", "DURATION", "45s", "Socket.IO: time allowed from a session's start to its namespace CONNECT";
     socketio_recovery, "WSX_SOCKETIO_RECOVERY", "DURATION", "2m", "Socket.IO connection state recovery: how long a dropped socket's state is kept (0 or off disables)";
     socketio_cors_credentials, "WSX_SOCKETIO_CORS_CREDENTIALS", "on|off", "off", "Socket.IO polling: allow credentials (cookies) on cross-origin requests from allowed origins";
-    backplane, "WSX_BACKPLANE", "memory|URL", "memory", "What nodes share: memory (this process only) or a Redis URL (redis://[:password@]host:port[/db], rediss:// for TLS) that every node of the cluster names";
+    backplane, "WSX_BACKPLANE", "memory|URL[,URL...]", "memory", "What nodes share: memory (this process only), a Redis URL (redis://[:password@]host:port[/db], rediss:// for TLS) that every node names, or a Redis Cluster's seed nodes, comma-separated (two or more)";
     redis_prefix, "WSX_REDIS_PREFIX", "PREFIX", "wsx", "Prefix of every Redis key and channel (clusters sharing one Redis use different ones)";
     redis_timeout, "WSX_REDIS_TIMEOUT", "DURATION", "2s", "Longest wait for a Redis reply or connection; beyond, the operation fails (error 111, HTTP 503, STOMP ERROR)";
     presence_ttl, "WSX_PRESENCE_TTL", "DURATION", "30s", "With Redis: a member stays in presence this long unless its node renews it, so a node that dies leaves no ghosts beyond it";
@@ -141,6 +141,8 @@ pub struct Settings {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct RedisSettings {
     pub url: String,
+    /// A Redis Cluster's seed nodes (two or more URLs given).
+    pub cluster: Vec<String>,
     pub prefix: String,
     pub timeout: Duration,
     pub presence_ttl: Duration,
@@ -476,7 +478,16 @@ impl ServeArgs {
         };
         let redis = match get("backplane").trim() {
             "memory" | "" => None,
-            url if url.starts_with("redis://") || url.starts_with("rediss://") => {
+            list => {
+                let urls: Vec<String> = list.split(',').map(|u| u.trim().to_string()).collect();
+                if let Some(bad_url) = urls
+                    .iter()
+                    .find(|u| !(u.starts_with("redis://") || u.starts_with("rediss://")))
+                {
+                    return Err(bad("backplane")(format!(
+                        "`{bad_url}` is neither memory nor a redis:// or rediss:// URL"
+                    )));
+                }
                 let prefix = get("redis_prefix").trim().to_string();
                 if prefix.is_empty()
                     || prefix.contains(|c: char| c.is_whitespace() || c == '{' || c == '}')
@@ -486,16 +497,12 @@ impl ServeArgs {
                     )));
                 }
                 Some(RedisSettings {
-                    url: url.to_string(),
+                    url: urls[0].clone(),
+                    cluster: if urls.len() > 1 { urls } else { Vec::new() },
                     prefix,
                     timeout: positive(dur("redis_timeout")?, "redis_timeout")?,
                     presence_ttl: positive(dur("presence_ttl")?, "presence_ttl")?,
                 })
-            }
-            other => {
-                return Err(bad("backplane")(format!(
-                    "`{other}` is neither memory nor a redis:// or rediss:// URL"
-                )))
             }
         };
         Ok(Settings {

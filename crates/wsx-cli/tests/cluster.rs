@@ -8,10 +8,13 @@ mod common;
 
 const KEY: &str = "cluster-test-key-0123456789";
 
-#[tokio::test(flavor = "multi_thread")]
-async fn three_nodes_on_one_redis_serve_every_protocol_with_recovery_and_presence() {
-    let (_redis, port) = common::redis_server().await;
-    let dir = std::env::temp_dir().join(format!("wsx-cluster-{}", std::process::id()));
+/// Three `wsx serve` nodes on `backplane` run `cluster/cluster.mjs`.
+async fn three_nodes_on(backplane: &str) {
+    let dir = std::env::temp_dir().join(format!(
+        "wsx-cluster-{}-{}",
+        std::process::id(),
+        backplane.len()
+    ));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("namespaces.toml");
     std::fs::write(
@@ -19,11 +22,10 @@ async fn three_nodes_on_one_redis_serve_every_protocol_with_recovery_and_presenc
         "[namespaces.room]\npresence = true\njoin_leave = true\nhistory_size = 100\n",
     )
     .unwrap();
-    let url = format!("redis://127.0.0.1:{port}");
     let config = config.display().to_string();
     let args = [
         "--backplane",
-        url.as_str(),
+        backplane,
         "--presence-ttl",
         "2s",
         "--api-key",
@@ -52,6 +54,37 @@ async fn three_nodes_on_one_redis_serve_every_protocol_with_recovery_and_presenc
         "{stdout}\n{stderr}"
     );
     drop(c);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_on_one_redis_serve_every_protocol_with_recovery_and_presence() {
+    let (_redis, port) = common::redis_server().await;
+    three_nodes_on(&format!("redis://127.0.0.1:{port}")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_nodes_on_a_redis_cluster_of_three_masters_do_the_same() {
+    let dir = std::env::temp_dir().join(format!("wsx-redis-cluster-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (_servers, urls) = common::redis_cluster(&dir).await;
+    three_nodes_on(&urls.join(",")).await;
+    // The run's keys (the channel's, the node registry's) are spread over the masters.
+    let mut holding = 0;
+    for url in &urls {
+        let port = url.rsplit(':').next().unwrap();
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-p", port, "dbsize"])
+            .output()
+            .await
+            .unwrap();
+        let keys: u64 = String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        holding += usize::from(keys > 0);
+    }
+    assert!(holding >= 2, "keys on {holding} of 3 masters");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test]

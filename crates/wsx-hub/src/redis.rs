@@ -39,6 +39,7 @@
 //! members whose deadline passed (a node that died) and publishes their leaves.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
@@ -60,6 +61,9 @@ use crate::hub::shards::lock;
 pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]` or `rediss://...` (TLS).
     pub url: String,
+    /// A Redis Cluster's seed nodes (URLs as above); when given, `url` is not used,
+    /// and channels spread over the cluster's slots with sharded pub/sub.
+    pub cluster: Vec<String>,
     /// The prefix of every key and channel name (several clusters can share a Redis).
     pub prefix: String,
     /// Longest wait for a command's reply, and for a connection; an operation that
@@ -77,6 +81,7 @@ impl Default for RedisConfig {
     fn default() -> Self {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
+            cluster: Vec::new(),
             prefix: "wsx".into(),
             timeout: Duration::from_secs(2),
             presence_ttl: Duration::from_secs(30),
@@ -133,7 +138,7 @@ for _, meta in ipairs(order) do
     redis.call('XTRIM', stream, 'MAXLEN', size)
     redis.call('PEXPIRE', stream, ARGV[a + 3])
   end
-  redis.call('PUBLISH', ARGV[a + 6], table.concat(parts))
+  redis.call('{PUBLISH}', ARGV[a + 6], table.concat(parts))
 end
 return out
 ";
@@ -191,7 +196,7 @@ local dead = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)
 for _, c in ipairs(dead) do
   local m = redis.call('HGET', KEYS[1], c)
   redis.call('HDEL', KEYS[1], c)
-  if m and ARGV[4] == '1' then redis.call('PUBLISH', ARGV[3], 'l' .. m) end
+  if m and ARGV[4] == '1' then redis.call('{PUBLISH}', ARGV[3], 'l' .. m) end
 end
 if #dead > 0 then redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now) end
 local n = 0
@@ -207,11 +212,21 @@ end
 return redis.call('HVALS', KEYS[1])
 ";
 
+/// The node registry: this node's heartbeat in, nodes silent for ARGV[2] ms out; the
+/// number of live nodes.
+const HEARTBEAT: &str = r"
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('ZCARD', KEYS[1])
+";
+
 const LEAVE: &str = r"
 local m = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
-if m and ARGV[3] == '1' then redis.call('PUBLISH', ARGV[2], 'l' .. m) end
+if m and ARGV[3] == '1' then redis.call('{PUBLISH}', ARGV[2], 'l' .. m) end
 return m
 ";
 
@@ -312,6 +327,73 @@ fn decode_message(b: &[u8]) -> Option<Events> {
     }
 }
 
+/// The command connection: one Redis, or a Redis Cluster (commands routed by their
+/// keys' slot).
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+impl Conn {
+    /// Subscribe to a channel's topic: sharded pub/sub on a cluster (the shard that
+    /// holds the channel's keys), classic otherwise.
+    async fn listen(&mut self, topic: String) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(topic).await,
+            Conn::Cluster(c) => c.ssubscribe(topic).await,
+        }
+    }
+
+    async fn unlisten(&mut self, topic: String) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.unsubscribe(topic).await,
+            Conn::Cluster(c) => c.sunsubscribe(topic).await,
+        }
+    }
+
+    /// Subscribe to a node-wide topic (surveys): classic pub/sub, which a cluster
+    /// broadcasts to every shard.
+    async fn listen_everywhere(&mut self, topic: String) -> redis::RedisResult<()> {
+        match self {
+            Conn::Single(c) => c.subscribe(topic).await,
+            Conn::Cluster(c) => c.subscribe(topic).await,
+        }
+    }
+
+    fn is_cluster(&self) -> bool {
+        matches!(self, Conn::Cluster(_))
+    }
+}
+
 /// This node's presence entries of one channel: whether the namespace sends joins and
 /// leaves, and the members (client → member JSON).
 #[derive(Debug, Default, Clone)]
@@ -334,9 +416,12 @@ struct Track {
 struct Inner {
     cfg: RedisConfig,
     /// Commands (multiplexed: concurrent ones are pipelined).
-    conn: ConnectionManager,
+    conn: Conn,
     /// Pub/sub (RESP3; its pushes go to the delivery task).
-    sub: ConnectionManager,
+    sub: Conn,
+    /// The command that publishes to a channel's topic: `PUBLISH`, or `SPUBLISH` on a
+    /// cluster.
+    publish_cmd: &'static str,
     node: NodeId,
     deliver: OnceLock<Arc<dyn Deliver>>,
     /// Channels this node listens on.
@@ -349,6 +434,10 @@ struct Inner {
     /// Publications waiting to be sent in a batch.
     batch: mpsc::Sender<Pending>,
     publish_batch: Script,
+    heartbeat: Script,
+    /// Nodes alive at the last heartbeat (how many answers a survey waits for on a
+    /// cluster, where `PUBLISH` counts only one shard's subscribers).
+    live_nodes: AtomicUsize,
     history: Script,
     presence_set: Script,
     leave: Script,
@@ -373,6 +462,67 @@ impl RedisBackplane {
     /// Connect (both connections), take a node id, and start the delivery and
     /// presence-renewal tasks (on the current tokio runtime).
     pub async fn connect(cfg: RedisConfig) -> Result<RedisBackplane, BackplaneError> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (conn, sub) = if cfg.cluster.is_empty() {
+            Self::connect_single(&cfg, tx).await?
+        } else {
+            Self::connect_cluster(&cfg, tx).await?
+        };
+        let (batch_tx, batch_rx) = mpsc::channel(4096);
+        let node: u64 = redis::cmd("INCR")
+            .arg(format!("{}:node-seq", cfg.prefix))
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(unavailable)?;
+        let publish_cmd = if conn.is_cluster() {
+            "SPUBLISH"
+        } else {
+            "PUBLISH"
+        };
+        let script = |src: &str| Script::new(&src.replace("{PUBLISH}", publish_cmd));
+        let inner = Arc::new(Inner {
+            cfg,
+            conn,
+            sub,
+            publish_cmd,
+            node,
+            deliver: OnceLock::new(),
+            tracks: Mutex::new(HashMap::new()),
+            members: Mutex::new(HashMap::new()),
+            surveys: Mutex::new(HashMap::new()),
+            next_survey: std::sync::atomic::AtomicU64::new(1),
+            batch: batch_tx,
+            publish_batch: script(PUBLISH_BATCH),
+            heartbeat: script(HEARTBEAT),
+            live_nodes: AtomicUsize::new(1),
+            history: script(HISTORY),
+            presence_set: script(PRESENCE_SET),
+            leave: script(LEAVE),
+        });
+        // Surveys to this node, and answers to its own.
+        let mut sub = inner.sub.clone();
+        sub.listen_everywhere(inner.survey_topic())
+            .await
+            .map_err(unavailable)?;
+        sub.listen_everywhere(inner.reply_topic(inner.node))
+            .await
+            .map_err(unavailable)?;
+        inner.heartbeat().await?;
+        tokio::spawn(pushes(Arc::downgrade(&inner), rx));
+        tokio::spawn(batches(Arc::downgrade(&inner), batch_rx));
+        tokio::spawn(upkeep(Arc::downgrade(&inner)));
+        Ok(RedisBackplane { inner })
+    }
+
+    /// This node's id in the cluster (unique among the nodes sharing the prefix).
+    pub fn node(&self) -> NodeId {
+        self.inner.node
+    }
+
+    async fn connect_single(
+        cfg: &RedisConfig,
+        push: mpsc::UnboundedSender<PushInfo>,
+    ) -> Result<(Conn, Conn), BackplaneError> {
         let info = cfg
             .url
             .as_str()
@@ -395,47 +545,34 @@ impl RedisBackplane {
             ConnectionManager::new_with_config(client.clone(), c)
         };
         let conn = manager(None).await.map_err(unavailable)?;
-        let (tx, rx) = mpsc::unbounded_channel();
-        let sub = manager(Some(tx)).await.map_err(unavailable)?;
-        let (batch_tx, batch_rx) = mpsc::channel(4096);
-        let node: u64 = redis::cmd("INCR")
-            .arg(format!("{}:node-seq", cfg.prefix))
-            .query_async(&mut conn.clone())
-            .await
-            .map_err(unavailable)?;
-        let inner = Arc::new(Inner {
-            cfg,
-            conn,
-            sub,
-            node,
-            deliver: OnceLock::new(),
-            tracks: Mutex::new(HashMap::new()),
-            members: Mutex::new(HashMap::new()),
-            surveys: Mutex::new(HashMap::new()),
-            next_survey: std::sync::atomic::AtomicU64::new(1),
-            batch: batch_tx,
-            publish_batch: Script::new(PUBLISH_BATCH),
-            history: Script::new(HISTORY),
-            presence_set: Script::new(PRESENCE_SET),
-            leave: Script::new(LEAVE),
-        });
-        // Surveys to this node, and answers to its own.
-        let mut sub = inner.sub.clone();
-        sub.subscribe(inner.survey_topic())
-            .await
-            .map_err(unavailable)?;
-        sub.subscribe(inner.reply_topic(inner.node))
-            .await
-            .map_err(unavailable)?;
-        tokio::spawn(pushes(Arc::downgrade(&inner), rx));
-        tokio::spawn(batches(Arc::downgrade(&inner), batch_rx));
-        tokio::spawn(upkeep(Arc::downgrade(&inner)));
-        Ok(RedisBackplane { inner })
+        let sub = manager(Some(push)).await.map_err(unavailable)?;
+        Ok((Conn::Single(conn), Conn::Single(sub)))
     }
 
-    /// This node's id in the cluster (unique among the nodes sharing the prefix).
-    pub fn node(&self) -> NodeId {
-        self.inner.node
+    async fn connect_cluster(
+        cfg: &RedisConfig,
+        push: mpsc::UnboundedSender<PushInfo>,
+    ) -> Result<(Conn, Conn), BackplaneError> {
+        let builder = || {
+            redis::cluster::ClusterClientBuilder::new(cfg.cluster.clone())
+                .use_protocol(ProtocolVersion::RESP3)
+                .connection_timeout(cfg.timeout)
+                .response_timeout(cfg.timeout)
+        };
+        let conn = builder()
+            .build()
+            .map_err(unavailable)?
+            .get_async_connection()
+            .await
+            .map_err(unavailable)?;
+        let sub = builder()
+            .push_sender(push)
+            .build()
+            .map_err(unavailable)?
+            .get_async_connection()
+            .await
+            .map_err(unavailable)?;
+        Ok((Conn::Cluster(conn), Conn::Cluster(sub)))
     }
 }
 
@@ -454,6 +591,20 @@ impl Inner {
             .strip_prefix(self.cfg.prefix.as_str())?
             .strip_prefix(":{")?
             .strip_suffix('}')
+    }
+
+    /// Record that this node is alive (every second); learn how many are.
+    async fn heartbeat(&self) -> Result<(), BackplaneError> {
+        let n: usize = self
+            .heartbeat
+            .key(format!("{}:nodes", self.cfg.prefix))
+            .arg(self.node)
+            .arg(3000)
+            .invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)?;
+        self.live_nodes.store(n.max(1), Ordering::Relaxed);
+        Ok(())
     }
 
     fn survey_topic(&self) -> String {
@@ -673,41 +824,63 @@ async fn batches(inner: Weak<Inner>, mut rx: mpsc::Receiver<Pending>) {
         let Some(inner) = inner.upgrade() else {
             return;
         };
-        tokio::spawn(async move {
-            let mut inv = inner.publish_batch.prepare_invoke();
-            for p in &batch {
-                inv.key(&p.meta).key(&p.stream);
+        // A script's keys must share a slot on a cluster: one call per slot there.
+        let groups: Vec<Vec<Pending>> = if inner.conn.is_cluster() {
+            let mut by_slot: HashMap<redis::cluster_routing::Slot, Vec<Pending>> = HashMap::new();
+            for p in batch {
+                by_slot
+                    .entry(redis::cluster_routing::Slot::for_key(&p.meta))
+                    .or_default()
+                    .push(p);
             }
-            for p in &batch {
-                inv.arg(&p.payload)
-                    .arg(p.history_size)
-                    .arg(p.history_ttl_ms)
-                    .arg(p.meta_ttl)
-                    .arg(fresh_epoch())
-                    .arg(&p.topic);
+            by_slot.into_values().collect()
+        } else {
+            vec![batch]
+        };
+        let slot = Arc::new(slot);
+        for group in groups {
+            let (inner, slot) = (inner.clone(), slot.clone());
+            tokio::spawn(async move {
+                send_batch(&inner, group).await;
+                drop(slot);
+            });
+        }
+    }
+}
+
+/// One script call for `batch`; each publication learns its offset or the error.
+async fn send_batch(inner: &Inner, batch: Vec<Pending>) {
+    let mut inv = inner.publish_batch.prepare_invoke();
+    for p in &batch {
+        inv.key(&p.meta).key(&p.stream);
+    }
+    for p in &batch {
+        inv.arg(&p.payload)
+            .arg(p.history_size)
+            .arg(p.history_ttl_ms)
+            .arg(p.meta_ttl)
+            .arg(fresh_epoch())
+            .arg(&p.topic);
+    }
+    let r: Result<Vec<u64>, _> = inv.invoke_async(&mut inner.conn.clone()).await;
+    match r {
+        Ok(offsets) if offsets.len() == batch.len() => {
+            for (p, o) in batch.into_iter().zip(offsets) {
+                let _ = p.done.send(Ok(o));
             }
-            let r: Result<Vec<u64>, _> = inv.invoke_async(&mut inner.conn.clone()).await;
-            match r {
-                Ok(offsets) if offsets.len() == batch.len() => {
-                    for (p, o) in batch.into_iter().zip(offsets) {
-                        let _ = p.done.send(Ok(o));
-                    }
-                }
-                Ok(_) => {
-                    for p in batch {
-                        let _ = p.done.send(Err(BackplaneError::Unavailable(
-                            "redis: malformed publish reply".into(),
-                        )));
-                    }
-                }
-                Err(e) => {
-                    for p in batch {
-                        let _ = p.done.send(Err(unavailable(e.clone())));
-                    }
-                }
+        }
+        Ok(_) => {
+            for p in batch {
+                let _ = p.done.send(Err(BackplaneError::Unavailable(
+                    "redis: malformed publish reply".into(),
+                )));
             }
-            drop(slot);
-        });
+        }
+        Err(e) => {
+            for p in batch {
+                let _ = p.done.send(Err(unavailable(e.clone())));
+            }
+        }
     }
 }
 
@@ -718,7 +891,7 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
             return;
         };
         match push.kind {
-            PushKind::Message => {
+            PushKind::Message | PushKind::SMessage => {
                 if let [Value::BulkString(topic), Value::BulkString(body)] = push.data.as_slice() {
                     if let Ok(topic) = std::str::from_utf8(topic) {
                         if topic == inner.survey_topic() {
@@ -737,7 +910,7 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
                     t.suspect = true;
                 }
             }
-            PushKind::Subscribe => {
+            PushKind::Subscribe | PushKind::SSubscribe => {
                 let channel = match push.data.first() {
                     Some(Value::BulkString(topic)) => std::str::from_utf8(topic)
                         .ok()
@@ -774,6 +947,7 @@ async fn upkeep(inner: Weak<Inner>) {
             return;
         };
         let _: Result<Value, _> = redis::cmd("PING").query_async(&mut inner.sub.clone()).await;
+        let _ = inner.heartbeat().await;
         since_renewal += tick.period();
         if since_renewal < every {
             continue;
@@ -814,7 +988,7 @@ impl Backplane for RedisBackplane {
             inner
                 .sub
                 .clone()
-                .subscribe(inner.topic(channel))
+                .listen(inner.topic(channel))
                 .await
                 .map_err(unavailable)?;
             lock(&inner.tracks).entry(channel.to_string()).or_default();
@@ -842,7 +1016,7 @@ impl Backplane for RedisBackplane {
             inner
                 .sub
                 .clone()
-                .unsubscribe(inner.topic(channel))
+                .unlisten(inner.topic(channel))
                 .await
                 .map_err(unavailable)
         })
@@ -951,7 +1125,7 @@ impl Backplane for RedisBackplane {
             if opts.join_leave {
                 let mut msg = b"j".to_vec();
                 msg.extend_from_slice(member.as_bytes());
-                let _: Value = redis::cmd("PUBLISH")
+                let _: Value = redis::cmd(inner.publish_cmd)
                     .arg(inner.topic(channel))
                     .arg(msg)
                     .query_async(&mut inner.conn.clone())
@@ -1033,7 +1207,12 @@ impl Backplane for RedisBackplane {
                 .await;
             let result = match heard {
                 Err(e) => Err(unavailable(e)),
-                Ok(n) => {
+                Ok(heard) => {
+                    let n = if inner.conn.is_cluster() {
+                        inner.live_nodes.load(Ordering::Relaxed)
+                    } else {
+                        heard
+                    };
                     let mut answers = Vec::with_capacity(n);
                     let deadline = tokio::time::Instant::now() + inner.cfg.timeout;
                     while answers.len() < n {
@@ -1137,6 +1316,115 @@ pub(crate) mod tests {
             };
             RedisNodes { server, cfg }
         }
+    }
+
+    /// A Redis Cluster of three masters on loopback (`redis-cli --cluster create`),
+    /// killed on drop.
+    pub(crate) struct RedisCluster {
+        servers: Vec<RedisServer>,
+        dir: std::path::PathBuf,
+    }
+
+    impl RedisCluster {
+        pub(crate) async fn start() -> RedisCluster {
+            let dir =
+                std::env::temp_dir().join(format!("wsx-redis-cluster-{}", rand::random::<u64>()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let d = dir.display().to_string();
+            let mut servers = Vec::new();
+            for i in 0..3 {
+                let conf = format!("nodes-{i}.conf");
+                let args = [
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    conf.as_str(),
+                    "--dir",
+                    d.as_str(),
+                ];
+                servers.push(RedisServer::start(&args).await);
+            }
+            let addrs: Vec<String> = servers
+                .iter()
+                .map(|s| format!("127.0.0.1:{}", s.port))
+                .collect();
+            let out = tokio::process::Command::new("redis-cli")
+                .args(["--cluster", "create"])
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .await
+                .expect("redis-cli");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            // Every master must see the whole cluster before it serves every slot.
+            for s in &servers {
+                let client = Client::open(s.url()).unwrap();
+                let mut c = client.get_multiplexed_async_connection().await.unwrap();
+                let mut ok = false;
+                for _ in 0..200 {
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    if info.contains("cluster_state:ok") {
+                        ok = true;
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                assert!(ok, "the cluster did not settle");
+            }
+            RedisCluster { servers, dir }
+        }
+
+        pub(crate) fn seeds(&self) -> Vec<String> {
+            self.servers.iter().map(RedisServer::url).collect()
+        }
+    }
+
+    impl Drop for RedisCluster {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// Nodes of one cluster on a fresh Redis Cluster.
+    pub(crate) struct ClusterNodes {
+        _cluster: RedisCluster,
+        cfg: RedisConfig,
+    }
+
+    impl ClusterNodes {
+        pub(crate) async fn start() -> ClusterNodes {
+            let cluster = RedisCluster::start().await;
+            let cfg = RedisConfig {
+                cluster: cluster.seeds(),
+                ..RedisConfig::default()
+            };
+            ClusterNodes {
+                _cluster: cluster,
+                cfg,
+            }
+        }
+    }
+
+    impl Nodes for ClusterNodes {
+        fn node(&self) -> Pin<Box<dyn Future<Output = Arc<dyn Backplane>> + Send + '_>> {
+            Box::pin(async move {
+                let b: Arc<dyn Backplane> =
+                    Arc::new(RedisBackplane::connect(self.cfg.clone()).await.unwrap());
+                b
+            })
+        }
+    }
+
+    mod cluster_contract {
+        crate::hub::contract::contract_tests!(super::ClusterNodes::start().await);
     }
 
     impl Nodes for RedisNodes {
