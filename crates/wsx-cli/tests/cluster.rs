@@ -123,3 +123,141 @@ async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("backplane"), "{stderr}");
 }
+
+/// One message from a WebSocket as text.
+async fn text_of(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> String {
+    use futures_util::StreamExt;
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(wsx::Message::Text(t)))) => return t.as_str().to_string(),
+            Ok(Some(Ok(wsx::Message::Binary(b)))) => {
+                return String::from_utf8_lossy(&b).into_owned()
+            }
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no message: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn while_redis_is_down_every_protocol_gets_a_clear_error_at_once_then_works_again() {
+    use std::time::{Duration, Instant};
+    let (redis, port) = common::redis_server().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let (_node, addr) = common::serve(&[
+        "--backplane",
+        &url,
+        "--redis-timeout",
+        "1s",
+        "--api-key",
+        KEY,
+        "--demo",
+        "off",
+    ])
+    .await;
+    let cfg = wsx::ClientConfig::default();
+    let (mut native, _) = wsx::connect(&format!("ws://{addr}/connection/websocket"), &cfg)
+        .await
+        .unwrap();
+    native
+        .send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    assert!(text_of(&mut native).await.contains("client"));
+    let (mut stomp, _) = wsx::connect(&format!("ws://{addr}/stomp"), &cfg)
+        .await
+        .unwrap();
+    stomp
+        .send(wsx::Message::text(
+            "CONNECT\naccept-version:1.2\nhost:h\n\n\0",
+        ))
+        .await
+        .unwrap();
+    assert!(text_of(&mut stomp).await.starts_with("CONNECTED"));
+    let (mut sio, _) = wsx::connect(
+        &format!("ws://{addr}/socket.io/?EIO=4&transport=websocket"),
+        &cfg,
+    )
+    .await
+    .unwrap();
+    assert!(text_of(&mut sio).await.starts_with("0{"));
+    sio.send(wsx::Message::text("40")).await.unwrap();
+    assert!(text_of(&mut sio).await.starts_with("40{"));
+    // Redis goes away.
+    drop(redis);
+    let bound = Duration::from_secs(3);
+    let t = Instant::now();
+    native
+        .send(wsx::Message::text(
+            r#"{"id":2,"publish":{"channel":"x","data":1}}"#,
+        ))
+        .await
+        .unwrap();
+    let r = text_of(&mut native).await;
+    assert!(r.contains(r#""code":111"#), "{r}");
+    assert!(t.elapsed() < bound, "native: {:?}", t.elapsed());
+    let t = Instant::now();
+    let body = r#"{"channel":"x","data":1}"#;
+    let req = format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let r = common::http(&addr, &req).await;
+    assert!(r.starts_with("HTTP/1.1 503") && r.contains("111"), "{r}");
+    assert!(t.elapsed() < bound, "HTTP API: {:?}", t.elapsed());
+    let t = Instant::now();
+    sio.send(wsx::Message::text(r#"421["publish","x",{"a":1}]"#))
+        .await
+        .unwrap();
+    let r = loop {
+        let m = text_of(&mut sio).await;
+        if m != "2" {
+            break m;
+        }
+        sio.send(wsx::Message::text("3")).await.unwrap();
+    };
+    assert!(r.starts_with("431[") && r.contains(r#""code":111"#), "{r}");
+    assert!(t.elapsed() < bound, "Socket.IO: {:?}", t.elapsed());
+    let t = Instant::now();
+    stomp
+        .send(wsx::Message::text("SEND\ndestination:/topic/x\n\nhello\0"))
+        .await
+        .unwrap();
+    let r = text_of(&mut stomp).await;
+    assert!(
+        r.starts_with("ERROR") && r.contains("wsx-error:unavailable"),
+        "{r}"
+    );
+    assert!(t.elapsed() < bound, "STOMP: {:?}", t.elapsed());
+    // Redis is back on the same port: the node recovers by itself.
+    let mut back = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut id = 10;
+    loop {
+        id += 1;
+        native
+            .send(wsx::Message::text(format!(
+                r#"{{"id":{id},"publish":{{"channel":"x","data":1}}}}"#
+            )))
+            .await
+            .unwrap();
+        let r = text_of(&mut native).await;
+        if r.contains(r#""offset""#) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the node did not recover: {r}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = back.kill().await;
+}
