@@ -74,7 +74,14 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
             wsx_hub::Hub::with_backplane(hub_config(&settings), redis_backplane(redis).await?)
         }
     };
-    hub.set_address(&format!("{http}://{addr}"));
+    let node_address = settings
+        .redis
+        .as_ref()
+        .and_then(|r| r.node_address.clone())
+        .unwrap_or_else(|| format!("{http}://{addr}"));
+    if let Err(e) = hub.set_address(&node_address).await {
+        warn!("could not announce this node's address: {e}");
+    }
     let gate = Gate::new(
         hub,
         settings.server.clone(),

@@ -85,6 +85,7 @@ settings! {
     backplane, "WSX_BACKPLANE", "memory|URL[,URL...]", "memory", "What nodes share: memory (this process only), a Redis URL (redis://[:password@]host:port[/db], rediss:// for TLS) that every node names, or a Redis Cluster's seed nodes, comma-separated (two or more)";
     redis_prefix, "WSX_REDIS_PREFIX", "PREFIX", "wsx", "Prefix of every Redis key and channel (clusters sharing one Redis use different ones)";
     redis_timeout, "WSX_REDIS_TIMEOUT", "DURATION", "2s", "Longest wait for a Redis reply or connection; beyond, the operation fails (error 111, HTTP 503, STOMP ERROR)";
+    node_address, "WSX_NODE_ADDRESS", "URL", "listen address", "With Redis: the http://host:port other nodes reach this one at, to forward polls of sessions it holds (polling clients then need no sticky sessions); set it when listening on 0.0.0.0";
     presence_ttl, "WSX_PRESENCE_TTL", "DURATION", "30s", "With Redis: a member stays in presence this long unless its node renews it, so a node that dies leaves no ghosts beyond it";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
@@ -141,6 +142,8 @@ pub struct Settings {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct RedisSettings {
     pub url: String,
+    /// Where other nodes reach this one (`None`: the listen address).
+    pub node_address: Option<String>,
     /// A Redis Cluster's seed nodes (two or more URLs given).
     pub cluster: Vec<String>,
     pub prefix: String,
@@ -496,7 +499,17 @@ impl ServeArgs {
                         "`{prefix}`: use a non-empty word without spaces or braces"
                     )));
                 }
+                let node_address = match get("node_address").trim() {
+                    "listen address" | "" => None,
+                    a if a.starts_with("http://") => Some(a.trim_end_matches('/').to_string()),
+                    a => {
+                        return Err(bad("node_address")(format!(
+                            "`{a}` is not an http://host:port URL"
+                        )))
+                    }
+                };
                 Some(RedisSettings {
+                    node_address,
                     url: urls[0].clone(),
                     cluster: if urls.len() > 1 { urls } else { Vec::new() },
                     prefix,

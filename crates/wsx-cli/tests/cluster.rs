@@ -87,6 +87,36 @@ async fn three_nodes_on_a_redis_cluster_of_three_masters_do_the_same() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn polling_clients_need_no_sticky_sessions() {
+    let (_redis, port) = common::redis_server().await;
+    let url = format!("redis://127.0.0.1:{port}");
+    let args = [
+        "--backplane",
+        url.as_str(),
+        "--api-key",
+        KEY,
+        "--demo",
+        "off",
+    ];
+    let (_a, addr_a) = common::serve(&args).await;
+    let (_b, addr_b) = common::serve(&args).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/polling.mjs");
+    let out = tokio::process::Command::new("node")
+        .arg(script)
+        .args([KEY, &addr_a, &addr_b])
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.starts_with("OK"),
+        "{stdout}\n{stderr}"
+    );
+}
+
 #[tokio::test]
 async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
     let port = std::net::TcpListener::bind("127.0.0.1:0")

@@ -1187,12 +1187,45 @@ impl Backplane for RedisBackplane {
         })
     }
 
+    fn announce<'a>(
+        &'a self,
+        node: NodeId,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            redis::cmd("HSET")
+                .arg(format!("{}:node-addr", inner.cfg.prefix))
+                .arg(node)
+                .arg(address)
+                .query_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)
+        })
+    }
+
+    fn address_of(&self, node: NodeId) -> BoxFuture<'_, Result<Option<String>, BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            redis::cmd("HGET")
+                .arg(format!("{}:node-addr", inner.cfg.prefix))
+                .arg(node)
+                .query_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     /// Published to every node's survey subscription; PUBLISH says how many nodes
     /// heard it, and their answers come back on this node's reply channel (those that
     /// do not answer within the timeout are left out).
     fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>> {
         Box::pin(async move {
             let inner = &self.inner;
+            if inner.conn.is_cluster() {
+                // How many nodes are alive now (the answers to wait for).
+                inner.heartbeat().await?;
+            }
             let id = inner
                 .next_survey
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -109,7 +109,9 @@ async fn bad_input_gets_clear_statuses_and_sessions_expire() {
     assert_eq!(status, 200, "{body}");
     let id: serde_json::Value = serde_json::from_str(&body).unwrap();
     let id = id["session"].as_str().unwrap().to_string();
-    assert_eq!(id.len(), 22, "128 random bits");
+    let (node, random) = id.split_once('.').expect("node.random");
+    assert!(u64::from_str_radix(node, 16).is_ok(), "{id}");
+    assert_eq!(random.len(), 22, "128 random bits");
     assert_eq!(
         http(addr, "POST", "/connection/poll/nope", b"{}").await.0,
         404

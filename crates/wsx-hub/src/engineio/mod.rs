@@ -652,9 +652,12 @@ fn parse_query(q: &str) -> Query<'_> {
     out
 }
 
-fn new_sid() -> Arc<str> {
+/// A session id: this node's id, then 120 random bits (so that another node receiving
+/// a poll of it knows where to forward it).
+fn new_sid(gate: &Gate) -> Arc<str> {
     let bytes: [u8; 15] = rand::random();
-    Arc::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+    let random = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+    Arc::from(gate.hub().session_id(&random))
 }
 
 impl Engine {
@@ -702,7 +705,7 @@ impl Engine {
         slot: Option<OwnedSemaphorePermit>,
     ) -> (Arc<Shared>, String) {
         let cfg = &self.inner.cfg;
-        let sid = new_sid();
+        let sid = new_sid(&self.inner.gate);
         let (tx, rx) = mpsc::channel(cfg.max_inbound.max(1));
         let shared = Arc::new(Shared {
             sid: sid.clone(),
@@ -847,6 +850,14 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
         }
         (Some(sid), carrier) => {
             let Some(shared) = engine.session(sid) else {
+                // Another node's session (no sticky load balancing): its polls and
+                // sends go there. An upgrade cannot be forwarded; the client keeps
+                // polling.
+                if carrier == Carrier::Polling && !crate::transport::was_forwarded(&req) {
+                    if let Some(owner) = engine.inner.gate.hub().owner_of(sid).await {
+                        return crate::transport::forward(&owner, req).await;
+                    }
+                }
                 return EioError::UnknownSid.response();
             };
             if lock(&shared.out).closed.is_some() {

@@ -169,6 +169,17 @@ pub trait Backplane: Send + Sync + 'static {
     /// Ask every node of the cluster (this one included) to [`answer`](Deliver::answer)
     /// `request`; their answers, from the nodes that answered in time.
     fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>>;
+
+    /// Record where `node` serves HTTP (`http://10.0.0.5:3000`), for requests another
+    /// node receives for a session it holds.
+    fn announce<'a>(
+        &'a self,
+        node: NodeId,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>>;
+
+    /// Where `node` serves, if it said.
+    fn address_of(&self, node: NodeId) -> BoxFuture<'_, Result<Option<String>, BackplaneError>>;
 }
 
 struct ChannelState {
@@ -195,6 +206,7 @@ impl ChannelState {
 /// refused.
 pub struct MemoryBackplane {
     shards: Vec<Mutex<HashMap<String, ChannelState>>>,
+    addresses: Mutex<HashMap<NodeId, String>>,
     nodes: Mutex<HashMap<NodeId, Arc<dyn Deliver>>>,
     next_node: AtomicU64,
     epoch: String,
@@ -216,6 +228,7 @@ impl MemoryBackplane {
         let epoch: u64 = rand::random();
         MemoryBackplane {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            addresses: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             next_node: AtomicU64::new(1),
             epoch: format!("{epoch:016x}"),
@@ -386,5 +399,18 @@ impl Backplane for MemoryBackplane {
             }
             Ok(answers)
         })
+    }
+
+    fn announce<'a>(
+        &'a self,
+        node: NodeId,
+        address: &'a str,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        lock(&self.addresses).insert(node, address.to_string());
+        ready(Ok(()))
+    }
+
+    fn address_of(&self, node: NodeId) -> BoxFuture<'_, Result<Option<String>, BackplaneError>> {
+        ready(Ok(lock(&self.addresses).get(&node).cloned()))
     }
 }

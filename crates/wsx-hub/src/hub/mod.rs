@@ -180,9 +180,28 @@ impl Hub {
         }
     }
 
-    /// Where this node serves (`http://127.0.0.1:3000`, say), as `/api/info` shows it.
-    pub fn set_address(&self, address: &str) {
+    /// Where this node serves (`http://127.0.0.1:3000`, say), as `/api/info` shows it
+    /// and other nodes forward requests for this node's sessions to.
+    pub async fn set_address(&self, address: &str) -> Result<(), HubError> {
         *lock(&self.address) = address.to_string();
+        Ok(self.backplane.announce(self.node, address).await?)
+    }
+
+    /// A session id that names this node, so that any node can tell whose it is: the
+    /// node id in hex, `.`, then `random`.
+    pub fn session_id(&self, random: &str) -> String {
+        format!("{:x}.{random}", self.node)
+    }
+
+    /// Where to forward a request for the session `id` ([`session_id`](Self::session_id))
+    /// that this node does not hold: the address of the node that does, if it is another
+    /// node and announced one.
+    pub async fn owner_of(&self, id: &str) -> Option<String> {
+        let node = NodeId::from_str_radix(id.split_once('.')?.0, 16).ok()?;
+        if node == self.node {
+            return None;
+        }
+        self.backplane.address_of(node).await.ok().flatten()
     }
 
     /// This node's id in the cluster.
@@ -735,6 +754,19 @@ mod tests {
         }
         fn survey(&self, request: Vec<u8>) -> BoxFuture<'_, Result<Vec<Vec<u8>>, BackplaneError>> {
             flaky!(self.survey(request))
+        }
+        fn announce<'a>(
+            &'a self,
+            node: NodeId,
+            address: &'a str,
+        ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+            flaky!(self.announce(node, address))
+        }
+        fn address_of(
+            &self,
+            node: NodeId,
+        ) -> BoxFuture<'_, Result<Option<String>, BackplaneError>> {
+            flaky!(self.address_of(node))
         }
     }
 

@@ -875,10 +875,12 @@ impl SockJs {
         open: bool,
         transport: &'static str,
     ) -> Result<Arc<Session>, wsx::Refusal> {
+        // 128 random bits after this node's id: any node can tell where it lives.
         let id = {
             use base64::Engine as _;
             let bytes: [u8; 16] = rand::random();
-            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+            let random = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
+            self.inner.gate.hub().session_id(&random)
         };
         let s = find_or_open(self, &id, peer, headers, transport)?;
         if open {
@@ -989,7 +991,7 @@ async fn poll_session(
         return send_lines(&js, req, &id).await;
     }
     let Some(s) = lock(&js.inner.sessions).get(&id).cloned() else {
-        return not_found();
+        return elsewhere(&js, &id, req).await;
     };
     let Some(mut r) = Receiver::attach(&js, &s) else {
         return text(StatusCode::CONFLICT, "Another poll is pending");
@@ -1014,10 +1016,21 @@ async fn fallback_send(
     send_lines(&js, req, &id).await
 }
 
+/// A request for a session this node does not hold: forwarded to the node that does
+/// (its id names it; no sticky load balancing needed), else 404.
+async fn elsewhere(js: &SockJs, id: &str, req: Request<Body>) -> Response {
+    if !crate::transport::was_forwarded(&req) {
+        if let Some(owner) = js.inner.gate.hub().owner_of(id).await {
+            return crate::transport::forward(&owner, req).await;
+        }
+    }
+    not_found()
+}
+
 /// A POST of messages, one per line.
 async fn send_lines(js: &SockJs, req: Request<Body>, id: &str) -> Response {
     let Some(s) = lock(&js.inner.sessions).get(id).cloned() else {
-        return not_found();
+        return elsewhere(js, id, req).await;
     };
     if matches!(lock(&s.st).phase, Phase::Closed(..)) {
         return not_found();

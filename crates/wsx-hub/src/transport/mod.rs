@@ -18,6 +18,49 @@ use wsx::{Accepted, Refusal, ServerConfig, WebSocket};
 
 use crate::hub::Hub;
 
+/// The header a forwarded request carries, so that it is never forwarded again.
+pub const FORWARDED_HEADER: &str = "x-wsx-forwarded";
+
+/// Whether `req` was already forwarded by another node.
+pub fn was_forwarded(req: &Request<Body>) -> bool {
+    req.headers().contains_key(FORWARDED_HEADER)
+}
+
+/// Pass an HTTP request (a poll, a send) for a session another node holds to that node
+/// at `address` (`http://host:port`), and its answer back: what lets polling clients
+/// work behind a load balancer without sticky sessions. One connection per request;
+/// 502 if the node cannot be reached.
+pub async fn forward(address: &str, mut req: Request<Body>) -> Response {
+    let bad_gateway = |why: String| {
+        debug!(address, "forwarding failed: {why}");
+        (
+            http::StatusCode::BAD_GATEWAY,
+            "the node holding this session cannot be reached",
+        )
+            .into_response()
+    };
+    let Some(host) = address.strip_prefix("http://") else {
+        return bad_gateway("only http:// nodes are forwarded to".into());
+    };
+    let tcp = match tokio::net::TcpStream::connect(host).await {
+        Ok(t) => t,
+        Err(e) => return bad_gateway(e.to_string()),
+    };
+    let _ = tcp.set_nodelay(true);
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await {
+            Ok(c) => c,
+            Err(e) => return bad_gateway(e.to_string()),
+        };
+    tokio::spawn(conn);
+    req.headers_mut()
+        .insert(FORWARDED_HEADER, http::HeaderValue::from_static("1"));
+    match sender.send_request(req).await {
+        Ok(resp) => resp.map(Body::new),
+        Err(e) => bad_gateway(e.to_string()),
+    }
+}
+
 /// Resolves when the server starts shutting down (handed to each session).
 pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
