@@ -145,6 +145,7 @@ async fn redis_backplane(
     let cfg = wsx_hub::redis::RedisConfig {
         url: r.url.clone(),
         cluster: r.cluster.clone(),
+        ca: r.ca.clone(),
         prefix: r.prefix.clone(),
         timeout: r.timeout,
         presence_ttl: r.presence_ttl,

@@ -84,6 +84,7 @@ settings! {
     socketio_cors_credentials, "WSX_SOCKETIO_CORS_CREDENTIALS", "on|off", "off", "Socket.IO polling: allow credentials (cookies) on cross-origin requests from allowed origins";
     backplane, "WSX_BACKPLANE", "memory|URL[,URL...]", "memory", "What nodes share: memory (this process only), a Redis URL (redis://[:password@]host:port[/db], rediss:// for TLS) that every node names, or a Redis Cluster's seed nodes, comma-separated (two or more)";
     redis_prefix, "WSX_REDIS_PREFIX", "PREFIX", "wsx", "Prefix of every Redis key and channel (clusters sharing one Redis use different ones)";
+    redis_ca, "WSX_REDIS_CA", "PEM", "system roots", "With rediss://: the CA certificate(s) to trust instead of the system's";
     redis_timeout, "WSX_REDIS_TIMEOUT", "DURATION", "2s", "Longest wait for a Redis reply or connection; beyond, the operation fails (error 111, HTTP 503, STOMP ERROR)";
     node_address, "WSX_NODE_ADDRESS", "URL", "listen address", "With Redis: the http://host:port other nodes reach this one at, to forward polls of sessions it holds (polling clients then need no sticky sessions); set it when listening on 0.0.0.0";
     presence_ttl, "WSX_PRESENCE_TTL", "DURATION", "30s", "With Redis: a member stays in presence this long unless its node renews it, so a node that dies leaves no ghosts beyond it";
@@ -142,6 +143,8 @@ pub struct Settings {
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub struct RedisSettings {
     pub url: String,
+    /// `--redis-ca`: PEM to trust for rediss://.
+    pub ca: Option<Vec<u8>>,
     /// Where other nodes reach this one (`None`: the listen address).
     pub node_address: Option<String>,
     /// A Redis Cluster's seed nodes (two or more URLs given).
@@ -508,7 +511,14 @@ impl ServeArgs {
                         )))
                     }
                 };
+                let ca = match get("redis_ca").trim() {
+                    "system roots" | "" => None,
+                    path => Some(
+                        std::fs::read(path).map_err(|e| bad("redis_ca")(format!("{path}: {e}")))?,
+                    ),
+                };
                 Some(RedisSettings {
+                    ca,
                     node_address,
                     url: urls[0].clone(),
                     cluster: if urls.len() > 1 { urls } else { Vec::new() },

@@ -291,3 +291,226 @@ async fn while_redis_is_down_every_protocol_gets_a_clear_error_at_once_then_work
     }
     let _ = back.kill().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_password_protected_redis_and_key_prefixes_keep_clusters_apart() {
+    use futures_util::StreamExt;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--requirepass", "s3cret-pass"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(redis.stdout.take().unwrap()).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("Ready to accept connections") {
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    }
+    // A wrong password: the node says so and does not start.
+    let wrong = format!("redis://:nope@127.0.0.1:{port}");
+    let out = tokio::process::Command::new(common::WSX)
+        .args(["serve", "--listen", "127.0.0.1:0", "--backplane", &wrong])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("cannot use the Redis backplane"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("nope"),
+        "the password is not logged: {stderr}"
+    );
+    // Two clusters on one Redis, told apart by their prefixes.
+    let url = format!("redis://:s3cret-pass@127.0.0.1:{port}");
+    let common_args = [
+        "--backplane",
+        url.as_str(),
+        "--api-key",
+        KEY,
+        "--demo",
+        "off",
+    ];
+    let (_one, addr_one) =
+        common::serve(&[&common_args[..], &["--redis-prefix", "one"]].concat()).await;
+    let (_two, addr_two) =
+        common::serve(&[&common_args[..], &["--redis-prefix", "two"]].concat()).await;
+    let subscriber = |addr: String| async move {
+        let (mut ws, _) = wsx::connect(
+            &format!("ws://{addr}/connection/websocket"),
+            &wsx::ClientConfig::default(),
+        )
+        .await
+        .unwrap();
+        ws.send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
+            .await
+            .unwrap();
+        ws.send(wsx::Message::text(
+            r#"{"id":2,"subscribe":{"channel":"news"}}"#,
+        ))
+        .await
+        .unwrap();
+        text_of(&mut ws).await;
+        assert!(text_of(&mut ws).await.contains(r#""id":2"#));
+        ws
+    };
+    let mut on_two = subscriber(addr_two.clone()).await;
+    let publish = |addr: String, n: u32| async move {
+        let body = format!(r#"{{"channel":"news","data":{n}}}"#);
+        let req = format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let r = common::http(&addr, &req).await;
+        assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    };
+    publish(addr_one.clone(), 1).await;
+    publish(addr_two.clone(), 2).await;
+    let got = text_of(&mut on_two).await;
+    assert!(
+        got.contains(r#""data":2"#) && got.contains(r#""offset":1"#),
+        "only its own cluster's: {got}"
+    );
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(300), on_two.next()).await;
+    assert!(quiet.is_err(), "nothing else: {quiet:?}");
+    let keys = tokio::process::Command::new("redis-cli")
+        .args([
+            "-p",
+            &port.to_string(),
+            "-a",
+            "s3cret-pass",
+            "--no-auth-warning",
+            "keys",
+            "*",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let keys = String::from_utf8_lossy(&keys.stdout);
+    assert!(
+        keys.lines()
+            .all(|k| k.starts_with("one:") || k.starts_with("two:")),
+        "{keys}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rediss_with_the_servers_ca_carries_the_backplane_over_tls() {
+    let (dir, ca, cert, key) = common::pki();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut redis = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .args([
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &ca,
+        ])
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    {
+        use tokio::io::AsyncBufReadExt;
+        let mut lines = tokio::io::BufReader::new(redis.stdout.take().unwrap()).lines();
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if line.contains("Ready to accept connections") {
+                break;
+            }
+        }
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    }
+    let url = format!("rediss://localhost:{port}");
+    // Without the CA the server's certificate is not trusted: no start.
+    let out = tokio::process::Command::new(common::WSX)
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--backplane",
+            &url,
+            "--redis-timeout",
+            "2s",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = [
+        "--backplane",
+        url.as_str(),
+        "--redis-ca",
+        ca.as_str(),
+        "--api-key",
+        KEY,
+        "--demo",
+        "off",
+    ];
+    let (_a, addr_a) = common::serve(&args).await;
+    let (_b, addr_b) = common::serve(&args).await;
+    let (mut ws, _) = wsx::connect(
+        &format!("ws://{addr_b}/connection/websocket"),
+        &wsx::ClientConfig::default(),
+    )
+    .await
+    .unwrap();
+    ws.send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    ws.send(wsx::Message::text(
+        r#"{"id":2,"subscribe":{"channel":"tls"}}"#,
+    ))
+    .await
+    .unwrap();
+    text_of(&mut ws).await;
+    assert!(text_of(&mut ws).await.contains(r#""id":2"#));
+    let body = r#"{"channel":"tls","data":"over TLS"}"#;
+    let req = format!("POST /api/publish HTTP/1.1\r\nHost: {addr_a}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+    let r = common::http(&addr_a, &req).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert!(text_of(&mut ws).await.contains("over TLS"));
+    let _ = std::fs::remove_dir_all(dir);
+}

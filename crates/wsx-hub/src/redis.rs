@@ -64,6 +64,8 @@ pub struct RedisConfig {
     /// A Redis Cluster's seed nodes (URLs as above); when given, `url` is not used,
     /// and channels spread over the cluster's slots with sharded pub/sub.
     pub cluster: Vec<String>,
+    /// For `rediss://`: the CA certificate(s) to trust (PEM) instead of the system's.
+    pub ca: Option<Vec<u8>>,
     /// The prefix of every key and channel name (several clusters can share a Redis).
     pub prefix: String,
     /// Longest wait for a command's reply, and for a connection; an operation that
@@ -82,6 +84,7 @@ impl Default for RedisConfig {
         RedisConfig {
             url: "redis://127.0.0.1:6379".into(),
             cluster: Vec::new(),
+            ca: None,
             prefix: "wsx".into(),
             timeout: Duration::from_secs(2),
             presence_ttl: Duration::from_secs(30),
@@ -519,6 +522,13 @@ impl RedisBackplane {
         self.inner.node
     }
 
+    fn certs(ca: &[u8]) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(ca.to_vec()),
+        }
+    }
+
     async fn connect_single(
         cfg: &RedisConfig,
         push: mpsc::UnboundedSender<PushInfo>,
@@ -532,7 +542,12 @@ impl RedisBackplane {
             .redis_settings()
             .clone()
             .set_protocol(ProtocolVersion::RESP3);
-        let client = Client::open(info.set_redis_settings(resp3)).map_err(unavailable)?;
+        let info = info.set_redis_settings(resp3);
+        let client = match &cfg.ca {
+            Some(ca) => Client::build_with_tls(info, Self::certs(ca)),
+            None => Client::open(info),
+        }
+        .map_err(unavailable)?;
         let manager = |push: Option<mpsc::UnboundedSender<PushInfo>>| {
             let mut c = redis::aio::ConnectionManagerConfig::new()
                 .set_response_timeout(Some(cfg.timeout))
@@ -554,10 +569,14 @@ impl RedisBackplane {
         push: mpsc::UnboundedSender<PushInfo>,
     ) -> Result<(Conn, Conn), BackplaneError> {
         let builder = || {
-            redis::cluster::ClusterClientBuilder::new(cfg.cluster.clone())
+            let b = redis::cluster::ClusterClientBuilder::new(cfg.cluster.clone())
                 .use_protocol(ProtocolVersion::RESP3)
                 .connection_timeout(cfg.timeout)
-                .response_timeout(cfg.timeout)
+                .response_timeout(cfg.timeout);
+            match &cfg.ca {
+                Some(ca) => b.certs(Self::certs(ca)),
+                None => b,
+            }
         };
         let conn = builder()
             .build()
