@@ -257,21 +257,7 @@ async fn while_redis_is_down_every_protocol_gets_a_clear_error_at_once_then_work
     );
     assert!(t.elapsed() < bound, "STOMP: {:?}", t.elapsed());
     // Redis is back on the same port: the node recovers by itself.
-    let mut back = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let _back = common::redis_with(&["--port", &port.to_string(), "--appendonly", "no"]).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut id = 10;
     loop {
@@ -289,43 +275,14 @@ async fn while_redis_is_down_every_protocol_gets_a_clear_error_at_once_then_work
         assert!(Instant::now() < deadline, "the node did not recover: {r}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let _ = back.kill().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_password_protected_redis_and_key_prefixes_keep_clusters_apart() {
     use futures_util::StreamExt;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .args(["--requirepass", "s3cret-pass"])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(redis.stdout.take().unwrap()).lines();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("Ready to accept connections") {
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    }
+    let port = common::free_port();
+    let _redis =
+        common::redis_with(&["--port", &port.to_string(), "--requirepass", "s3cret-pass"]).await;
     // A wrong password: the node says so and does not start.
     let wrong = format!("redis://:nope@127.0.0.1:{port}");
     let out = tokio::process::Command::new(common::WSX)
@@ -415,50 +372,24 @@ async fn a_password_protected_redis_and_key_prefixes_keep_clusters_apart() {
 #[tokio::test(flavor = "multi_thread")]
 async fn rediss_with_the_servers_ca_carries_the_backplane_over_tls() {
     let (dir, ca, cert, key) = common::pki();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = tokio::process::Command::new("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--tls-port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-        ])
-        .args([
-            "--tls-cert-file",
-            &cert,
-            "--tls-key-file",
-            &key,
-            "--tls-ca-cert-file",
-            &ca,
-        ])
-        .args([
-            "--tls-auth-clients",
-            "no",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    {
-        use tokio::io::AsyncBufReadExt;
-        let mut lines = tokio::io::BufReader::new(redis.stdout.take().unwrap()).lines();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("Ready to accept connections") {
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    }
+    let port = common::free_port();
+    let tls = [
+        "--port",
+        "0",
+        "--tls-port",
+        &port.to_string(),
+        "--tls-cert-file",
+        &cert,
+        "--tls-key-file",
+        &key,
+        "--tls-ca-cert-file",
+        &ca,
+        "--tls-auth-clients",
+        "no",
+        "--appendonly",
+        "no",
+    ];
+    let _redis = common::redis_with(&tls).await;
     let url = format!("rediss://localhost:{port}");
     // Without the CA the server's certificate is not trusted: no start.
     let out = tokio::process::Command::new(common::WSX)

@@ -23,13 +23,7 @@ const KEY: &str = "soak-test-key-0123456789abc";
 const SUBSCRIBERS: usize = 3000;
 const CHANNELS: usize = 10;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use common::free_port;
 
 async fn wait_for_line(child: &mut Child, stderr: bool, marker: &str) {
     let out: Box<dyn tokio::io::AsyncRead + Unpin + Send> = if stderr {
@@ -52,29 +46,18 @@ async fn wait_for_line(child: &mut Child, stderr: bool, marker: &str) {
 }
 
 async fn redis(port: u16, dir: &str) -> Child {
-    let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ])
-        .args([
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--dir",
-            dir,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server is not installed: run scripts/test");
-    wait_for_line(&mut child, false, "Ready to accept connections").await;
-    child
+    let p = port.to_string();
+    common::redis_with(&[
+        "--port",
+        &p,
+        "--appendonly",
+        "yes",
+        "--appendfsync",
+        "always",
+        "--dir",
+        dir,
+    ])
+    .await
 }
 
 async fn node(port: u16, redis_port: u16, config: &str) -> Child {
@@ -342,10 +325,12 @@ async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart
         end.push(h["offset"].as_u64().unwrap());
     }
     let total: u64 = end.iter().sum();
-    assert_eq!(
-        total,
-        published.load(Ordering::Relaxed),
-        "every accepted publication has its offset"
+    // Every accepted publication has its offset; a few more may (a reply lost while
+    // Redis restarted, or late past the publisher's timeout, after the script ran).
+    let accepted = published.load(Ordering::Relaxed);
+    assert!(
+        total >= accepted,
+        "{total} in the streams, {accepted} accepted"
     );
     assert!(total > 300, "publishing went on: {total}");
     *finals.lock().unwrap() = Some(end.clone());

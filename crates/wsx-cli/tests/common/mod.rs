@@ -165,24 +165,21 @@ pub async fn native(
     (ws, replies)
 }
 
-/// A `redis-server` on a free loopback port (no persistence), killed on drop; its port.
-pub async fn redis_server() -> (Child, u16) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// `redis-server` with `args` (after `--bind 127.0.0.1 --save ""`), once it is ready;
+/// killed on drop.
+pub async fn redis_with(args: &[&str]) -> Child {
     let mut child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
+        .args(["--bind", "127.0.0.1", "--save", ""])
+        .args(args)
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -194,6 +191,13 @@ pub async fn redis_server() -> (Child, u16) {
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+/// A `redis-server` on a free loopback port (no persistence), killed on drop; its port.
+pub async fn redis_server() -> (Child, u16) {
+    let port = free_port();
+    let child = redis_with(&["--port", &port.to_string(), "--appendonly", "no"]).await;
     (child, port)
 }
 
@@ -203,40 +207,20 @@ pub async fn redis_cluster(dir: &std::path::Path) -> (Vec<Child>, Vec<String>) {
     let mut servers = Vec::new();
     let mut ports = Vec::new();
     for i in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
-            .args([
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &format!("nodes-{i}.conf"),
-            ])
-            .arg("--dir")
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server is not installed: run scripts/test");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        while let Some(line) = lines.next_line().await.unwrap() {
-            if line.contains("Ready to accept connections") {
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        servers.push(child);
+        let port = free_port();
+        let conf = format!("nodes-{i}.conf");
+        let d = dir.display().to_string();
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            &conf,
+            "--dir",
+            &d,
+        ];
+        servers.push(redis_with(&args).await);
         ports.push(port);
     }
     let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
