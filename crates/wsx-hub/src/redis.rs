@@ -1623,11 +1623,11 @@ pub(crate) mod tests {
         (seen, drops)
     }
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_killed_pubsub_connection_makes_subscribers_recover_every_message() {
-        let nodes = RedisNodes::start().await;
-        let (publisher, _) = hub(&nodes.cfg).await;
-        let (node, _) = hub(&nodes.cfg).await;
+    /// Publish N while every pub/sub connection of `servers` is killed: the
+    /// subscriber ends with every message, in order, once (through 3011 recoveries).
+    async fn killed_pubsub_recovers(cfg: &RedisConfig, servers: &[&RedisServer]) {
+        let (publisher, _) = hub(cfg).await;
+        let (node, _) = hub(cfg).await;
         let ch = ChannelName::parse("room").unwrap();
         let (info, q) = client(&node, "sub");
         let r = node
@@ -1642,16 +1642,17 @@ pub(crate) mod tests {
             }
         });
         // Kill every pub/sub connection while the stream flows.
-        let killed = async {
-            loop {
-                let n = redis_cmd(&nodes.server, &["CLIENT", "KILL", "TYPE", "pubsub"]).await;
-                if n != Value::Int(0) {
-                    return;
+        let mut killed = 0;
+        while killed == 0 {
+            for server in servers {
+                if let Value::Int(n) =
+                    redis_cmd(server, &["CLIENT", "KILL", "TYPE", "pubsub"]).await
+                {
+                    killed += n;
                 }
-                tokio::task::yield_now().await;
             }
-        };
-        killed.await;
+            tokio::task::yield_now().await;
+        }
         let (seen, drops) = collect_through_drops(&node, N, q, epoch).await;
         publishing.await.unwrap();
         assert_eq!(
@@ -1659,6 +1660,19 @@ pub(crate) mod tests {
             (1..=N).collect::<Vec<_>>(),
             "every message, in order, once ({drops} recoveries)"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_killed_pubsub_connection_makes_subscribers_recover_every_message() {
+        let nodes = RedisNodes::start().await;
+        killed_pubsub_recovers(&nodes.cfg, &[&nodes.server]).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn on_a_cluster_killed_pubsub_connections_make_subscribers_recover_every_message() {
+        let nodes = ClusterNodes::start().await;
+        let servers: Vec<&RedisServer> = nodes._cluster.servers.iter().collect();
+        killed_pubsub_recovers(&nodes.cfg, &servers).await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
