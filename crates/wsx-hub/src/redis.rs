@@ -1235,6 +1235,49 @@ impl Backplane for RedisBackplane {
         })
     }
 
+    fn register_session<'a>(
+        &'a self,
+        id: &'a str,
+        node: Option<NodeId>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let key = format!("{}:session:{id}", inner.cfg.prefix);
+            let cmd = match node {
+                // A day at most: a session that outlives it is forwarded no more.
+                Some(n) => {
+                    let mut c = redis::cmd("SET");
+                    c.arg(key).arg(n).arg("EX").arg(86_400);
+                    c
+                }
+                None => {
+                    let mut c = redis::cmd("DEL");
+                    c.arg(key);
+                    c
+                }
+            };
+            let _: Value = cmd
+                .query_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn session_node<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<NodeId>, BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            redis::cmd("GET")
+                .arg(format!("{}:session:{id}", inner.cfg.prefix))
+                .query_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)
+        })
+    }
+
     /// Published to every node's survey subscription; PUBLISH says how many nodes
     /// heard it, and their answers come back on this node's reply channel (those that
     /// do not answer within the timeout are left out).

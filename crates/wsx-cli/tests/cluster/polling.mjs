@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import http from 'node:http';
 import { io } from 'socket.io-client';
+import SockJS from 'sockjs-client';
 
 const [key, A, B] = process.argv.slice(2);
 const backends = [A, B];
@@ -71,6 +72,28 @@ await within((async () => { while (!seen.some((m) => m.push && m.push.pub)) awai
 const pub = seen.find((m) => m.push && m.push.pub).push.pub;
 assert.deepEqual([pub.offset, pub.data.n], [7, 7]);
 console.error('ok native long-polling across nodes');
+
+// sockjs-client (its session ids are its own: the nodes find the session's node in
+// Redis) over each HTTP transport, carrying the native protocol.
+for (const transport of ['xhr-streaming', 'xhr-polling']) {
+  const sock = new SockJS(`http://${LB}/connection/sockjs`, null, { transports: [transport] });
+  const inbox = [];
+  let wake = null;
+  sock.onmessage = (e) => { inbox.push(JSON.parse(e.data)); if (wake) wake(); };
+  await within(new Promise((r, j) => { sock.onopen = r; sock.onclose = (e) => j(new Error(`closed ${e.code} ${e.reason}`)); }), `${transport} open`);
+  const until = (pred, what) => within((async () => {
+    while (!inbox.some(pred)) await new Promise((r) => { wake = r; });
+  })(), what);
+  sock.send('{"id":1,"connect":{}}');
+  sock.send('{"id":2,"subscribe":{"channel":"lb"}}');
+  await until((m) => m.id === 2, `${transport} subscribe reply`);
+  const before = served.slice();
+  await api('publish', { channel: 'lb', data: { n: transport } });
+  await until((m) => m.push && m.push.pub && m.push.pub.data.n === transport, `${transport} publication`);
+  assert.equal(sock.transport, transport);
+  sock.close();
+  console.error(`ok sockjs-client ${transport} across nodes (requests per node since: ${served[0] - before[0]}, ${served[1] - before[1]})`);
+}
 
 assert.ok(served[0] > 3 && served[1] > 3, `both nodes took requests: ${served}`);
 lb.close();

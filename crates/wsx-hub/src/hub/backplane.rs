@@ -180,6 +180,20 @@ pub trait Backplane: Send + Sync + 'static {
 
     /// Where `node` serves, if it said.
     fn address_of(&self, node: NodeId) -> BoxFuture<'_, Result<Option<String>, BackplaneError>>;
+
+    /// Record that the session `id` (one whose id a client chose, as SockJS's) lives on
+    /// `node`, or (`None`) that it ended.
+    fn register_session<'a>(
+        &'a self,
+        id: &'a str,
+        node: Option<NodeId>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>>;
+
+    /// The node holding the session `id`, if one registered it.
+    fn session_node<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<NodeId>, BackplaneError>>;
 }
 
 struct ChannelState {
@@ -207,6 +221,7 @@ impl ChannelState {
 pub struct MemoryBackplane {
     shards: Vec<Mutex<HashMap<String, ChannelState>>>,
     addresses: Mutex<HashMap<NodeId, String>>,
+    sessions: Mutex<HashMap<String, NodeId>>,
     nodes: Mutex<HashMap<NodeId, Arc<dyn Deliver>>>,
     next_node: AtomicU64,
     epoch: String,
@@ -229,6 +244,7 @@ impl MemoryBackplane {
         MemoryBackplane {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             addresses: Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             nodes: Mutex::new(HashMap::new()),
             next_node: AtomicU64::new(1),
             epoch: format!("{epoch:016x}"),
@@ -412,5 +428,25 @@ impl Backplane for MemoryBackplane {
 
     fn address_of(&self, node: NodeId) -> BoxFuture<'_, Result<Option<String>, BackplaneError>> {
         ready(Ok(lock(&self.addresses).get(&node).cloned()))
+    }
+
+    fn register_session<'a>(
+        &'a self,
+        id: &'a str,
+        node: Option<NodeId>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        let mut all = lock(&self.sessions);
+        match node {
+            Some(n) => all.insert(id.to_string(), n),
+            None => all.remove(id),
+        };
+        ready(Ok(()))
+    }
+
+    fn session_node<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<NodeId>, BackplaneError>> {
+        ready(Ok(lock(&self.sessions).get(id).copied()))
     }
 }

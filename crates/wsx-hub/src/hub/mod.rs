@@ -197,11 +197,36 @@ impl Hub {
     /// that this node does not hold: the address of the node that does, if it is another
     /// node and announced one.
     pub async fn owner_of(&self, id: &str) -> Option<String> {
-        let node = NodeId::from_str_radix(id.split_once('.')?.0, 16).ok()?;
+        let node = match id.split_once('.') {
+            Some((node, _)) => NodeId::from_str_radix(node, 16).ok()?,
+            // A client-chosen id: the registry says (register_session).
+            None => self.backplane.session_node(id).await.ok().flatten()?,
+        };
         if node == self.node {
             return None;
         }
         self.backplane.address_of(node).await.ok().flatten()
+    }
+
+    /// Record that the session `id`, whose id its client chose, lives on this node
+    /// (`true`) or ended (`false`), so that other nodes forward its requests here
+    /// ([`owner_of`](Self::owner_of)). Best effort: a failure is logged.
+    pub async fn register_session(&self, id: &str, live: bool) {
+        let node = live.then_some(self.node);
+        if let Err(e) = self.backplane.register_session(id, node).await {
+            tracing::debug!(id, "session registry: {e}");
+        }
+    }
+
+    /// [`register_session`](Self::register_session) in the background.
+    pub fn register_session_later(self: &Arc<Self>, id: &str, live: bool) {
+        let (hub, id) = (self.clone(), id.to_string());
+        tokio::spawn(async move {
+            let node = live.then_some(hub.node);
+            if let Err(e) = hub.backplane.register_session(&id, node).await {
+                tracing::debug!(id, "session registry: {e}");
+            }
+        });
     }
 
     /// This node's id in the cluster.
@@ -767,6 +792,19 @@ mod tests {
             node: NodeId,
         ) -> BoxFuture<'_, Result<Option<String>, BackplaneError>> {
             flaky!(self.address_of(node))
+        }
+        fn register_session<'a>(
+            &'a self,
+            id: &'a str,
+            node: Option<NodeId>,
+        ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+            flaky!(self.register_session(id, node))
+        }
+        fn session_node<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<NodeId>, BackplaneError>> {
+            flaky!(self.session_node(id))
         }
     }
 

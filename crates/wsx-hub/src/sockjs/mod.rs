@@ -367,6 +367,9 @@ impl Drop for Receiver {
                     let mut all = lock(&engine.sessions);
                     if all.get(&s.id).is_some_and(|x| Arc::ptr_eq(x, &s)) {
                         all.remove(&s.id);
+                        if !s.id.contains('.') {
+                            engine.gate.hub().register_session_later(&s.id, false);
+                        }
                     }
                 }
             }
@@ -732,6 +735,16 @@ async fn route(js: SockJs, peer: SocketAddr, rest: String, mut req: Request<Body
         return not_found();
     }
     let (session_id, transport) = (segs[1].clone(), segs[2].as_str());
+    // Another node's session (no sticky load balancing): its HTTP requests go there.
+    // A WebSocket cannot be forwarded: it opens a session where it lands.
+    if transport != "websocket"
+        && !crate::transport::was_forwarded(&req)
+        && !lock(&js.inner.sessions).contains_key(&session_id)
+    {
+        if let Some(owner) = js.inner.gate.hub().owner_of(&session_id).await {
+            return crate::transport::forward(&owner, req).await;
+        }
+    }
     let query = req.uri().query().unwrap_or("").to_string();
     match (transport, &method) {
         ("websocket", m) if cfg.websocket => {
@@ -1093,10 +1106,16 @@ async fn receive(
         (Wrap::Script, _) => "htmlfile",
         (Wrap::Jsonp(_), _) => "jsonp-polling",
     };
+    let new = !lock(&js.inner.sessions).contains_key(&id);
     let s = match find_or_open(js, &id, peer, headers, transport) {
         Ok(s) => s,
         Err(refusal) => return js.inner.gate.refuse(peer, refusal),
     };
+    if new {
+        // Registered before the client hears of the session: its next request may
+        // reach another node, which then finds it here.
+        js.inner.gate.hub().register_session(&id, true).await;
+    }
     let receiver = Receiver::attach(js, &s);
     let busy = receiver
         .is_none()
