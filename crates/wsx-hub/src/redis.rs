@@ -225,6 +225,50 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
 return redis.call('ZCARD', KEYS[1])
 ";
 
+/// Work queues (keys of queue Q, all with the hash tag {Q}): `qs` the id counter, `qm`
+/// id → payload, `qr` the ids waiting (a list), `qt:<node>` the ids a node took, `qre`
+/// the ids handed out before, `qtakers` the nodes that took some.
+const QPUSH: &str = r"
+if redis.call('LLEN', KEYS[3]) >= tonumber(ARGV[2]) then return -1 end
+local id = redis.call('INCR', KEYS[1])
+redis.call('HSET', KEYS[2], id, ARGV[1])
+redis.call('RPUSH', KEYS[3], id)
+return id
+";
+
+const QPULL: &str = r"
+local id = redis.call('LPOP', KEYS[1])
+if not id then return false end
+redis.call('RPUSH', KEYS[2], id)
+redis.call('SADD', KEYS[5], ARGV[1])
+return {id, redis.call('HGET', KEYS[3], id) or '', redis.call('SISMEMBER', KEYS[4], id)}
+";
+
+const QDONE: &str = r"
+for i = 1, #ARGV do
+  redis.call('LREM', KEYS[1], 0, ARGV[i])
+  redis.call('HDEL', KEYS[2], ARGV[i])
+  redis.call('SREM', KEYS[3], ARGV[i])
+end
+return 0
+";
+
+/// Ids a node took back to the front of the waiting list (oldest first), redelivered;
+/// with ARGV empty, every id of KEYS[1] (a dead node's), which is then forgotten.
+const QBACK: &str = r"
+local ids = ARGV
+if #ids == 0 then ids = redis.call('LRANGE', KEYS[1], 0, -1) end
+local n = 0
+for i = #ids, 1, -1 do
+  if redis.call('LREM', KEYS[1], 0, ids[i]) > 0 then
+    redis.call('LPUSH', KEYS[2], ids[i])
+    redis.call('SADD', KEYS[3], ids[i])
+    n = n + 1
+  end
+end
+return n
+";
+
 const LEAVE: &str = r"
 local m = redis.call('HGET', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[1], ARGV[1])
@@ -444,6 +488,10 @@ struct Inner {
     history: Script,
     presence_set: Script,
     leave: Script,
+    qpush: Script,
+    qpull: Script,
+    qdone: Script,
+    qback: Script,
 }
 
 /// The Redis backplane. See the module documentation.
@@ -501,6 +549,10 @@ impl RedisBackplane {
             history: script(HISTORY),
             presence_set: script(PRESENCE_SET),
             leave: script(LEAVE),
+            qpush: script(QPUSH),
+            qpull: script(QPULL),
+            qdone: script(QDONE),
+            qback: script(QBACK),
         });
         // Surveys to this node, and answers to its own.
         let mut sub = inner.sub.clone();
@@ -508,6 +560,9 @@ impl RedisBackplane {
             .await
             .map_err(unavailable)?;
         sub.listen_everywhere(inner.reply_topic(inner.node))
+            .await
+            .map_err(unavailable)?;
+        sub.listen_everywhere(inner.queue_topic())
             .await
             .map_err(unavailable)?;
         inner.heartbeat().await?;
@@ -623,6 +678,75 @@ impl Inner {
             .await
             .map_err(unavailable)?;
         self.live_nodes.store(n.max(1), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Work queues' wake-ups: a queue's name when it has new messages.
+    fn queue_topic(&self) -> String {
+        format!("{}:queues-ready", self.cfg.prefix)
+    }
+
+    fn qkey(&self, queue: &str, suffix: &str) -> String {
+        format!("{}:{{{queue}}}:{suffix}", self.cfg.prefix)
+    }
+
+    async fn queue_wake(&self, queue: &str) {
+        let _: Result<Value, _> = redis::cmd("PUBLISH")
+            .arg(self.queue_topic())
+            .arg(queue)
+            .query_async(&mut self.conn.clone())
+            .await;
+    }
+
+    /// Give back what dead nodes took from the work queues (every few seconds).
+    async fn reclaim(&self) -> Result<(), BackplaneError> {
+        let mut conn = self.conn.clone();
+        let queues: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:queues", self.cfg.prefix))
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        if queues.is_empty() {
+            return Ok(());
+        }
+        let alive: Vec<NodeId> = redis::cmd("ZRANGE")
+            .arg(format!("{}:nodes", self.cfg.prefix))
+            .arg(0)
+            .arg(-1)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        for q in queues {
+            let takers: Vec<NodeId> = redis::cmd("SMEMBERS")
+                .arg(self.qkey(&q, "qtakers"))
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            for dead in takers.into_iter().filter(|n| !alive.contains(n)) {
+                let n: usize = self
+                    .qback
+                    .key(self.qkey(&q, &format!("qt:{dead}")))
+                    .key(self.qkey(&q, "qr"))
+                    .key(self.qkey(&q, "qre"))
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                let _: Value = redis::cmd("SREM")
+                    .arg(self.qkey(&q, "qtakers"))
+                    .arg(dead)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?;
+                if n > 0 {
+                    tracing::warn!(
+                        queue = q,
+                        node = dead,
+                        "{n} messages of a node that is gone go back to the queue"
+                    );
+                    self.queue_wake(&q).await;
+                }
+            }
+        }
         Ok(())
     }
 
@@ -913,7 +1037,13 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
             PushKind::Message | PushKind::SMessage => {
                 if let [Value::BulkString(topic), Value::BulkString(body)] = push.data.as_slice() {
                     if let Ok(topic) = std::str::from_utf8(topic) {
-                        if topic == inner.survey_topic() {
+                        if topic == inner.queue_topic() {
+                            if let (Some(d), Ok(q)) =
+                                (inner.deliver.get(), std::str::from_utf8(body))
+                            {
+                                d.queue_ready(q);
+                            }
+                        } else if topic == inner.survey_topic() {
                             inner.on_survey(body);
                         } else if topic == inner.reply_topic(inner.node) {
                             inner.on_reply(body);
@@ -960,6 +1090,7 @@ async fn upkeep(inner: Weak<Inner>) {
     };
     let mut tick = tokio::time::interval(every.min(Duration::from_secs(1)));
     let mut since_renewal = Duration::ZERO;
+    let mut ticks: u64 = 0;
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else {
@@ -967,6 +1098,12 @@ async fn upkeep(inner: Weak<Inner>) {
         };
         let _: Result<Value, _> = redis::cmd("PING").query_async(&mut inner.sub.clone()).await;
         let _ = inner.heartbeat().await;
+        ticks += 1;
+        if ticks % 3 == 0 {
+            if let Err(e) = inner.reclaim().await {
+                tracing::debug!("work queue reclaim: {e}");
+            }
+        }
         since_renewal += tick.period();
         if since_renewal < every {
             continue;
@@ -1232,6 +1369,111 @@ impl Backplane for RedisBackplane {
                 .query_async(&mut inner.conn.clone())
                 .await
                 .map_err(unavailable)
+        })
+    }
+
+    fn shares_queues(&self) -> bool {
+        true
+    }
+
+    fn queue_push<'a>(
+        &'a self,
+        queue: &'a str,
+        payload: &'a Payload,
+        max: usize,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let id: i64 = inner
+                .qpush
+                .key(inner.qkey(queue, "qs"))
+                .key(inner.qkey(queue, "qm"))
+                .key(inner.qkey(queue, "qr"))
+                .arg(encode_payload(payload))
+                .arg(max)
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            if id < 0 {
+                return Err(BackplaneError::QueueFull(max));
+            }
+            let _: Value = redis::cmd("SADD")
+                .arg(format!("{}:queues", inner.cfg.prefix))
+                .arg(queue)
+                .query_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            inner.queue_wake(queue).await;
+            Ok(())
+        })
+    }
+
+    fn queue_pull<'a>(
+        &'a self,
+        queue: &'a str,
+    ) -> BoxFuture<'a, Result<Option<crate::hub::backplane::Pulled>, BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let got: Option<(u64, Vec<u8>, i64)> = inner
+                .qpull
+                .key(inner.qkey(queue, "qr"))
+                .key(inner.qkey(queue, &format!("qt:{}", inner.node)))
+                .key(inner.qkey(queue, "qm"))
+                .key(inner.qkey(queue, "qre"))
+                .key(inner.qkey(queue, "qtakers"))
+                .arg(inner.node)
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            Ok(got.and_then(|(id, p, re)| Some((id, decode_payload(&p)?, re == 1))))
+        })
+    }
+
+    fn queue_done<'a>(
+        &'a self,
+        queue: &'a str,
+        ids: Vec<u64>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let mut inv = inner.qdone.prepare_invoke();
+            inv.key(inner.qkey(queue, &format!("qt:{}", inner.node)))
+                .key(inner.qkey(queue, "qm"))
+                .key(inner.qkey(queue, "qre"));
+            for id in ids {
+                inv.arg(id);
+            }
+            let _: Value = inv
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            Ok(())
+        })
+    }
+
+    fn queue_back<'a>(
+        &'a self,
+        queue: &'a str,
+        ids: Vec<u64>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if ids.is_empty() {
+                return Ok(());
+            }
+            let mut inv = inner.qback.prepare_invoke();
+            inv.key(inner.qkey(queue, &format!("qt:{}", inner.node)))
+                .key(inner.qkey(queue, "qr"))
+                .key(inner.qkey(queue, "qre"));
+            for id in ids {
+                inv.arg(id);
+            }
+            let _: Value = inv
+                .invoke_async(&mut inner.conn.clone())
+                .await
+                .map_err(unavailable)?;
+            inner.queue_wake(queue).await;
+            Ok(())
         })
     }
 
@@ -1842,6 +2084,110 @@ pub(crate) mod tests {
         }
         (q, r.position.unwrap().epoch)
     }
+    async fn worker(
+        hub: &Arc<Hub>,
+        key: u64,
+        ack: crate::AckMode,
+    ) -> (crate::HubSession, Arc<Outbound>) {
+        let mut s = crate::HubSession::new(hub.clone(), "test", String::new());
+        s.connect_trusted(String::new(), "t".into(), "worker".into());
+        s.consume("jobs", key, ack, None).unwrap();
+        let q = s.outbound();
+        (s, q)
+    }
+
+    /// The next `n` work-queue deliveries: (tag, job number, redelivered).
+    async fn jobs(q: &Outbound, n: usize) -> Vec<(u64, u64, bool)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match next(q).await {
+                Ok(Delivery::Queued {
+                    tag,
+                    message,
+                    redelivered,
+                    ..
+                }) => {
+                    let job: u64 = std::str::from_utf8(&message.data).unwrap().parse().unwrap();
+                    out.push((tag, job, redelivered));
+                }
+                Ok(_) => {}
+                Err(d) => panic!("{d:?}"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn work_queues_have_one_set_of_consumers_across_nodes() {
+        let nodes = RedisNodes::start().await;
+        let (a, _) = hub(&nodes.cfg).await;
+        let (b, _) = hub(&nodes.cfg).await;
+        let mut producer = crate::HubSession::new(a.clone(), "test", String::new());
+        producer.connect_trusted(String::new(), "t".into(), "producer".into());
+        // A consumer on node B gets what is sent on node A, in order.
+        let (mut wb, qb) = worker(&b, 1, crate::AckMode::Individual).await;
+        for n in 1..=5 {
+            producer
+                .enqueue("jobs", Payload::json(n.to_string()))
+                .await
+                .unwrap();
+        }
+        let got = jobs(&qb, 5).await;
+        assert_eq!(got.iter().map(|j| j.1).collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
+        assert!(got.iter().all(|j| !j.2));
+        // It leaves without acknowledging: everything goes to the consumer on node A,
+        // marked redelivered, in order.
+        let (mut wa, qa) = worker(&a, 1, crate::AckMode::Individual).await;
+        wb.cancel("jobs", 1).unwrap();
+        let again = jobs(&qa, 5).await;
+        assert_eq!(
+            again.iter().map(|j| j.1).collect::<Vec<_>>(),
+            [1, 2, 3, 4, 5]
+        );
+        assert!(again.iter().all(|j| j.2), "{again:?}");
+        // A NACK puts one back for the next consumer; acks empty the queue.
+        let (mut wb2, qb2) = worker(&b, 2, crate::AckMode::Individual).await;
+        wa.cancel("jobs", 1).unwrap();
+        let third = jobs(&qb2, 5).await;
+        wb2.nack("jobs", third[0].0).unwrap();
+        let back = jobs(&qb2, 1).await;
+        assert_eq!((back[0].1, back[0].2), (1, true));
+        wb2.ack("jobs", back[0].0).unwrap();
+        for (tag, _, _) in &third[1..] {
+            wb2.ack("jobs", *tag).unwrap();
+        }
+        let mut empty = false;
+        for _ in 0..100 {
+            let waiting = redis_cmd(&nodes.server, &["LLEN", "wsx:{jobs}:qr"]).await;
+            let taken = redis_cmd(&nodes.server, &["HLEN", "wsx:{jobs}:qm"]).await;
+            if waiting == Value::Int(0) && taken == Value::Int(0) {
+                empty = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(empty, "acknowledged messages are forgotten in Redis");
+        drop((wa, wb, wb2));
+        // Auto-acknowledging consumers on both nodes share 60 messages: each once.
+        let (_w1, q1) = worker(&a, 3, crate::AckMode::Auto).await;
+        let (_w2, q2) = worker(&b, 3, crate::AckMode::Auto).await;
+        for n in 100..160 {
+            producer
+                .enqueue("jobs", Payload::json(n.to_string()))
+                .await
+                .unwrap();
+        }
+        let mut all = Vec::new();
+        while all.len() < 60 {
+            tokio::select! {
+                d = next(&q1) => if let Ok(Delivery::Queued { message, .. }) = d { all.push(std::str::from_utf8(&message.data).unwrap().parse::<u64>().unwrap()) },
+                d = next(&q2) => if let Ok(Delivery::Queued { message, .. }) = d { all.push(std::str::from_utf8(&message.data).unwrap().parse::<u64>().unwrap()) },
+            }
+        }
+        all.sort_unstable();
+        assert_eq!(all, (100..160).collect::<Vec<_>>(), "each message once");
+    }
+
     #[test]
     fn payloads_and_messages_round_trip() {
         let mut p = Payload::binary(vec![0u8, 1, 255, b':']);

@@ -151,6 +151,39 @@ ok('recovery across nodes gives exactly what was missed');
 await stompMessages.take(11, 'stomp meanwhile');
 await sioMessages.take(11, 'socket.io meanwhile');
 
+// Work queues are the cluster's: a STOMP worker on C takes jobs sent on A (and does
+// not acknowledge them), then a worker on B joins.
+async function stompOn(addr, login) {
+  const c = new Client({
+    webSocketFactory: () => new WebSocket(`ws://${addr}/stomp`, ['v12.stomp']),
+    connectHeaders: { login },
+    reconnectDelay: 0,
+    heartbeatIncoming: 0,
+    heartbeatOutgoing: 0,
+    debug: () => {},
+  });
+  await within(new Promise((resolve, reject) => {
+    c.onConnect = resolve;
+    c.onStompError = (f) => reject(new Error(f.headers.message));
+    c.activate();
+  }), `stomp connect ${login}`);
+  return c;
+}
+const subscribed = (c, dest, inbox, id) => within(new Promise((resolve) => {
+  c.watchForReceipt(id, resolve);
+  c.subscribe(dest, (m) => inbox.push(m), { ack: 'client-individual', receipt: id });
+}), `subscribe ${id}`);
+const sender = await stompOn(A, 'sender-a');
+const workerC = await stompOn(C, 'worker-c');
+const jobsC = new Inbox();
+await subscribed(workerC, '/queue/jobs', jobsC, 'jc');
+for (let j = 1; j <= 5; j++) sender.publish({ destination: '/queue/jobs', body: String(j) });
+const heldByC = (await jobsC.take(5, 'jobs on C')).map((m) => Number(m.body));
+assert.deepEqual(heldByC, [1, 2, 3, 4, 5]);
+const jobsB = new Inbox();
+await subscribed(stomp, '/queue/jobs', jobsB, 'jb');
+ok('a queue\'s jobs sent on node A reach a worker on node C');
+
 // Node C dies: its member leaves presence within the TTL; A and B go on.
 const leaves = [];
 process.kill(Number(pidC), 'SIGKILL');
@@ -166,6 +199,14 @@ await api(A, 'publish', { channel: CHANNEL, data: { i: N + 12 } });
 assert.equal((await back.pubs.take(1, 'after the kill')).at(0).data.i, N + 12);
 assert.equal(JSON.parse((await stompMessages.take(1, 'stomp after the kill'))[0].body).i, N + 12);
 ok(`a killed node's member left presence after ${waited} ms; the others keep working`);
+
+// The jobs the dead node's worker held come back to the worker on B, marked
+// redelivered, once the cluster sees the node gone.
+const redone = await within(jobsB.take(5, 'the dead worker\'s jobs'), 'redelivery', 20000);
+assert.deepEqual(redone.map((m) => Number(m.body)), [1, 2, 3, 4, 5]);
+assert.ok(redone.every((m) => m.headers.redelivered === 'true'), JSON.stringify(redone.map((m) => m.headers)));
+for (const m of redone) m.ack();
+ok('a dead node\'s unacknowledged jobs go to a live worker');
 
 // The HTTP API of node A reaches connections on node B: unsubscribe, disconnect.
 const gone = await api(A, 'unsubscribe', { channel: CHANNEL, client: back.client });
@@ -185,6 +226,7 @@ ok('the API of one node unsubscribes and disconnects connections on another');
 
 sio.close();
 back.close();
+await sender.deactivate();
 await stomp.deactivate();
 console.log('OK');
 process.exit(0);

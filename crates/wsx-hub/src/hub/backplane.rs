@@ -41,6 +41,8 @@ pub enum BackplaneError {
     /// The backplane could not be reached or failed; the operation was not done and
     /// may be retried.
     Unavailable(String),
+    /// A shared work queue holds its maximum of waiting messages.
+    QueueFull(usize),
 }
 
 impl std::fmt::Display for BackplaneError {
@@ -48,6 +50,7 @@ impl std::fmt::Display for BackplaneError {
         match self {
             BackplaneError::UnknownChannel => f.write_str("unknown channel"),
             BackplaneError::Unavailable(why) => write!(f, "backplane unavailable: {why}"),
+            BackplaneError::QueueFull(max) => write!(f, "the queue holds {max} messages"),
         }
     }
 }
@@ -74,6 +77,11 @@ pub trait Deliver: Send + Sync {
     /// Hand `event` of `channel` to this node's subscribers. Must not block.
     fn deliver(&self, channel: &str, event: Event);
 
+    /// A shared work queue has new messages ([`Backplane::shares_queues`]).
+    fn queue_ready(&self, queue: &str) {
+        let _ = queue;
+    }
+
     /// Answer a [`survey`](Backplane::survey) (the hub's cluster-wide operations: a
     /// JSON request, a JSON answer).
     fn answer(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
@@ -84,6 +92,10 @@ pub trait Deliver: Send + Sync {
 
 /// A node's handle on the backplane, from [`Backplane::attach`].
 pub type NodeId = u64;
+
+/// A message a node took from a shared work queue: its id, payload, and whether it
+/// was handed out before.
+pub type Pulled = (u64, Payload, bool);
 
 /// A history request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,6 +206,54 @@ pub trait Backplane: Send + Sync + 'static {
         &'a self,
         id: &'a str,
     ) -> BoxFuture<'a, Result<Option<NodeId>, BackplaneError>>;
+
+    /// Whether work queues are the cluster's (the `queue_*` methods), rather than each
+    /// node's own.
+    fn shares_queues(&self) -> bool {
+        false
+    }
+
+    /// Append a message to the shared queue (at most `max` waiting).
+    fn queue_push<'a>(
+        &'a self,
+        queue: &'a str,
+        payload: &'a Payload,
+        max: usize,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        let _ = (queue, payload, max);
+        Box::pin(std::future::ready(Err(BackplaneError::Unavailable(
+            "queues are not shared".into(),
+        ))))
+    }
+
+    /// Take the next waiting message for this node.
+    fn queue_pull<'a>(
+        &'a self,
+        queue: &'a str,
+    ) -> BoxFuture<'a, Result<Option<Pulled>, BackplaneError>> {
+        let _ = queue;
+        Box::pin(std::future::ready(Ok(None)))
+    }
+
+    /// Messages this node took are done (acknowledged): forget them.
+    fn queue_done<'a>(
+        &'a self,
+        queue: &'a str,
+        ids: Vec<u64>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        let _ = (queue, ids);
+        Box::pin(std::future::ready(Ok(())))
+    }
+
+    /// Messages this node took go back to the front of the queue, redelivered.
+    fn queue_back<'a>(
+        &'a self,
+        queue: &'a str,
+        ids: Vec<u64>,
+    ) -> BoxFuture<'a, Result<(), BackplaneError>> {
+        let _ = (queue, ids);
+        Box::pin(std::future::ready(Ok(())))
+    }
 }
 
 struct ChannelState {

@@ -155,6 +155,9 @@ impl From<crate::hub::backplane::BackplaneError> for HubError {
         match e {
             crate::hub::backplane::BackplaneError::UnknownChannel => HubError::UnknownChannel,
             crate::hub::backplane::BackplaneError::Unavailable(why) => HubError::Unavailable(why),
+            crate::hub::backplane::BackplaneError::QueueFull(max) => {
+                HubError::LimitExceeded(Limit::QueueFull(max))
+            }
         }
     }
 }

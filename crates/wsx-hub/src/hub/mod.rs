@@ -35,7 +35,7 @@ use self::backplane::{
 use self::broker::{Broker, Subscribed};
 use self::channel::ChannelName;
 use self::client::{ClientId, ClientInfo};
-use self::error::{Feature, HubError};
+use self::error::{Feature, HubError, Limit};
 use self::options::ChannelOptions;
 use self::publication::{Payload, Publication, StreamPosition};
 use self::queue::{Delivery, Disconnect, Outbound, QueueLimits};
@@ -96,6 +96,46 @@ impl Default for HubConfig {
     }
 }
 
+/// Shared work queues: tell the backplane what this node settled or gave back, and
+/// take as many messages as this node's consumers have room for; then wait for a
+/// change here or a new message anywhere (at most a second).
+async fn pump(me: std::sync::Weak<Hub>) {
+    loop {
+        let Some(hub) = me.upgrade() else {
+            return;
+        };
+        let changed = hub.queues.changed();
+        for (queue, effect) in hub.queues.take_effects() {
+            let r = match effect {
+                workqueue::Effect::Done(ids) => hub.backplane.queue_done(&queue, ids).await,
+                workqueue::Effect::Back(ids) => hub.backplane.queue_back(&queue, ids).await,
+            };
+            if let Err(e) = r {
+                tracing::warn!(queue, "work queue: {e}");
+            }
+        }
+        for queue in hub.queues.consumed() {
+            for _ in 0..hub.queues.wants(&queue) {
+                match hub.backplane.queue_pull(&queue).await {
+                    Ok(Some((id, payload, redelivered))) => {
+                        hub.queues.push_pulled(&queue, id, payload, redelivered)
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!(queue, "work queue: {e}");
+                        break;
+                    }
+                }
+            }
+        }
+        drop(hub);
+        tokio::select! {
+            _ = changed.notified() => {}
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+        }
+    }
+}
+
 /// What the backplane sees of a node: events go to its broker, surveys to its hub.
 struct Node {
     broker: Arc<Broker>,
@@ -105,6 +145,12 @@ struct Node {
 impl Deliver for Node {
     fn deliver(&self, channel: &str, event: backplane::Event) {
         self.broker.deliver(channel, event);
+    }
+
+    fn queue_ready(&self, _queue: &str) {
+        if let Some(hub) = self.hub.upgrade() {
+            hub.queues.changed().notify_one();
+        }
     }
 
     fn answer(&self, request: Vec<u8>) -> BoxFuture<'static, Vec<u8>> {
@@ -146,14 +192,38 @@ impl Hub {
     /// A hub that shares channel streams, history and presence with other nodes through
     /// `backplane`.
     pub fn with_backplane(config: HubConfig, backplane: Arc<dyn Backplane>) -> Arc<Hub> {
-        Arc::new_cyclic(|me| {
+        let shared_queues = backplane.shares_queues();
+        let hub = Arc::new_cyclic(|me| {
             let broker = Arc::new(Broker::new());
             let node = backplane.attach(Arc::new(Node {
                 broker: broker.clone(),
                 hub: me.clone(),
             }));
             Hub::parts(config, backplane, broker, node)
-        })
+        });
+        if shared_queues {
+            tokio::spawn(pump(Arc::downgrade(&hub)));
+        }
+        hub
+    }
+
+    /// Put a message on the work queue `queue` (the cluster's, where the backplane
+    /// shares queues); one consumer gets it.
+    pub async fn enqueue(&self, queue: &str, payload: Payload) -> Result<(), HubError> {
+        if self.queues.is_shared() {
+            let limits = self.config.work_queues;
+            if payload.data.len() > limits.max_bytes {
+                return Err(HubError::LimitExceeded(Limit::QueueFull(
+                    limits.max_messages,
+                )));
+            }
+            Ok(self
+                .backplane
+                .queue_push(queue, &payload, limits.max_messages)
+                .await?)
+        } else {
+            self.queues.send(queue, payload)
+        }
     }
 
     fn parts(
@@ -162,6 +232,11 @@ impl Hub {
         broker: Arc<Broker>,
         node: NodeId,
     ) -> Hub {
+        let queues = if backplane.shares_queues() {
+            workqueue::WorkQueues::shared(config.work_queues)
+        } else {
+            workqueue::WorkQueues::new(config.work_queues)
+        };
         Hub {
             address: Mutex::new(String::new()),
             started: std::time::SystemTime::now(),
@@ -171,7 +246,7 @@ impl Hub {
             listen_locks: (0..shards::SHARDS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
-            queues: workqueue::WorkQueues::new(config.work_queues),
+            queues,
             config,
             // Unique in the cluster: the backplane's node id above a per-node counter.
             next_client: AtomicU64::new((node << 40) + 1),

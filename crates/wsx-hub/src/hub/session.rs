@@ -373,13 +373,13 @@ impl HubSession {
 
     /// Put a message on the work queue `queue` (named as a channel: namespace rules
     /// apply); one consumer will get it.
-    pub fn enqueue(&mut self, queue: &str, payload: Payload) -> Result<(), HubError> {
+    pub async fn enqueue(&mut self, queue: &str, payload: Payload) -> Result<(), HubError> {
         self.check_connected()?;
         let ch = self.hub.channel(queue)?;
         if !self.hub.options(&ch).client_publish {
             return Err(HubError::PermissionDenied(Denied::ClientPublish));
         }
-        self.hub.queues().send(queue, payload)
+        self.hub.enqueue(queue, payload).await
     }
 
     /// Consume from the work queue `queue` as the consumer `key` (unique within this

@@ -3,7 +3,10 @@
 //! consumer's going away puts it back, marked redelivered, for another consumer. This
 //! is how judge workers take submissions one each while verdicts go out on channels.
 //!
-//! Node-local (in memory): a queue lives on the node its producers and consumers use.
+//! Node-local (in memory), or shared by the cluster's nodes ([`WorkQueues::shared`],
+//! when the backplane keeps queues): then messages wait in the backplane, each node
+//! pulls as many as its own consumers have room for, and what it settles or gives back
+//! becomes an [`Effect`] for the hub to apply to the backplane.
 //! Synchronous: the lock is held only for map updates and non-blocking queue pushes.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -67,9 +70,21 @@ struct Unacked {
     message: Arc<Publication>,
 }
 
+/// What a shared queue's local state asks of the backplane (message ids).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Effect {
+    /// Acknowledged: forget them.
+    Done(Vec<u64>),
+    /// Refused, or their consumer left: back to the queue, redelivered.
+    Back(Vec<u64>),
+}
+
 #[derive(Default)]
 struct WorkQueue {
     name: Arc<str>,
+    /// The cluster's queue: messages come from the backplane, settle there.
+    shared: bool,
+    effects: Vec<Effect>,
     ready: VecDeque<(Arc<Publication>, bool)>,
     bytes: usize,
     consumers: Vec<Consumer>,
@@ -97,12 +112,20 @@ impl WorkQueue {
                 {
                     c.in_flight = c.in_flight.saturating_sub(1);
                 }
-                self.bytes += u.message.data.len();
                 back.push(u.message);
             }
         }
         back.sort_by_key(|m| m.offset);
+        if self.shared {
+            // Back to the cluster's queue, for any node's consumer.
+            if !back.is_empty() {
+                self.effects
+                    .push(Effect::Back(back.iter().map(|m| m.offset).collect()));
+            }
+            return;
+        }
         for m in back.into_iter().rev() {
+            self.bytes += m.data.len();
             self.ready.push_front((m, true));
         }
     }
@@ -149,6 +172,9 @@ impl WorkQueue {
                 self.requeue(tags);
                 continue;
             }
+            if c.ack == AckMode::Auto && self.shared {
+                self.effects.push(Effect::Done(vec![message.offset]));
+            }
             if c.ack != AckMode::Auto {
                 c.in_flight += 1;
                 let (client, key) = (c.client, c.key);
@@ -171,29 +197,106 @@ impl WorkQueue {
 pub struct WorkQueues {
     queues: Mutex<HashMap<String, WorkQueue>>,
     limits: WorkQueueLimits,
+    shared: bool,
+    /// Effects of shared queues, for the hub to apply.
+    effects: Mutex<Vec<(String, Effect)>>,
+    /// Something changed (room for more, effects waiting): wakes the hub's pump.
+    changed: Arc<tokio::sync::Notify>,
 }
 
 impl WorkQueues {
     /// No queues yet.
     pub fn new(limits: WorkQueueLimits) -> WorkQueues {
         WorkQueues {
-            queues: Mutex::default(),
             limits,
+            ..WorkQueues::default()
         }
+    }
+
+    /// Queues the cluster shares: local consumers, messages from the backplane.
+    pub(crate) fn shared(limits: WorkQueueLimits) -> WorkQueues {
+        WorkQueues {
+            limits,
+            shared: true,
+            ..WorkQueues::default()
+        }
+    }
+
+    /// Whether these are the cluster's queues.
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared
     }
 
     fn with<R>(&self, name: &str, f: impl FnOnce(&mut WorkQueue) -> R) -> R {
         let mut all = lock(&self.queues);
         let q = all.entry(name.to_string()).or_insert_with(|| WorkQueue {
             name: Arc::from(name),
+            shared: self.shared,
             ..WorkQueue::default()
         });
         let r = f(q);
         q.dispatch(self.limits.prefetch);
+        if q.shared && q.consumers.is_empty() && !q.ready.is_empty() {
+            // Nobody here to take them: back to the cluster.
+            let ids = q.ready.drain(..).map(|(m, _)| m.offset).collect();
+            q.bytes = 0;
+            q.effects.push(Effect::Back(ids));
+        }
+        if self.shared {
+            let effects = std::mem::take(&mut q.effects);
+            if !effects.is_empty() {
+                lock(&self.effects).extend(effects.into_iter().map(|e| (name.to_string(), e)));
+            }
+            self.changed.notify_one();
+        }
         if q.unused() {
             all.remove(name);
         }
         r
+    }
+
+    /// A message this node took from the cluster's queue `name` (its id as offset).
+    pub(crate) fn push_pulled(&self, name: &str, id: u64, payload: Payload, redelivered: bool) {
+        self.with(name, |q| {
+            q.bytes += payload.data.len();
+            q.ready
+                .push_back((Arc::new(Publication::new(id, payload)), redelivered));
+        });
+    }
+
+    /// How many more messages `name`'s consumers here have room for.
+    pub(crate) fn wants(&self, name: &str) -> usize {
+        let prefetch = self.limits.prefetch;
+        lock(&self.queues).get(name).map_or(0, |q| {
+            let room: usize = q
+                .consumers
+                .iter()
+                .map(|c| match c.ack {
+                    AckMode::Auto => 1,
+                    _ => prefetch.saturating_sub(c.in_flight),
+                })
+                .sum();
+            room.saturating_sub(q.ready.len())
+        })
+    }
+
+    /// Queues with consumers on this node.
+    pub(crate) fn consumed(&self) -> Vec<String> {
+        lock(&self.queues)
+            .iter()
+            .filter(|(_, q)| !q.consumers.is_empty())
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// What the backplane must be told, by queue.
+    pub(crate) fn take_effects(&self) -> Vec<(String, Effect)> {
+        std::mem::take(&mut *lock(&self.effects))
+    }
+
+    /// Woken when something changed.
+    pub(crate) fn changed(&self) -> Arc<tokio::sync::Notify> {
+        self.changed.clone()
     }
 
     /// Append a message; it goes to one consumer. Refused when the queue is full, or
@@ -291,7 +394,11 @@ impl WorkQueues {
                     q.next = i + 1;
                 }
             } else {
+                let mut done = Vec::new();
                 for t in tags {
+                    if let Some(u) = q.unacked.get(&t) {
+                        done.push(u.message.offset);
+                    }
                     q.unacked.remove(&t);
                     if let Some(c) = q
                         .consumers
@@ -300,6 +407,9 @@ impl WorkQueues {
                     {
                         c.in_flight = c.in_flight.saturating_sub(1);
                     }
+                }
+                if q.shared && !done.is_empty() {
+                    q.effects.push(Effect::Done(done));
                 }
             }
             Ok(())

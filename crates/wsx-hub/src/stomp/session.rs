@@ -784,7 +784,7 @@ impl StompSession {
             Dest::Topic(ch) => {
                 self.hub.publish(&ch, payload).await?;
             }
-            Dest::Queue(q) => self.hub.enqueue(&q, payload)?,
+            Dest::Queue(q) => self.hub.enqueue(&q, payload).await?,
         }
         Ok(())
     }
