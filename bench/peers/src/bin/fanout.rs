@@ -28,9 +28,10 @@
 //! the caller). Every publication's body carries its sequence number (`"o"`), so the
 //! same latency accounting works for any broker.
 //!
-//! `--backplane redis://HOST:PORT`: two `wsx serve` nodes on that Redis (both pinned
-//! to core 0 with Redis): the subscribers on one, the HTTP API publisher on the other,
-//! so every publication crosses the backplane (cross-node latency).
+//! `--backplane redis://HOST:PORT`: two `wsx serve` nodes on that Redis: the
+//! subscribers on one (core 0, as a single node), the HTTP API publisher on the other
+//! (core 1, with this process and, by scripts/bench, Redis), so every publication
+//! crosses the backplane (cross-node latency).
 //!
 //! `--floor` replaces `wsx serve` by the loopback floor: a process (pinned the same way)
 //! that holds N plain TCP connections and writes each pre-built push frame to all of
@@ -469,8 +470,8 @@ async fn main() {
         .cloned()
         .unwrap_or_else(|| "target/release/wsx".into());
     let backplane = value("--backplane");
-    let node_args = |port: u16| -> Vec<String> {
-        let mut v: Vec<String> = ["-c", "0", &wsx, "serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY]
+    let node_args = |port: u16, core: &str| -> Vec<String> {
+        let mut v: Vec<String> = ["-c", core, &wsx, "serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY]
             .iter()
             .map(|s| s.to_string())
             .collect();
@@ -538,7 +539,7 @@ async fn main() {
             .expect("start the floor sender")
     } else {
         Command::new("taskset")
-            .args(node_args(port))
+            .args(node_args(port, "0"))
             .args([
                 "--max-connections",
                 &(n + 100).to_string(),
@@ -571,7 +572,9 @@ async fn main() {
                 .map(|a| a.port())
                 .expect("a free port");
             let mut node = Command::new("taskset")
-                .args(node_args(pport))
+                // Beside the load generator: the subscribers' node has core 0 to
+                // itself, as the single node has.
+                .args(node_args(pport, "1"))
                 .args(["--demo", "off"])
                 .stderr(Stdio::piped())
                 .spawn()
