@@ -154,6 +154,31 @@ async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
     assert!(stderr.contains("backplane"), "{stderr}");
 }
 
+/// `POST /api/publish` of `body` to the node at `addr`; the whole response.
+async fn publish(addr: &str, body: &str) -> String {
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    common::http(addr, &req).await
+}
+
+/// A native client of the node at `addr`, connected and subscribed to `channel`.
+async fn native_subscriber(addr: &str, channel: &str) -> wsx::WebSocket<wsx::MaybeTlsStream> {
+    let url = format!("ws://{addr}/connection/websocket");
+    let (mut ws, _) = wsx::connect(&url, &wsx::ClientConfig::default())
+        .await
+        .unwrap();
+    ws.send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
+        .await
+        .unwrap();
+    let sub = format!(r#"{{"id":2,"subscribe":{{"channel":"{channel}"}}}}"#);
+    ws.send(wsx::Message::text(sub)).await.unwrap();
+    text_of(&mut ws).await;
+    assert!(text_of(&mut ws).await.contains(r#""id":2"#));
+    ws
+}
+
 /// One message from a WebSocket as text.
 async fn text_of(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>) -> String {
     use futures_util::StreamExt;
@@ -227,9 +252,7 @@ async fn while_redis_is_down_every_protocol_gets_a_clear_error_at_once_then_work
     assert!(r.contains(r#""code":111"#), "{r}");
     assert!(t.elapsed() < bound, "native: {:?}", t.elapsed());
     let t = Instant::now();
-    let body = r#"{"channel":"x","data":1}"#;
-    let req = format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    let r = common::http(&addr, &req).await;
+    let r = publish(&addr, r#"{"channel":"x","data":1}"#).await;
     assert!(r.starts_with("HTTP/1.1 503") && r.contains("111"), "{r}");
     assert!(t.elapsed() < bound, "HTTP API: {:?}", t.elapsed());
     let t = Instant::now();
@@ -313,34 +336,13 @@ async fn a_password_protected_redis_and_key_prefixes_keep_clusters_apart() {
         common::serve(&[&common_args[..], &["--redis-prefix", "one"]].concat()).await;
     let (_two, addr_two) =
         common::serve(&[&common_args[..], &["--redis-prefix", "two"]].concat()).await;
-    let subscriber = |addr: String| async move {
-        let (mut ws, _) = wsx::connect(
-            &format!("ws://{addr}/connection/websocket"),
-            &wsx::ClientConfig::default(),
-        )
-        .await
-        .unwrap();
-        ws.send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
-            .await
-            .unwrap();
-        ws.send(wsx::Message::text(
-            r#"{"id":2,"subscribe":{"channel":"news"}}"#,
-        ))
-        .await
-        .unwrap();
-        text_of(&mut ws).await;
-        assert!(text_of(&mut ws).await.contains(r#""id":2"#));
-        ws
-    };
-    let mut on_two = subscriber(addr_two.clone()).await;
-    let publish = |addr: String, n: u32| async move {
-        let body = format!(r#"{{"channel":"news","data":{n}}}"#);
-        let req = format!("POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-        let r = common::http(&addr, &req).await;
+    let mut on_two = native_subscriber(&addr_two, "news").await;
+    let publish_news = |addr: String, n: u32| async move {
+        let r = publish(&addr, &format!(r#"{{"channel":"news","data":{n}}}"#)).await;
         assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     };
-    publish(addr_one.clone(), 1).await;
-    publish(addr_two.clone(), 2).await;
+    publish_news(addr_one.clone(), 1).await;
+    publish_news(addr_two.clone(), 2).await;
     let got = text_of(&mut on_two).await;
     assert!(
         got.contains(r#""data":2"#) && got.contains(r#""offset":1"#),
@@ -422,25 +424,8 @@ async fn rediss_with_the_servers_ca_carries_the_backplane_over_tls() {
     ];
     let (_a, addr_a) = common::serve(&args).await;
     let (_b, addr_b) = common::serve(&args).await;
-    let (mut ws, _) = wsx::connect(
-        &format!("ws://{addr_b}/connection/websocket"),
-        &wsx::ClientConfig::default(),
-    )
-    .await
-    .unwrap();
-    ws.send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
-        .await
-        .unwrap();
-    ws.send(wsx::Message::text(
-        r#"{"id":2,"subscribe":{"channel":"tls"}}"#,
-    ))
-    .await
-    .unwrap();
-    text_of(&mut ws).await;
-    assert!(text_of(&mut ws).await.contains(r#""id":2"#));
-    let body = r#"{"channel":"tls","data":"over TLS"}"#;
-    let req = format!("POST /api/publish HTTP/1.1\r\nHost: {addr_a}\r\nAuthorization: apikey {KEY}\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-    let r = common::http(&addr_a, &req).await;
+    let mut ws = native_subscriber(&addr_b, "tls").await;
+    let r = publish(&addr_a, r#"{"channel":"tls","data":"over TLS"}"#).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     assert!(text_of(&mut ws).await.contains("over TLS"));
     let _ = std::fs::remove_dir_all(dir);

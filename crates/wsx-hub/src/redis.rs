@@ -651,6 +651,23 @@ impl RedisBackplane {
 }
 
 impl Inner {
+    /// A command on the command connection; a failure is `Unavailable`.
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, BackplaneError> {
+        cmd.query_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    /// A script call on the command connection; a failure is `Unavailable`.
+    async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+    ) -> Result<T, BackplaneError> {
+        inv.invoke_async(&mut self.conn.clone())
+            .await
+            .map_err(unavailable)
+    }
+
     fn key(&self, channel: &str, suffix: &str) -> String {
         format!("{}:{{{channel}}}:{suffix}", self.cfg.prefix)
     }
@@ -690,6 +707,26 @@ impl Inner {
         format!("{}:{{{queue}}}:{suffix}", self.cfg.prefix)
     }
 
+    /// Ids this node took from `queue`, done (`QDONE`, with the payloads' hash) or
+    /// given back (`QBACK`, with the waiting list): the script, its second key.
+    async fn settle(
+        &self,
+        script: &Script,
+        queue: &str,
+        second: &str,
+        ids: Vec<u64>,
+    ) -> Result<(), BackplaneError> {
+        let mut inv = script.prepare_invoke();
+        inv.key(self.qkey(queue, &format!("qt:{}", self.node)))
+            .key(self.qkey(queue, second))
+            .key(self.qkey(queue, "qre"));
+        for id in ids {
+            inv.arg(id);
+        }
+        let _: Value = self.invoke(&inv).await?;
+        Ok(())
+    }
+
     async fn queue_wake(&self, queue: &str) {
         let _: Result<Value, _> = redis::cmd("PUBLISH")
             .arg(self.queue_topic())
@@ -700,43 +737,36 @@ impl Inner {
 
     /// Give back what dead nodes took from the work queues (every few seconds).
     async fn reclaim(&self) -> Result<(), BackplaneError> {
-        let mut conn = self.conn.clone();
-        let queues: Vec<String> = redis::cmd("SMEMBERS")
-            .arg(format!("{}:queues", self.cfg.prefix))
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let queues: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(format!("{}:queues", self.cfg.prefix)))
+            .await?;
         if queues.is_empty() {
             return Ok(());
         }
-        let alive: Vec<NodeId> = redis::cmd("ZRANGE")
-            .arg(format!("{}:nodes", self.cfg.prefix))
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
+        let alive: Vec<NodeId> = self
+            .query(
+                redis::cmd("ZRANGE")
+                    .arg(format!("{}:nodes", self.cfg.prefix))
+                    .arg(0)
+                    .arg(-1),
+            )
+            .await?;
         for q in queues {
-            let takers: Vec<NodeId> = redis::cmd("SMEMBERS")
-                .arg(self.qkey(&q, "qtakers"))
-                .query_async(&mut conn)
-                .await
-                .map_err(unavailable)?;
+            let takers: Vec<NodeId> = self
+                .query(redis::cmd("SMEMBERS").arg(self.qkey(&q, "qtakers")))
+                .await?;
             for dead in takers.into_iter().filter(|n| !alive.contains(n)) {
                 let n: usize = self
                     .qback
                     .key(self.qkey(&q, &format!("qt:{dead}")))
                     .key(self.qkey(&q, "qr"))
                     .key(self.qkey(&q, "qre"))
-                    .invoke_async(&mut conn)
+                    .invoke_async(&mut self.conn.clone())
                     .await
                     .map_err(unavailable)?;
-                let _: Value = redis::cmd("SREM")
-                    .arg(self.qkey(&q, "qtakers"))
-                    .arg(dead)
-                    .query_async(&mut conn)
-                    .await
-                    .map_err(unavailable)?;
+                let _: Value = self
+                    .query(redis::cmd("SREM").arg(self.qkey(&q, "qtakers")).arg(dead))
+                    .await?;
                 if n > 0 {
                     tracing::warn!(
                         queue = q,
@@ -831,10 +861,7 @@ impl Inner {
         for (c, m) in members {
             inv.arg(c.to_string()).arg(m);
         }
-        let all: Vec<Vec<u8>> = inv
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let all: Vec<Vec<u8>> = self.invoke(&inv).await?;
         Ok(all
             .iter()
             .filter_map(|m| serde_json::from_slice(m).ok().map(Arc::new))
@@ -924,13 +951,14 @@ impl Inner {
 
     /// The stream's offset and epoch in Redis (`None`: no stream).
     async fn position(&self, channel: &str) -> Result<Option<(u64, String)>, BackplaneError> {
-        let (o, e): (Option<u64>, Option<String>) = redis::cmd("HMGET")
-            .arg(self.key(channel, "m"))
-            .arg("o")
-            .arg("e")
-            .query_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+        let (o, e): (Option<u64>, Option<String>) = self
+            .query(
+                redis::cmd("HMGET")
+                    .arg(self.key(channel, "m"))
+                    .arg("o")
+                    .arg("e"),
+            )
+            .await?;
         Ok(e.map(|e| (o.unwrap_or(0), e)))
     }
 }
@@ -1274,19 +1302,17 @@ impl Backplane for RedisBackplane {
                 .arg(if opts.join_leave { "1" } else { "0" })
                 .arg(info.client.to_string())
                 .arg(&member);
-            let _: Value = inv
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+            let _: Value = inner.invoke(&inv).await?;
             if opts.join_leave {
                 let mut msg = b"j".to_vec();
                 msg.extend_from_slice(member.as_bytes());
-                let _: Value = redis::cmd(inner.publish_cmd)
-                    .arg(inner.topic(channel))
-                    .arg(msg)
-                    .query_async(&mut inner.conn.clone())
-                    .await
-                    .map_err(unavailable)?;
+                let _: Value = inner
+                    .query(
+                        redis::cmd(inner.publish_cmd)
+                            .arg(inner.topic(channel))
+                            .arg(msg),
+                    )
+                    .await?;
             }
             lock(&inner.members)
                 .entry(channel.to_string())
@@ -1350,25 +1376,27 @@ impl Backplane for RedisBackplane {
     ) -> BoxFuture<'a, Result<(), BackplaneError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            redis::cmd("HSET")
-                .arg(format!("{}:node-addr", inner.cfg.prefix))
-                .arg(node)
-                .arg(address)
-                .query_async(&mut inner.conn.clone())
+            inner
+                .query(
+                    redis::cmd("HSET")
+                        .arg(format!("{}:node-addr", inner.cfg.prefix))
+                        .arg(node)
+                        .arg(address),
+                )
                 .await
-                .map_err(unavailable)
         })
     }
 
     fn address_of(&self, node: NodeId) -> BoxFuture<'_, Result<Option<String>, BackplaneError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            redis::cmd("HGET")
-                .arg(format!("{}:node-addr", inner.cfg.prefix))
-                .arg(node)
-                .query_async(&mut inner.conn.clone())
+            inner
+                .query(
+                    redis::cmd("HGET")
+                        .arg(format!("{}:node-addr", inner.cfg.prefix))
+                        .arg(node),
+                )
                 .await
-                .map_err(unavailable)
         })
     }
 
@@ -1397,12 +1425,13 @@ impl Backplane for RedisBackplane {
             if id < 0 {
                 return Err(BackplaneError::QueueFull(max));
             }
-            let _: Value = redis::cmd("SADD")
-                .arg(format!("{}:queues", inner.cfg.prefix))
-                .arg(queue)
-                .query_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+            let _: Value = inner
+                .query(
+                    redis::cmd("SADD")
+                        .arg(format!("{}:queues", inner.cfg.prefix))
+                        .arg(queue),
+                )
+                .await?;
             inner.queue_wake(queue).await;
             Ok(())
         })
@@ -1434,21 +1463,7 @@ impl Backplane for RedisBackplane {
         queue: &'a str,
         ids: Vec<u64>,
     ) -> BoxFuture<'a, Result<(), BackplaneError>> {
-        Box::pin(async move {
-            let inner = &self.inner;
-            let mut inv = inner.qdone.prepare_invoke();
-            inv.key(inner.qkey(queue, &format!("qt:{}", inner.node)))
-                .key(inner.qkey(queue, "qm"))
-                .key(inner.qkey(queue, "qre"));
-            for id in ids {
-                inv.arg(id);
-            }
-            let _: Value = inv
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
-            Ok(())
-        })
+        Box::pin(self.inner.settle(&self.inner.qdone, queue, "qm", ids))
     }
 
     fn queue_back<'a>(
@@ -1457,22 +1472,13 @@ impl Backplane for RedisBackplane {
         ids: Vec<u64>,
     ) -> BoxFuture<'a, Result<(), BackplaneError>> {
         Box::pin(async move {
-            let inner = &self.inner;
             if ids.is_empty() {
                 return Ok(());
             }
-            let mut inv = inner.qback.prepare_invoke();
-            inv.key(inner.qkey(queue, &format!("qt:{}", inner.node)))
-                .key(inner.qkey(queue, "qr"))
-                .key(inner.qkey(queue, "qre"));
-            for id in ids {
-                inv.arg(id);
-            }
-            let _: Value = inv
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
-            inner.queue_wake(queue).await;
+            self.inner
+                .settle(&self.inner.qback, queue, "qr", ids)
+                .await?;
+            self.inner.queue_wake(queue).await;
             Ok(())
         })
     }
@@ -1512,11 +1518,9 @@ impl Backplane for RedisBackplane {
     ) -> BoxFuture<'a, Result<Option<NodeId>, BackplaneError>> {
         Box::pin(async move {
             let inner = &self.inner;
-            redis::cmd("GET")
-                .arg(format!("{}:session:{id}", inner.cfg.prefix))
-                .query_async(&mut inner.conn.clone())
+            inner
+                .query(redis::cmd("GET").arg(format!("{}:session:{id}", inner.cfg.prefix)))
                 .await
-                .map_err(unavailable)
         })
     }
 
@@ -2186,6 +2190,34 @@ pub(crate) mod tests {
         }
         all.sort_unstable();
         assert_eq!(all, (100..160).collect::<Vec<_>>(), "each message once");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_queue_refuses_beyond_its_message_limit() {
+        let nodes = RedisNodes::start().await;
+        let b = RedisBackplane::connect(nodes.cfg.clone()).await.unwrap();
+        let mut cfg = HubConfig {
+            default_options: room(),
+            ..HubConfig::default()
+        };
+        cfg.work_queues.max_messages = 3;
+        let hub = Hub::with_backplane(cfg, Arc::new(b));
+        let mut producer = crate::HubSession::new(hub.clone(), "test", String::new());
+        producer.connect_trusted(String::new(), "t".into(), "producer".into());
+        for n in 0..3 {
+            producer
+                .enqueue("full", Payload::json(n.to_string()))
+                .await
+                .unwrap();
+        }
+        let e = producer
+            .enqueue("full", Payload::json("3"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            e,
+            crate::HubError::LimitExceeded(crate::Limit::QueueFull(3))
+        );
     }
 
     #[test]

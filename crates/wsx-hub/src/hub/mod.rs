@@ -321,6 +321,12 @@ impl Hub {
             .collect())
     }
 
+    /// A survey whose answers are counts (`{"n"}`): their sum.
+    async fn survey_count(&self, request: Value) -> Result<usize, HubError> {
+        let answers = self.survey(request).await?;
+        Ok(answers.iter().filter_map(|a| a["n"].as_u64()).sum::<u64>() as usize)
+    }
+
     /// This node's part of a survey.
     async fn answer(&self, request: &Value) -> Value {
         let user = request["user"].as_str();
@@ -378,12 +384,7 @@ impl Hub {
         reconnect: bool,
     ) -> Result<usize, HubError> {
         let req = json!({ "op": "disconnect", "user": user, "client": client, "code": code, "reason": reason, "reconnect": reconnect });
-        Ok(self
-            .survey(req)
-            .await?
-            .iter()
-            .filter_map(|a| a["n"].as_u64())
-            .sum::<u64>() as usize)
+        self.survey_count(req).await
     }
 
     /// Remove `user`'s (and/or `client`'s) subscriptions to `channel` on every node;
@@ -396,12 +397,7 @@ impl Hub {
     ) -> Result<usize, HubError> {
         let req =
             json!({ "op": "unsubscribe", "channel": channel, "user": user, "client": client });
-        Ok(self
-            .survey(req)
-            .await?
-            .iter()
-            .filter_map(|a| a["n"].as_u64())
-            .sum::<u64>() as usize)
+        self.survey_count(req).await
     }
 
     /// Whether the connection `client` is open on any node.

@@ -29,7 +29,7 @@ pub fn was_forwarded(req: &Request<Body>) -> bool {
 /// Pass an HTTP request (a poll, a send) for a session another node holds to that node
 /// at `address` (`http://host:port`), and its answer back: what lets polling clients
 /// work behind a load balancer without sticky sessions. One connection per request;
-/// 502 if the node cannot be reached.
+/// 502 if the node cannot be reached (5 s) or does not begin its answer (2 min).
 pub async fn forward(address: &str, mut req: Request<Body>) -> Response {
     let bad_gateway = |why: String| {
         debug!(address, "forwarding failed: {why}");
@@ -42,9 +42,15 @@ pub async fn forward(address: &str, mut req: Request<Body>) -> Response {
     let Some(host) = address.strip_prefix("http://") else {
         return bad_gateway("only http:// nodes are forwarded to".into());
     };
-    let tcp = match tokio::net::TcpStream::connect(host).await {
-        Ok(t) => t,
-        Err(e) => return bad_gateway(e.to_string()),
+    let tcp = match tokio::time::timeout(
+        FORWARD_CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect(host),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return bad_gateway(e.to_string()),
+        Err(_) => return bad_gateway("connect timed out".into()),
     };
     let _ = tcp.set_nodelay(true);
     let (mut sender, conn) =
@@ -55,11 +61,20 @@ pub async fn forward(address: &str, mut req: Request<Body>) -> Response {
     tokio::spawn(conn);
     req.headers_mut()
         .insert(FORWARDED_HEADER, http::HeaderValue::from_static("1"));
-    match sender.send_request(req).await {
-        Ok(resp) => resp.map(Body::new),
-        Err(e) => bad_gateway(e.to_string()),
+    match tokio::time::timeout(FORWARD_HEAD_TIMEOUT, sender.send_request(req)).await {
+        Ok(Ok(resp)) => resp.map(Body::new),
+        Ok(Err(e)) => bad_gateway(e.to_string()),
+        Err(_) => bad_gateway("no answer in time".into()),
     }
 }
+
+/// How long a forward waits to reach the node holding the session.
+const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a forward waits for that node's answer to begin: longer than any poll
+/// holds (a long-poll answers within its heartbeat, 25 s by default). Each forward
+/// belongs to one incoming request, so their number is bounded as requests are.
+const FORWARD_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// Resolves when the server starts shutting down (handed to each session).
 pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
