@@ -48,7 +48,10 @@ pub struct BenchArgs {
     /// Connections opened per second.
     #[arg(long, default_value_t = 2000.0)]
     pub ramp: f64,
-    /// Worker threads (default: one per core).
+    /// Worker threads (default: one per core). With 1, a current-thread runtime: the
+    /// multi-thread scheduler's one worker spills the connections one epoll turn wakes
+    /// past its 256-slot local queue and delays them by tens of milliseconds, which
+    /// would show as the server's tail latency.
     #[arg(long)]
     pub threads: Option<usize>,
     /// Accept any server certificate for wss:// (testing only).
@@ -96,10 +99,15 @@ pub fn main(args: BenchArgs) -> ExitCode {
         eprintln!("wsx: --connections and --depth must be at least 1");
         return ExitCode::from(2);
     }
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(t) = args.threads {
-        rt.worker_threads(t.max(1));
-    }
+    let mut rt = match args.threads {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(t) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(t.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     let rt = match rt.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -8,6 +8,7 @@ mod serve;
 mod settings;
 mod units;
 mod web;
+mod workers;
 
 use std::process::ExitCode;
 
@@ -65,7 +66,8 @@ fn main() -> ExitCode {
                 }
             };
             init_logging(settings.log_format);
-            let rt = match tokio::runtime::Builder::new_multi_thread()
+            // The first of `--workers` event loops (serve::run starts the others).
+            let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
             {

@@ -25,6 +25,7 @@ use wsx_hub::transport::{stopped, Gate};
 
 use crate::settings::Settings;
 use crate::web;
+use crate::workers::Workers;
 
 /// Run until Ctrl-C or SIGTERM, then close every WebSocket with 1001 and wait up to the
 /// shutdown timeout for the close handshakes.
@@ -65,6 +66,8 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     } else {
         ("http", "ws")
     };
+    let workers = Arc::new(Workers::start(settings.workers)?);
+    debug!(workers = workers.count(), "event loops");
     info!(%addr, "wsx serve: open {http}://{addr}/ (echo endpoint {ws}://{addr}/echo)");
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let tasks = TaskTracker::new();
@@ -97,6 +100,8 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     let open = Arc::new(Semaphore::new(settings.max_tcp_connections));
     if let Some(stomp) = stomp_listener {
         let listener = StompListener {
+            workers: workers.clone(),
+            tasks: tasks.clone(),
             gate: gate.clone(),
             cfg: Arc::new(settings.stomp.clone()),
             tls: tls.clone(),
@@ -122,7 +127,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
             stop: shutdown_rx.clone(),
             _permit: permit,
         };
-        tasks.spawn(conn.serve(tcp));
+        workers.spawn(&tasks, tcp, move |tcp| conn.serve(tcp));
     }
     info!("shutting down: closing every WebSocket with 1001");
     let _ = shutdown_tx.send(true);
@@ -132,6 +137,9 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         .is_err()
     {
         warn!("shutdown timeout: {} connections still open", tasks.len());
+    }
+    if let Some(workers) = Arc::into_inner(workers) {
+        workers.stop();
     }
     info!("bye");
     Ok(())
@@ -365,6 +373,8 @@ impl Conn {
 /// HTTP listener (number, TLS handshake time) and the same shutdown; the session bounds
 /// the time to CONNECT and the heart-beats.
 struct StompListener {
+    workers: Arc<Workers>,
+    tasks: TaskTracker,
     gate: Gate,
     cfg: Arc<wsx_hub::stomp::StompConfig>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -392,7 +402,7 @@ impl StompListener {
             let cfg = self.cfg.clone();
             let tls = self.tls.clone();
             let tls_timeout = self.limits.tls_handshake_timeout;
-            self.gate.spawn(async move {
+            self.workers.spawn(&self.tasks, tcp, move |tcp| async move {
                 let _held = (open, slot);
                 let stop = gate.stopped();
                 match tls {

@@ -65,6 +65,7 @@ settings! {
     close_timeout, "WSX_CLOSE_TIMEOUT", "DURATION", "5s", "Time to wait for the peer's close frame";
     ping_interval, "WSX_PING_INTERVAL", "DURATION", "30s", "Keepalive ping after this long without input; 0 or off disables";
     pong_timeout, "WSX_PONG_TIMEOUT", "DURATION", "20s", "Close (1011) if nothing arrives this long after a keepalive ping";
+    workers, "WSX_WORKERS", "N|auto", "auto", "Threads serving connections, each its own event loop; accepted connections are dealt to them in turn (auto: one per core this process may run on)";
     max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
     max_tcp_connections, "WSX_MAX_TCP_CONNECTIONS", "N", "20000", "Open TCP connections in any state (TLS handshake, HTTP, WebSocket); more get 503 (TLS: are closed) at once";
     header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
@@ -120,6 +121,8 @@ pub struct Settings {
     pub server: ServerConfig,
     pub max_connections: usize,
     pub max_tcp_connections: usize,
+    /// Threads serving connections (`--workers`).
+    pub workers: usize,
     pub header_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -539,6 +542,13 @@ impl ServeArgs {
             server,
             max_connections,
             max_tcp_connections: count("max_tcp_connections")?,
+            workers: match get("workers").trim() {
+                "auto" => std::thread::available_parallelism().map_or(1, |n| n.get()),
+                _ => match count("workers")? {
+                    0 => return Err(bad("workers")("must be at least 1 (or auto)".into())),
+                    n => n,
+                },
+            },
             header_timeout: positive(dur("header_timeout")?, "header_timeout")?,
             tls_handshake_timeout: positive(
                 dur("tls_handshake_timeout")?,

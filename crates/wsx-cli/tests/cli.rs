@@ -88,6 +88,53 @@ async fn bad_config_is_one_line_naming_the_key_and_exit_2() {
     let (code, _, err) = run(&["serve", "--log-format", "xml"], "").await;
     assert_eq!(code, 2);
     assert!(err.contains("log_format"), "{err}");
+
+    let (code, _, err) = run(&["serve", "--workers", "0"], "").await;
+    assert_eq!(code, 2);
+    assert!(err.contains("workers"), "{err}");
+}
+
+/// `--workers 3`: three event-loop threads; connections dealt to each in turn share one
+/// hub (a publication reaches subscribers on every worker).
+#[tokio::test]
+async fn connections_on_every_worker_share_one_hub() {
+    let key = "cli-test-key-0123456789";
+    let (server, addr) = serve(&["--api-key", key, "--workers", "3"]).await;
+    let pid = server.id().unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .filter(|n| n.starts_with("wsx-worker"))
+        .collect();
+    names.sort();
+    assert_eq!(names, ["wsx-worker-1", "wsx-worker-2"]);
+    // Six in a row: two on each of the three loops.
+    let mut subscribers = Vec::new();
+    for _ in 0..6 {
+        let (ws, _) = common::native(
+            &addr,
+            &[
+                serde_json::json!({"id": 1, "connect": {}}),
+                serde_json::json!({"id": 2, "subscribe": {"channel": "w"}}),
+            ],
+        )
+        .await;
+        subscribers.push(ws);
+    }
+    let body = r#"{"channel":"w","data":"to all"}"#;
+    let req = format!(
+        "POST /api/publish HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    assert!(http(&addr, &req).await.starts_with("HTTP/1.1 200"));
+    for ws in &mut subscribers {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            panic!()
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["push"]["pub"]["data"], "to all");
+    }
 }
 
 #[tokio::test]

@@ -5,6 +5,12 @@
 //!
 //! bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration SECS]
 //!              [--warmup SECS] [--depth N] [--idle N] [--sizes 20,1024] [--conns 10,100]
+//!              [--uws DIR] [--servers wsx,wsx-serve,...]
+//!
+//! Servers: `wsx` (the library's echo in `echo-peer`), `wsx-serve` (`wsx serve`'s `/echo`,
+//! through its HTTP stack and limits), `fastwebsockets`, `tungstenite`, `raw` (TCP echo),
+//! and `uws` (uWebSockets' `EchoServer` example, `DIR/uws-echo` as `bench/uws/build.sh`
+//! makes it) when `--uws` is given.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -12,7 +18,23 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-const SERVERS: [&str; 4] = ["wsx", "fastwebsockets", "tungstenite", "raw"];
+const SERVERS: [&str; 6] = [
+    "wsx",
+    "wsx-serve",
+    "fastwebsockets",
+    "tungstenite",
+    "raw",
+    "uws",
+];
+
+/// The pairs whose per-repetition ratios are printed (first / second).
+const PAIRS: [(&str, &str); 5] = [
+    ("wsx", "fastwebsockets"),
+    ("wsx", "tungstenite"),
+    ("wsx", "uws"),
+    ("wsx-serve", "uws"),
+    ("wsx-serve", "wsx"),
+];
 
 #[derive(Debug, Clone, Serialize)]
 struct Run {
@@ -84,6 +106,8 @@ fn proc_rss_kib(pid: u32) -> u64 {
 struct Server {
     child: Child,
     port: u16,
+    /// The echo endpoint's path.
+    path: &'static str,
 }
 
 impl Drop for Server {
@@ -93,28 +117,100 @@ impl Drop for Server {
     }
 }
 
-fn start_server(peer_bin: &str, server: &str) -> Server {
-    let mut child = Command::new("taskset")
-        .args(["-c", "0", peer_bin, server, "0"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start echo-peer");
+/// How to start each server: the binaries it needs.
+struct Bins {
+    wsx: String,
+    peer: String,
+    uws: Option<String>,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// Start `server` pinned to core 0; returns once it listens.
+fn start_server(bins: &Bins, server: &str) -> Server {
+    let (mut cmd, ready): (Command, &str) = match server {
+        "wsx-serve" => {
+            let port = free_port();
+            let mut c = Command::new("taskset");
+            c.args([
+                "-c",
+                "0",
+                &bins.wsx,
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .args(["--demo", "off", "--max-connections", "100000"])
+            .args(["--max-message-size", "64MiB", "--ping-interval", "off"])
+            .stderr(Stdio::piped());
+            return wait_ready(c, port, "open http://", false);
+        }
+        "uws" => {
+            let dir = bins.uws.as_deref().expect("--uws DIR");
+            let port = free_port();
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", &format!("{dir}/uws-echo"), &port.to_string()])
+                .stdout(Stdio::piped());
+            return wait_ready(c, port, "Listening on port", true);
+        }
+        other => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", "0", &bins.peer, other, "0"])
+                .stdout(Stdio::piped());
+            (c, "listening ")
+        }
+    };
+    let mut child = cmd.spawn().expect("start echo-peer");
     let mut line = String::new();
     BufReader::new(child.stdout.take().expect("stdout"))
         .read_line(&mut line)
         .expect("read port");
     let port = line
         .trim()
-        .strip_prefix("listening ")
+        .strip_prefix(ready)
         .and_then(|p| p.parse().ok())
         .expect("port line");
-    Server { child, port }
+    Server {
+        child,
+        port,
+        path: "/",
+    }
+}
+
+/// Spawn `cmd` and wait for a line containing `ready` on its stdout (or stderr); the
+/// rest of that output is drained by a thread.
+fn wait_ready(mut cmd: Command, port: u16, ready: &str, stdout: bool) -> Server {
+    let mut child = cmd.spawn().expect("start the server");
+    let out: Box<dyn std::io::Read + Send> = if stdout {
+        Box::new(child.stdout.take().expect("stdout"))
+    } else {
+        Box::new(child.stderr.take().expect("stderr"))
+    };
+    let mut lines = BufReader::new(out).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.contains(ready) => break,
+            Some(Ok(_)) => {}
+            _ => panic!("the server ended before listening"),
+        }
+    }
+    std::thread::spawn(move || for _ in lines {});
+    let path = if ready.starts_with("open") {
+        "/echo"
+    } else {
+        "/"
+    };
+    Server { child, port, path }
 }
 
 #[allow(clippy::too_many_arguments)]
 fn run_point(
-    wsx: &str,
-    peer: &str,
+    bins: &Bins,
     server: &str,
     size: usize,
     conns: usize,
@@ -123,11 +219,11 @@ fn run_point(
     duration: f64,
     rep: usize,
 ) -> Run {
-    let s = start_server(peer, server);
+    let s = start_server(bins, server);
     let pid = s.child.id();
-    let url = format!("ws://127.0.0.1:{}/", s.port);
+    let url = format!("ws://127.0.0.1:{}{}", s.port, s.path);
     let bench = Command::new("taskset")
-        .args(["-c", "1", wsx, "bench", &url])
+        .args(["-c", "1", &bins.wsx, "bench", &url])
         .args([
             "-c",
             &conns.to_string(),
@@ -202,11 +298,12 @@ fn ns_per_message(cpu_seconds: f64, r: &Run) -> f64 {
     ratio(cpu_seconds * 1e9, r.messages())
 }
 
-/// wsx's ratio to `peer` within each repetition (the two ran next to each other, so slow
+/// `first`'s ratio to `peer` within each repetition (the two ran next to each other, so slow
 /// drifts of a shared machine cancel): the median of those ratios, and in how many
 /// repetitions wsx came out ahead. `value` picks what is compared.
 fn paired(
     runs: &[Run],
+    first: &str,
     peer: &str,
     size: usize,
     c: usize,
@@ -218,7 +315,7 @@ fn paired(
             .map(value)
     };
     let ratios: Vec<f64> = (0..)
-        .map_while(|rep| Some((pick("wsx", rep)?, pick(peer, rep)?)))
+        .map_while(|rep| Some((pick(first, rep)?, pick(peer, rep)?)))
         .filter(|(_, b)| *b > 0.0)
         .map(|(a, b)| a / b)
         .collect();
@@ -240,8 +337,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// Open `n` idle WebSockets to the server and measure its RSS growth.
-fn idle_memory(peer: &str, server: &str, n: usize) -> Idle {
-    let s = start_server(peer, server);
+fn idle_memory(bins: &Bins, server: &str, n: usize) -> Idle {
+    let s = start_server(bins, server);
     let pid = s.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let before = proc_rss_kib(pid);
@@ -250,7 +347,7 @@ fn idle_memory(peer: &str, server: &str, n: usize) -> Idle {
         .enable_all()
         .build()
         .expect("runtime");
-    let port = s.port;
+    let (port, path) = (s.port, s.path);
     let held = rt.block_on(async move {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut held = Vec::with_capacity(n);
@@ -262,7 +359,7 @@ fn idle_memory(peer: &str, server: &str, n: usize) -> Idle {
                 continue;
             }
             let Ok(mut tcp) = sock.connect(([127, 0, 0, 1], port).into()).await else { continue };
-            let req = format!("GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
+            let req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n");
             if tcp.write_all(req.as_bytes()).await.is_err() {
                 continue;
             }
@@ -295,6 +392,7 @@ fn idle_memory(peer: &str, server: &str, n: usize) -> Idle {
 }
 
 fn chart(
+    servers: &[&str],
     points: &[Point],
     sizes: &[usize],
     conns: &[usize],
@@ -323,6 +421,8 @@ fn chart(
         RGBColor(214, 69, 69),
         RGBColor(31, 157, 85),
         RGBColor(120, 120, 120),
+        RGBColor(230, 140, 20),
+        RGBColor(140, 60, 170),
     ];
     for (area, size) in areas.iter().zip(sizes) {
         let max = points
@@ -348,7 +448,7 @@ fn chart(
             })
             .y_label_formatter(&|v| format!("{:.0}k", v / 1000.0))
             .draw()?;
-        for (si, server) in SERVERS.iter().enumerate() {
+        for (si, server) in servers.iter().enumerate() {
             let color = colors[si % colors.len()];
             let series: Vec<(usize, f64)> = conns
                 .iter()
@@ -384,16 +484,22 @@ fn chart(
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
-        eprintln!("usage: bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration S] [--warmup S] [--depth N] [--idle N]");
+        eprintln!("usage: bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration S] [--warmup S] [--depth N] [--idle N] [--sizes A,B] [--conns A,B] [--uws DIR] [--servers A,B]");
         std::process::exit(2);
     }
-    let (wsx, peer, out) = (&args[1], &args[2], &args[3]);
-    let flag = |name: &str| {
+    let text = |name: &str| {
         args.iter()
             .position(|a| a == name)
             .and_then(|i| args.get(i + 1))
-            .and_then(|v| v.parse::<f64>().ok())
+            .cloned()
     };
+    let bins = Bins {
+        wsx: args[1].clone(),
+        peer: args[2].clone(),
+        uws: text("--uws"),
+    };
+    let out = &args[3];
+    let flag = |name: &str| text(name).and_then(|v| v.parse::<f64>().ok());
     let quick = args.iter().any(|a| a == "--quick");
     let reps = flag("--reps")
         .map(|v| v as usize)
@@ -405,14 +511,27 @@ fn main() {
         .map(|v| v as usize)
         .unwrap_or(if quick { 1000 } else { 10_000 });
     let list = |name: &str, default: &[usize]| -> Vec<usize> {
-        args.iter()
-            .position(|a| a == name)
-            .and_then(|i| args.get(i + 1))
+        text(name)
             .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
             .unwrap_or_else(|| default.to_vec())
     };
     let sizes = list("--sizes", &[20, 1024, 16 * 1024, 64 * 1024]);
     let conns = list("--conns", &[10, 100, 500]);
+    let chosen = text("--servers");
+    let servers: Vec<&str> = SERVERS
+        .iter()
+        .copied()
+        .filter(|s| match &chosen {
+            Some(list) => list.split(',').any(|c| c == *s),
+            None => true,
+        })
+        .filter(|s| *s != "uws" || bins.uws.is_some())
+        .collect();
+    if bins.uws.is_none() {
+        println!(
+            "(uWebSockets skipped: no --uws DIR; scripts/bench passes it when UWS_DIR is set)"
+        );
+    }
     std::fs::create_dir_all(out).expect("out dir");
 
     let mut runs = Vec::new();
@@ -420,13 +539,13 @@ fn main() {
         for &c in &conns {
             for rep in 0..reps {
                 // Alternate the order of servers between repetitions.
-                let mut order: Vec<&str> = SERVERS.to_vec();
-                order.rotate_left(rep % SERVERS.len());
+                let mut order = servers.clone();
+                order.rotate_left(rep % servers.len());
                 for server in order {
-                    let r = run_point(wsx, peer, server, size, c, depth, warmup, duration, rep);
+                    let r = run_point(&bins, server, size, c, depth, warmup, duration, rep);
                     eprintln!(
-                        "{:>14} {:>6} B {:>4} conns rep {rep}: {:>10.0} msgs/s, server CPU {:.2}s",
-                        server, size, c, r.messages_per_sec, r.server_cpu_seconds
+                        "{:>14} {:>6} B {:>4} conns rep {rep}: {:>10.0} msgs/s, p50 {} µs, p99 {} µs, server CPU {:.2}s",
+                        server, size, c, r.messages_per_sec, r.rtt_us_p50, r.rtt_us_p99, r.server_cpu_seconds
                     );
                     runs.push(r);
                 }
@@ -436,7 +555,7 @@ fn main() {
     let mut points = Vec::new();
     for &size in &sizes {
         for &c in &conns {
-            for server in SERVERS {
+            for &server in &servers {
                 let rs: Vec<&Run> = runs
                     .iter()
                     .filter(|r| r.server == server && r.size == size && r.connections == c)
@@ -470,81 +589,93 @@ fn main() {
             }
         }
     }
-    let idle: Vec<Idle> = SERVERS
+    let idle: Vec<Idle> = servers
         .iter()
         .filter(|s| **s != "raw")
-        .map(|s| idle_memory(peer, s, idle_n))
+        .map(|s| idle_memory(&bins, s, idle_n))
         .collect();
 
-    // The table.
+    // The tables.
     let get = |s: &str, size: usize, c: usize| {
         points
             .iter()
             .find(|p| p.server == s && p.size == size && p.connections == c)
     };
-    println!("\nmessages/s (median of {reps}), server CPU %, messages per server CPU-second; depth {depth}, {duration}s per run\n");
-    println!("| size | conns | wsx | fastwebsockets | tungstenite | raw TCP | wsx/fws | wsx/tung | wsx/raw | CPU% wsx/fws/tung | msgs per CPU-s wsx/fws/tung | eff. wsx/fws | eff. wsx/tung |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let row = |size: usize, c: usize, f: &dyn Fn(&Point) -> String| {
+        let cells: Vec<String> = servers
+            .iter()
+            .map(|s| get(s, size, c).map(f).unwrap_or_default())
+            .collect();
+        println!("| {size} | {c} | {} |", cells.join(" | "));
+    };
+    let head = |what: &str| {
+        println!("\n{what}\n");
+        println!("| size | conns | {} |", servers.join(" | "));
+        println!("|---|---|{}", "---|".repeat(servers.len()));
+    };
+    head(&format!(
+        "messages/s (median of {reps}); depth {depth}, {duration}s per run"
+    ));
     for &size in &sizes {
         for &c in &conns {
-            let (Some(w), Some(f), Some(t), Some(r)) = (
-                get("wsx", size, c),
-                get("fastwebsockets", size, c),
-                get("tungstenite", size, c),
-                get("raw", size, c),
-            ) else {
-                continue;
-            };
-            println!(
-                "| {size} | {c} | {:.0} | {:.0} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.0}/{:.0}/{:.0} | {:.0}/{:.0}/{:.0} | {:.2} | {:.2} |",
-                w.messages_per_sec, f.messages_per_sec, t.messages_per_sec, r.messages_per_sec,
-                ratio(w.messages_per_sec, f.messages_per_sec), ratio(w.messages_per_sec, t.messages_per_sec), ratio(w.messages_per_sec, r.messages_per_sec),
-                w.server_cpu_percent, f.server_cpu_percent, t.server_cpu_percent,
-                w.messages_per_server_cpu_second, f.messages_per_server_cpu_second, t.messages_per_server_cpu_second,
-                ratio(w.messages_per_server_cpu_second, f.messages_per_server_cpu_second), ratio(w.messages_per_server_cpu_second, t.messages_per_server_cpu_second),
-            );
+            row(size, c, &|p| format!("{:.0}", p.messages_per_sec));
         }
     }
-    println!("\nwsx against each peer within a repetition (median of the per-repetition ratios, and repetitions in which wsx was ahead), and each server's CPU per message split into its own code (user) and the kernel (system)\n");
-    println!("| size | conns | msgs/s wsx/fws | msgs/s wsx/tung | per CPU-s wsx/fws | per CPU-s wsx/tung | user ns/msg wsx/fws/tung/raw | system ns/msg wsx/fws/tung/raw |");
-    println!("|---|---|---|---|---|---|---|---|");
+    head("messages per server CPU-second (server CPU %)");
+    for &size in &sizes {
+        for &c in &conns {
+            row(size, c, &|p| {
+                format!(
+                    "{:.0} ({:.0}%)",
+                    p.messages_per_server_cpu_second, p.server_cpu_percent
+                )
+            });
+        }
+    }
+    head("round trip p50 / p99 µs (median of repetitions)");
+    for &size in &sizes {
+        for &c in &conns {
+            row(size, c, &|p| format!("{} / {}", p.rtt_us_p50, p.rtt_us_p99));
+        }
+    }
+    head("server CPU per message: its own code (user) / the kernel (system), ns");
+    for &size in &sizes {
+        for &c in &conns {
+            row(size, c, &|p| {
+                format!("{:.0} / {:.0}", p.user_ns_per_message, p.sys_ns_per_message)
+            });
+        }
+    }
+    let pairs_here: Vec<(&str, &str)> = PAIRS
+        .iter()
+        .copied()
+        .filter(|(a, b)| servers.contains(a) && servers.contains(b))
+        .collect();
+    println!("\nratios within each repetition (the two ran next to each other, so slow drifts of a shared machine cancel): median of the per-repetition ratios, and in how many repetitions the first was ahead\n");
+    let names: Vec<String> = pairs_here
+        .iter()
+        .flat_map(|(a, b)| [format!("msgs/s {a}/{b}"), format!("per CPU-s {a}/{b}")])
+        .collect();
+    println!("| size | conns | {} |", names.join(" | "));
+    println!("|---|---|{}", "---|".repeat(names.len()));
     let mut pairs = Vec::new();
     for &size in &sizes {
         for &c in &conns {
-            let mut cell = |peer: &str, what: &str, value: fn(&Run) -> f64| {
-                let (r, wins, n) = paired(&runs, peer, size, c, value);
-                pairs.push(serde_json::json!({ "size": size, "connections": c, "peer": peer, "measure": what, "median_ratio": r, "wsx_ahead": wins, "repetitions": n }));
-                format!("{r:.2} ({wins}/{n})")
-            };
-            let ns = |f: fn(&Point) -> f64| {
-                SERVERS
-                    .iter()
-                    .map(|s| {
-                        get(s, size, c)
-                            .map(f)
-                            .map(|v| format!("{v:.0}"))
-                            .unwrap_or_default()
-                    })
-                    .collect::<Vec<_>>()
-                    .join("/")
-            };
-            println!(
-                "| {size} | {c} | {} | {} | {} | {} | {} | {} |",
-                cell("fastwebsockets", "messages_per_sec", |r| r.messages_per_sec),
-                cell("tungstenite", "messages_per_sec", |r| r.messages_per_sec),
-                cell(
-                    "fastwebsockets",
-                    "messages_per_cpu_second",
-                    messages_per_cpu_second
-                ),
-                cell(
-                    "tungstenite",
-                    "messages_per_cpu_second",
-                    messages_per_cpu_second
-                ),
-                ns(|p| p.user_ns_per_message),
-                ns(|p| p.sys_ns_per_message),
-            );
+            let mut cells = Vec::new();
+            for (a, b) in &pairs_here {
+                for (what, value) in [
+                    (
+                        "messages_per_sec",
+                        (|r: &Run| r.messages_per_sec) as fn(&Run) -> f64,
+                    ),
+                    ("messages_per_cpu_second", messages_per_cpu_second),
+                ] {
+                    let (r, wins, n) = paired(&runs, a, b, size, c, value);
+                    pairs.push(serde_json::json!({ "size": size, "connections": c, "first": a, "peer": b, "measure": what, "median_ratio": r, "first_ahead": wins, "repetitions": n }));
+                    cells.push(format!("{r:.2} ({wins}/{n})"));
+                }
+            }
+            println!("| {size} | {c} | {} |", cells.join(" | "));
         }
     }
     println!("\nidle memory ({} connections each)\n", idle_n);
@@ -564,7 +695,7 @@ fn main() {
     )
     .expect("write json");
     let ppath = format!("{out}/matrix.png");
-    match chart(&points, &sizes, &conns, &ppath) {
+    match chart(&servers, &points, &sizes, &conns, &ppath) {
         Ok(()) => println!("\nwrote {jpath} and {ppath}"),
         Err(e) => println!("\nwrote {jpath}; chart failed: {e}"),
     }

@@ -5,7 +5,7 @@
 //!
 //! fanout WSX_BIN [--subscribers N] [--seconds S] [--rates 10,50,100,...] [--floor]
 //!        [--protocol native|stomp|socketio|socketio-polling] [--publisher api|stomp]
-//!        [--stomp-broker WS_URL] [--socketio-server node]
+//!        [--stomp-broker WS_URL] [--socketio-server node] [--uws-pubsub PATH]
 //!
 //! `--protocol sse` / `poll`: native-protocol subscribers over server-sent events
 //! (`/connection/sse`, read as an HTTP/1.0 close-delimited stream) or long-polling
@@ -32,6 +32,10 @@
 //! subscribers on one (core 0, as a single node), the HTTP API publisher on the other
 //! (core 1, with this process and, by scripts/bench, Redis), so every publication
 //! crosses the backplane (cross-node latency).
+//!
+//! `--uws-pubsub PATH` replaces `wsx serve` by uWebSockets' topics (`bench/uws/pubsub.cpp`
+//! built by `bench/uws/build.sh`): the same subscribers and HTTP publisher, pinned the
+//! same way.
 //!
 //! `--floor` replaces `wsx serve` by the loopback floor: a process (pinned the same way)
 //! that holds N plain TCP connections and writes each pre-built push frame to all of
@@ -259,7 +263,9 @@ async fn sse_subscriber(
     let mut tmp = [0u8; 8192];
     let mut id: Option<String> = None;
     loop {
-        let Ok(n) = stream.read(&mut tmp).await else { return };
+        let Ok(n) = stream.read(&mut tmp).await else {
+            return;
+        };
         if n == 0 {
             return;
         }
@@ -268,12 +274,25 @@ async fn sse_subscriber(
         while let Some(i) = buf.iter().position(|&b| b == b'\n') {
             let line = String::from_utf8_lossy(&buf[..i]).into_owned();
             buf.drain(..=i);
-            let Some(data) = line.strip_prefix("data: ") else { continue };
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
             if id.is_none() {
-                if let Some(s) = data.split("\"session\":\"").nth(1).and_then(|r| r.split('"').next()) {
+                if let Some(s) = data
+                    .split("\"session\":\"")
+                    .nth(1)
+                    .and_then(|r| r.split('"').next())
+                {
                     let sid = s.to_string();
                     let body = "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"fanout\"}}";
-                    http_call(&mut post, host, "POST", &format!("/connection/sse/{sid}"), body.as_bytes()).await;
+                    http_call(
+                        &mut post,
+                        host,
+                        "POST",
+                        &format!("/connection/sse/{sid}"),
+                        body.as_bytes(),
+                    )
+                    .await;
                     id = Some(sid);
                 }
                 continue;
@@ -299,12 +318,21 @@ async fn poll_subscriber(
     got: Arc<Mutex<Vec<(u64, Instant)>>>,
     ready: impl FnOnce(),
 ) {
-    let open = http_call(&mut post, host, "POST", "/connection/poll", b"").await.expect("open");
+    let open = http_call(&mut post, host, "POST", "/connection/poll", b"")
+        .await
+        .expect("open");
     let open = String::from_utf8_lossy(&open).into_owned();
-    let sid = open.split("\"session\":\"").nth(1).and_then(|r| r.split('"').next()).expect("session").to_string();
+    let sid = open
+        .split("\"session\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("session")
+        .to_string();
     let target = format!("/connection/poll/{sid}");
     let body = "{\"id\":1,\"connect\":{}}\n{\"id\":2,\"subscribe\":{\"channel\":\"fanout\"}}";
-    http_call(&mut post, host, "POST", &target, body.as_bytes()).await.expect("commands");
+    http_call(&mut post, host, "POST", &target, body.as_bytes())
+        .await
+        .expect("commands");
     let mut ready = Some(ready);
     while let Some(body) = http_call(&mut get, host, "GET", &target, b"").await {
         let now = Instant::now();
@@ -324,7 +352,13 @@ async fn poll_subscriber(
 }
 
 /// One HTTP/1.1 request on a kept-alive connection: the response body, if 200.
-async fn http_call(conn: &mut TcpStream, host: &str, method: &str, target: &str, body: &[u8]) -> Option<Vec<u8>> {
+async fn http_call(
+    conn: &mut TcpStream,
+    host: &str,
+    method: &str,
+    target: &str,
+    body: &[u8],
+) -> Option<Vec<u8>> {
     let head = format!(
         "{method} {target} HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain;charset=UTF-8\r\nContent-Length: {}\r\n\r\n",
         body.len()
@@ -343,10 +377,15 @@ async fn http_call(conn: &mut TcpStream, host: &str, method: &str, target: &str,
             let head = String::from_utf8_lossy(&buf[..h]).to_ascii_lowercase();
             let len: usize = head
                 .lines()
-                .find_map(|l| l.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+                .find_map(|l| {
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap_or(0))
+                })
                 .unwrap_or(0);
             if buf.len() >= h + 4 + len {
-                return head.starts_with("http/1.1 2").then(|| buf[h + 4..h + 4 + len].to_vec());
+                return head
+                    .starts_with("http/1.1 2")
+                    .then(|| buf[h + 4..h + 4 + len].to_vec());
             }
         }
     }
@@ -360,9 +399,14 @@ async fn sio_ws_subscriber(
     got: Arc<Mutex<Vec<(u64, Instant)>>>,
     ready: impl FnOnce(),
 ) {
-    let (mut ws, _) = wsx::client_handshake(tcp, host, "/socket.io/?EIO=4&transport=websocket", &wsx::ClientConfig::default())
-        .await
-        .expect("Socket.IO handshake");
+    let (mut ws, _) = wsx::client_handshake(
+        tcp,
+        host,
+        "/socket.io/?EIO=4&transport=websocket",
+        &wsx::ClientConfig::default(),
+    )
+    .await
+    .expect("Socket.IO handshake");
     let mut ready = Some(ready);
     while let Some(Ok(msg)) = ws.next().await {
         let wsx::Message::Text(t) = msg else { continue };
@@ -376,7 +420,9 @@ async fn sio_ws_subscriber(
         } else if s.starts_with('0') {
             ws.send(wsx::Message::text("40")).await.expect("CONNECT");
         } else if s.starts_with("40") {
-            ws.send(wsx::Message::text(r#"420["subscribe","fanout"]"#)).await.expect("subscribe");
+            ws.send(wsx::Message::text(r#"420["subscribe","fanout"]"#))
+                .await
+                .expect("subscribe");
         } else if s.starts_with("430") {
             if let Some(r) = ready.take() {
                 r();
@@ -393,19 +439,45 @@ async fn sio_polling_subscriber(
     got: Arc<Mutex<Vec<(u64, Instant)>>>,
     ready: impl FnOnce(),
 ) {
-    let open = http_call(&mut get, host, "GET", "/socket.io/?EIO=4&transport=polling", b"").await.expect("handshake");
+    let open = http_call(
+        &mut get,
+        host,
+        "GET",
+        "/socket.io/?EIO=4&transport=polling",
+        b"",
+    )
+    .await
+    .expect("handshake");
     let open = String::from_utf8_lossy(&open);
-    let sid = open.split("\"sid\":\"").nth(1).and_then(|r| r.split('"').next()).expect("sid").to_string();
+    let sid = open
+        .split("\"sid\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("sid")
+        .to_string();
     let target = format!("/socket.io/?EIO=4&transport=polling&sid={sid}");
-    http_call(&mut post, host, "POST", &target, b"40").await.expect("CONNECT");
-    http_call(&mut post, host, "POST", &target, br#"420["subscribe","fanout"]"#).await.expect("subscribe");
+    http_call(&mut post, host, "POST", &target, b"40")
+        .await
+        .expect("CONNECT");
+    http_call(
+        &mut post,
+        host,
+        "POST",
+        &target,
+        br#"420["subscribe","fanout"]"#,
+    )
+    .await
+    .expect("subscribe");
     let mut ready = Some(ready);
     while let Some(body) = http_call(&mut get, host, "GET", &target, b"").await {
         let now = Instant::now();
         for packet in body.split(|&b| b == 0x1e) {
             let s = String::from_utf8_lossy(packet);
             if s == "2" {
-                if http_call(&mut post, host, "POST", &target, b"3").await.is_none() {
+                if http_call(&mut post, host, "POST", &target, b"3")
+                    .await
+                    .is_none()
+                {
                     return;
                 }
             } else if s.starts_with("42[\"publication\"") {
@@ -426,19 +498,25 @@ fn cpu_time(pid: u32) -> Duration {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // The fields after the command name (which may hold spaces) end with ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<u64> = rest.split_whitespace().filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .filter_map(|v| v.parse().ok())
+        .collect();
     // utime and stime are fields 14 and 15 of the line: 11 and 12 after ')' (state is not a number).
     let ticks = f.get(10).copied().unwrap_or(0) + f.get(11).copied().unwrap_or(0);
     Duration::from_millis(ticks * 10)
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+// One thread, as the servers under test: a current-thread runtime (the multi-thread
+// scheduler's one worker would delay some of the many subscribers one epoll turn wakes
+// by tens of milliseconds, and that would show as the server's latency).
+#[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("--floor-sender") {
         let port = args[2].parse().expect("port");
         let n = args[3].parse().expect("count");
-        return tokio::task::block_in_place(|| floor_sender(port, n));
+        return floor_sender(port, n);
     }
     let floor = args.iter().any(|a| a == "--floor");
     let value = |name: &str| {
@@ -470,11 +548,21 @@ async fn main() {
         .cloned()
         .unwrap_or_else(|| "target/release/wsx".into());
     let backplane = value("--backplane");
+    let uws_pubsub = value("--uws-pubsub");
     let node_args = |port: u16, core: &str| -> Vec<String> {
-        let mut v: Vec<String> = ["-c", core, &wsx, "serve", "--listen", &format!("127.0.0.1:{port}"), "--api-key", KEY]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut v: Vec<String> = [
+            "-c",
+            core,
+            &wsx,
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--api-key",
+            KEY,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         if let Some(b) = &backplane {
             v.extend(["--backplane".to_string(), b.clone()]);
         }
@@ -526,6 +614,12 @@ async fn main() {
             .stderr(Stdio::piped())
             .spawn()
             .expect("start the Node.js socket.io server")
+    } else if let Some(uws) = &uws_pubsub {
+        Command::new("taskset")
+            .args(["-c", "0", uws, &port.to_string()])
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the uWebSockets pub/sub server")
     } else if floor {
         let me = std::env::current_exe().expect("own path");
         Command::new("taskset")
@@ -620,7 +714,9 @@ async fn main() {
                 return floor_reader(tcp, got).await;
             }
             if sse || long_poll {
-                let post = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                let post = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
                 post.set_nodelay(true).ok();
                 let on_ready = move || {
                     drop(permit);
@@ -633,7 +729,9 @@ async fn main() {
                 };
             }
             if sio_polling {
-                let post = TcpStream::connect(("127.0.0.1", port)).await.expect("connect");
+                let post = TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .expect("connect");
                 post.set_nodelay(true).ok();
                 let on_ready = move || {
                     drop(permit);
@@ -733,13 +831,24 @@ async fn main() {
         p.set_nodelay(true).ok();
         Some(p)
     };
+    // The floor's answers, read by a thread: this runtime (one thread) must go on
+    // reading the subscribers' sockets while the floor writes.
     let mut floor_io = floor.then(|| {
         let stdin = server.stdin.take().expect("floor stdin");
         let stdout = BufReader::new(server.stdout.take().expect("floor stdout"));
-        (stdin, stdout.lines())
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in stdout.lines() {
+                if line.is_err() || tx.send(()).is_err() {
+                    break;
+                }
+            }
+        });
+        (stdin, rx)
     });
     let mut published: Vec<Instant> = vec![Instant::now()]; // index = offset (1-based)
     let what = match (&broker, floor, stomp, stomp_publisher) {
+        _ if uws_pubsub.is_some() => " of uWebSockets' topics (bench/uws/pubsub.cpp: the native protocol's connect, subscribe and pub push; HTTP publisher)".into(),
         _ if node_sio && sio_polling => " of the Node.js socket.io server, Socket.IO over HTTP long-polling (HTTP publisher)".into(),
         _ if node_sio => " of the Node.js socket.io server, Socket.IO over WebSocket (HTTP publisher)".into(),
         _ if sio_polling => " of wsx, Socket.IO over HTTP long-polling (HTTP API publisher)".into(),
@@ -778,9 +887,8 @@ async fn main() {
                     None => false,
                 },
                 (Some(p), _) => {
-                    let body = format!(
-                        "{{\"channel\":\"fanout\",\"data\":{{\"k\":{k},\"o\":{seq}}}}}"
-                    );
+                    let body =
+                        format!("{{\"channel\":\"fanout\",\"data\":{{\"k\":{k},\"o\":{seq}}}}}");
                     post(p, &publish_host, &body).await
                 }
                 (None, Some((stdin, stdout))) => {
@@ -788,7 +896,7 @@ async fn main() {
                     let off = published.len() - 1;
                     writeln!(stdin, "{k} {off}").is_ok()
                         && stdin.flush().is_ok()
-                        && tokio::task::block_in_place(|| stdout.next()).is_some()
+                        && stdout.recv().await.is_some()
                 }
                 (None, None) => false,
             };

@@ -39,9 +39,19 @@ async fn run(hub: Arc<Hub>, concurrency: usize, channels: usize, seconds: f64) -
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().expect("usage: redis-publish redis://HOST:PORT");
-    let value = |name: &str| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).cloned();
-    let seconds: f64 = value("--seconds").and_then(|v| v.parse().ok()).unwrap_or(3.0);
+    let url = args
+        .get(1)
+        .cloned()
+        .expect("usage: redis-publish redis://HOST:PORT");
+    let value = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let seconds: f64 = value("--seconds")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3.0);
     let levels: Vec<usize> = value("--concurrency")
         .unwrap_or_else(|| "1,16,256".into())
         .split(',')
@@ -56,10 +66,14 @@ async fn main() {
         prefix: format!("bench{}", std::process::id()),
         ..wsx_hub::redis::RedisConfig::default()
     };
-    let backplane = wsx_hub::redis::RedisBackplane::connect(redis).await.expect("Redis");
+    let backplane = wsx_hub::redis::RedisBackplane::connect(redis)
+        .await
+        .expect("Redis");
     let on_redis = Hub::with_backplane(cfg.clone(), Arc::new(backplane));
     let in_memory = Hub::new(cfg);
-    println!("\npublications/s accepted by one node's hub (history 100 per channel, ~100-byte JSON)\n");
+    println!(
+        "\npublications/s accepted by one node's hub (history 100 per channel, ~100-byte JSON)\n"
+    );
     println!("| publishers at once | channels | Redis backplane | memory backplane |");
     println!("|---|---|---|---|");
     for &c in &levels {
