@@ -57,6 +57,7 @@ settings! {
     client_no_context_takeover, "WSX_CLIENT_NO_CONTEXT_TAKEOVER", "on|off", "off", "Ask clients to reset their deflate context after each message";
     server_max_window_bits, "WSX_SERVER_MAX_WINDOW_BITS", "8-15", "15", "The server's deflate window (log2)";
     client_max_window_bits, "WSX_CLIENT_MAX_WINDOW_BITS", "8-15", "15", "The largest deflate window clients may use (log2)";
+    max_deflate_contexts, "WSX_MAX_DEFLATE_CONTEXTS", "N", "512", "Most connections keeping their own compression context (~310 KiB each once they compress); beyond, new ones are answered with server_no_context_takeover (a fan-out then compresses each message once for all of them)";
     max_message_size, "WSX_MAX_MESSAGE_SIZE", "SIZE", "1MiB", "Largest message accepted (close 1009 beyond)";
     max_frame_size, "WSX_MAX_FRAME_SIZE", "SIZE", "1MiB", "Largest frame accepted (close 1009 beyond)";
     write_buffer_size, "WSX_WRITE_BUFFER_SIZE", "SIZE", "128KiB", "Bytes queued per connection before sending waits";
@@ -401,7 +402,18 @@ impl ServeArgs {
             .deflate(deflate)
             .protocol(protocol)
             .io(io)
-            .handshake_timeout(dur("handshake_timeout")?);
+            .handshake_timeout(dur("handshake_timeout")?)
+            .max_deflate_contexts(
+                get("max_deflate_contexts")
+                    .trim()
+                    .parse::<usize>()
+                    .map_err(|_| {
+                        bad("max_deflate_contexts")(format!(
+                            "`{}` is not a number",
+                            get("max_deflate_contexts")
+                        ))
+                    })?,
+            );
         let max_connections = get("max_connections")
             .trim()
             .parse::<usize>()

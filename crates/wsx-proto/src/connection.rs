@@ -517,7 +517,34 @@ impl Connection {
         if self.out_msg.is_some() {
             return Err(Error::InvalidInput("a fragmented message is being sent"));
         }
-        self.output.push_bytes(frame.as_bytes().clone());
+        match self.deflate.as_mut() {
+            Some(d) if d.should_compress(frame.payload_len()) => {
+                let (bits, level) = d.send_window_and_level();
+                let shared = if d.resets_after_each_message() {
+                    frame.deflated(bits, level)
+                } else {
+                    None
+                };
+                match shared {
+                    // Compressed once for every connection that resets its context.
+                    Some(bytes) => self.output.push_bytes(bytes),
+                    // This connection's own context (or an unusual window): its own copy.
+                    None => {
+                        let payload = d.compress(frame.payload());
+                        write_frame(
+                            &mut self.output,
+                            frame.opcode(),
+                            true,
+                            true,
+                            None,
+                            &payload,
+                            self.cfg.copy_threshold,
+                        );
+                    }
+                }
+            }
+            _ => self.output.push_bytes(frame.as_bytes().clone()),
+        }
         Ok(())
     }
 

@@ -3,9 +3,11 @@
 
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Buf, Bytes, BytesMut};
 
+use crate::extensions::permessage_deflate::deflate_fresh;
 use crate::frame::{FrameHeader, OpCode, MAX_HEADER_LEN};
 use crate::mask::apply_mask;
 
@@ -141,8 +143,32 @@ pub(crate) fn write_frame(
     }
 }
 
+/// An unmasked, unfragmented frame's bytes.
+fn frame_bytes(opcode: OpCode, rsv1: bool, payload: &[u8]) -> Bytes {
+    let header = FrameHeader {
+        fin: true,
+        rsv1,
+        rsv2: false,
+        rsv3: false,
+        opcode,
+        mask: None,
+        payload_len: payload.len() as u64,
+    };
+    let mut h = [0u8; MAX_HEADER_LEN];
+    let n = header.encode(&mut h);
+    let mut buf = BytesMut::with_capacity(n + payload.len());
+    buf.extend_from_slice(&h[..n]);
+    buf.extend_from_slice(payload);
+    buf.freeze()
+}
+
 /// A server frame encoded once and shared among many connections (fan-out): each
 /// receiver's write queue holds a reference to the same bytes.
+///
+/// Connections that negotiated permessage-deflate with a context reset after each
+/// message (`server_no_context_takeover`) get the message compressed once, on the first
+/// such send, and share that frame too ([`Connection::send_shared`](crate::Connection::send_shared));
+/// connections that keep their context compress it with it, each its own.
 ///
 /// ```
 /// use wsx_proto::SharedFrame;
@@ -150,8 +176,20 @@ pub(crate) fn write_frame(
 /// let frame = SharedFrame::text("tick 42");
 /// assert_eq!(&frame.as_bytes()[..2], &[0x81, 7]);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SharedFrame(Bytes);
+#[derive(Debug, Clone)]
+pub struct SharedFrame {
+    frame: Bytes,
+    /// The compressed frame (RSV1 set) and the window and level it was made for.
+    deflated: Arc<OnceLock<(u8, u32, Bytes)>>,
+}
+
+impl PartialEq for SharedFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.frame == other.frame
+    }
+}
+
+impl Eq for SharedFrame {}
 
 impl SharedFrame {
     /// An unmasked, uncompressed, unfragmented text frame.
@@ -165,37 +203,50 @@ impl SharedFrame {
     }
 
     fn encode(opcode: OpCode, payload: &[u8]) -> SharedFrame {
-        let header = FrameHeader {
-            fin: true,
-            rsv1: false,
-            rsv2: false,
-            rsv3: false,
-            opcode,
-            mask: None,
-            payload_len: payload.len() as u64,
-        };
-        let mut h = [0u8; MAX_HEADER_LEN];
-        let n = header.encode(&mut h);
-        let mut buf = BytesMut::with_capacity(n + payload.len());
-        buf.extend_from_slice(&h[..n]);
-        buf.extend_from_slice(payload);
-        SharedFrame(buf.freeze())
+        SharedFrame {
+            frame: frame_bytes(opcode, false, payload),
+            deflated: Arc::new(OnceLock::new()),
+        }
+    }
+
+    /// The frame compressed with a fresh context of window `bits` and `level` (made on
+    /// the first call and kept), or `None` when it was first made with other ones.
+    pub(crate) fn deflated(&self, bits: u8, level: u32) -> Option<Bytes> {
+        let (b, l, frame) = self.deflated.get_or_init(|| {
+            let payload = deflate_fresh(self.payload(), bits, level);
+            (bits, level, frame_bytes(self.opcode(), true, &payload))
+        });
+        (*b == bits && *l == level).then(|| frame.clone())
+    }
+
+    /// The opcode (text or binary).
+    pub(crate) fn opcode(&self) -> OpCode {
+        if self.frame[0] & 0x0f == 0x2 {
+            OpCode::Binary
+        } else {
+            OpCode::Text
+        }
+    }
+
+    /// The payload (the frame without its header).
+    pub(crate) fn payload(&self) -> &[u8] {
+        &self.frame[self.frame.len() - self.payload_len()..]
     }
 
     /// The encoded frame.
     pub fn as_bytes(&self) -> &Bytes {
-        &self.0
+        &self.frame
     }
 
     /// The payload's length (the frame without its header).
     pub fn payload_len(&self) -> usize {
         // Unmasked: the header is 2 bytes, plus 2 or 8 of extended length.
-        let header = match self.0[1] & 0x7f {
+        let header = match self.frame[1] & 0x7f {
             126 => 4,
             127 => 10,
             _ => 2,
         };
-        self.0.len() - header
+        self.frame.len() - header
     }
 }
 

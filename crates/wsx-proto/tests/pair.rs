@@ -519,3 +519,74 @@ fn shared_frames_reach_many_connections_from_one_encoding() {
         Err(Error::InvalidInput(_))
     ));
 }
+
+/// The first chunk of a connection's pending output, as queued.
+fn first_chunk(conn: &mut wsx_proto::Connection) -> Bytes {
+    use bytes::Buf;
+    let out = conn.output();
+    Bytes::copy_from_slice(out.chunk())
+}
+
+#[test]
+fn shared_frames_are_compressed_once_for_connections_that_reset_their_context() {
+    let text = "the same publication to every subscriber; ".repeat(40);
+    let frame = wsx_proto::SharedFrame::text(&text);
+    let client = DeflateConfig::default().server_no_context_takeover(true);
+    let mut pairs: Vec<Pair> = (0..3)
+        .map(|_| deflate_pair(client.clone(), DeflateConfig::default()))
+        .collect();
+    let mut wire = Vec::new();
+    for p in &mut pairs {
+        p.server.send_shared(&frame).unwrap();
+        // Compressed (RSV1 set), much shorter than the text.
+        assert!(
+            p.server.output_len() < text.len() / 4,
+            "{}",
+            p.server.output_len()
+        );
+        let chunk = first_chunk(&mut p.server);
+        assert_eq!(chunk[0], 0xc1, "FIN + RSV1 + text");
+        wire.push(chunk);
+        let (c, _) = p.drive();
+        assert_eq!(messages(&c.events), vec![Message::text(text.clone())]);
+    }
+    // One compression, the same bytes for all.
+    assert!(wire.windows(2).all(|w| w[0] == w[1]));
+    // Twice on one connection: the same again (no context carried over).
+    let p = &mut pairs[0];
+    p.server.send_shared(&frame).unwrap();
+    assert_eq!(first_chunk(&mut p.server), wire[0]);
+    let (c, _) = p.drive();
+    assert_eq!(messages(&c.events), vec![Message::text(text.clone())]);
+}
+
+#[test]
+fn shared_frames_use_the_connection_s_own_context_when_it_keeps_one() {
+    let text = "a message that repeats and repeats and repeats; ".repeat(20);
+    let frame = wsx_proto::SharedFrame::text(&text);
+    let mut p = deflate_pair(DeflateConfig::default(), DeflateConfig::default());
+    let mut sizes = Vec::new();
+    for _ in 0..3 {
+        p.server.send_shared(&frame).unwrap();
+        sizes.push(p.server.output_len());
+        let (c, _) = p.drive();
+        assert_eq!(messages(&c.events), vec![Message::text(text.clone())]);
+    }
+    // The context carries over: the second copy costs a back-reference or two.
+    assert!(sizes[1] < sizes[0] / 2, "{sizes:?}");
+    // Below the threshold: as it is.
+    let small = wsx_proto::SharedFrame::text("hi");
+    p.server.send_shared(&small).unwrap();
+    assert_eq!(first_chunk(&mut p.server), small.as_bytes());
+    let (c, _) = p.drive();
+    assert_eq!(messages(&c.events), vec![Message::text("hi")]);
+    // A binary frame keeps its opcode.
+    let bin = wsx_proto::SharedFrame::binary(&[7u8; 300]);
+    p.server.send_shared(&bin).unwrap();
+    assert_eq!(first_chunk(&mut p.server)[0], 0xc2);
+    let (c, _) = p.drive();
+    assert_eq!(
+        messages(&c.events),
+        vec![Message::Binary(Bytes::from(vec![7u8; 300]))]
+    );
+}

@@ -49,10 +49,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> std::result::Result<Vec<(String, String)>, Refusal>,
 {
+    let handshake = cfg.negotiation();
     let exchange = async {
         let mut buf = BytesMut::with_capacity(1024);
         let (request, used) = loop {
-            match server::parse_request(&buf, &cfg.handshake) {
+            match server::parse_request(&buf, &handshake) {
                 Ok(Some(done)) => break done,
                 Ok(None) => {}
                 Err(refusal) => return Err(refuse(&mut io, refusal).await),
@@ -71,7 +72,7 @@ where
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let accepted = match server::respond_with(&request, &cfg.handshake, &extra) {
+        let accepted = match server::respond_with(&request, &handshake, &extra) {
             Ok(a) => a,
             Err(refusal) => return Err(refuse(&mut io, refusal).await),
         };
@@ -83,8 +84,9 @@ where
     let (request, accepted, leftover) = tokio::time::timeout(cfg.handshake_timeout, exchange)
         .await
         .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
+    let slot = cfg.deflate_context_slot(accepted.deflate.as_ref());
     let deflate = accepted.deflate.zip(cfg.handshake.deflate.as_ref());
-    let ws = WebSocket::after_handshake(
+    let mut ws = WebSocket::after_handshake(
         io,
         Role::Server,
         &cfg.protocol,
@@ -92,6 +94,7 @@ where
         &leftover,
         cfg.io.clone(),
     );
+    ws.inner.deflate_slot = slot;
     Ok((
         ws,
         Accepted {

@@ -1,5 +1,8 @@
 //! Server and client settings.
 
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use wsx_proto::handshake::client::ClientHandshakeConfig;
@@ -43,6 +46,14 @@ pub struct ServerConfig {
     pub io: IoConfig,
     /// The opening handshake must complete within this. Default: 10 s.
     pub handshake_timeout: Duration,
+    /// Most open connections that keep their own permessage-deflate compression context
+    /// between messages (zlib's state, ~310 KiB each once it compresses). Beyond it, new
+    /// connections get `server_no_context_takeover` in the answer: they compress with no
+    /// state of their own, and a fan-out compresses each message once for all of them
+    /// ([`SharedFrame`](crate::SharedFrame)). Counted across clones of this config.
+    /// Default: 512 (~160 MiB at most).
+    pub max_deflate_contexts: usize,
+    deflate_contexts: Arc<AtomicUsize>,
 }
 
 impl Default for ServerConfig {
@@ -52,7 +63,20 @@ impl Default for ServerConfig {
             protocol: Config::default(),
             io: IoConfig::default(),
             handshake_timeout: Duration::from_secs(10),
+            max_deflate_contexts: 512,
+            deflate_contexts: Arc::new(AtomicUsize::new(0)),
         }
+    }
+}
+
+/// One connection's place among [`ServerConfig::max_deflate_contexts`], given back
+/// when the connection goes.
+#[derive(Debug)]
+pub(crate) struct DeflateContextSlot(Arc<AtomicUsize>);
+
+impl Drop for DeflateContextSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -86,6 +110,45 @@ impl ServerConfig {
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;
         self
+    }
+    /// Set [`max_deflate_contexts`](Self::max_deflate_contexts).
+    pub fn max_deflate_contexts(mut self, n: usize) -> Self {
+        self.max_deflate_contexts = n;
+        self
+    }
+    /// Open connections of this server that keep their own compression context.
+    pub fn deflate_contexts(&self) -> usize {
+        self.deflate_contexts.load(Ordering::Relaxed)
+    }
+
+    /// The handshake settings for the next connection: at the context limit, deflate
+    /// without server context takeover.
+    pub(crate) fn negotiation(&self) -> Cow<'_, ServerHandshakeConfig> {
+        match &self.handshake.deflate {
+            Some(d)
+                if !d.server_no_context_takeover
+                    && self.deflate_contexts() >= self.max_deflate_contexts =>
+            {
+                let mut h = self.handshake.clone();
+                h.deflate = Some(d.clone().server_no_context_takeover(true));
+                Cow::Owned(h)
+            }
+            _ => Cow::Borrowed(&self.handshake),
+        }
+    }
+
+    /// A slot for a connection that negotiated `deflate`, if it keeps a context.
+    pub(crate) fn deflate_context_slot(
+        &self,
+        deflate: Option<&wsx_proto::DeflateParams>,
+    ) -> Option<DeflateContextSlot> {
+        match deflate {
+            Some(p) if !p.server_no_context_takeover => {
+                self.deflate_contexts.fetch_add(1, Ordering::Relaxed);
+                Some(DeflateContextSlot(self.deflate_contexts.clone()))
+            }
+            _ => None,
+        }
     }
 }
 

@@ -107,6 +107,8 @@ pub struct Upgrade {
     on_upgrade: OnUpgrade,
     cfg: ServerConfig,
     accepted: Accepted,
+    /// Taken when negotiated, so that concurrent handshakes count.
+    deflate_slot: Option<crate::config::DeflateContextSlot>,
 }
 
 impl Upgrade {
@@ -125,7 +127,7 @@ impl Upgrade {
             .accepted
             .deflate
             .zip(self.cfg.handshake.deflate.as_ref());
-        let ws = WebSocket::after_handshake(
+        let mut ws = WebSocket::after_handshake(
             TokioIo::new(upgraded),
             wsx_proto::Role::Server,
             &self.cfg.protocol,
@@ -133,6 +135,7 @@ impl Upgrade {
             &[],
             self.cfg.io.clone(),
         );
+        ws.inner.deflate_slot = self.deflate_slot;
         Ok((ws, self.accepted))
     }
 }
@@ -169,7 +172,7 @@ fn negotiate(
     on_upgrade: OnUpgrade,
     cfg: &ServerConfig,
 ) -> std::result::Result<(HttpResponse, Upgrade), Refusal> {
-    let accepted = server::respond(&request, &cfg.handshake)?;
+    let accepted = server::respond(&request, &cfg.negotiation())?;
     let mut resp = Response::new(Full::new(Bytes::new()));
     *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = resp.headers_mut();
@@ -194,6 +197,7 @@ fn negotiate(
         resp,
         Upgrade {
             on_upgrade,
+            deflate_slot: cfg.deflate_context_slot(info.deflate.as_ref()),
             cfg: cfg.clone(),
             accepted: info,
         },

@@ -59,6 +59,8 @@ pub(crate) struct Inner<S> {
     /// above, the next read goes straight into a buffer that size, so a run of large
     /// messages takes one `recv` each.
     read_hint: usize,
+    /// This connection's place among the server's deflate contexts, if it keeps one.
+    pub(crate) deflate_slot: Option<crate::config::DeflateContextSlot>,
 }
 
 fn now_std() -> std::time::Instant {
@@ -77,6 +79,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Inner<S> {
             eof_deadline: None,
             read_run: 0,
             read_hint: 0,
+            deflate_slot: None,
         }
     }
 

@@ -276,3 +276,51 @@ async fn frame_level_api_streams_a_message_larger_than_the_limit() {
     let (total, frames, largest) = server.await.unwrap();
     assert_eq!((total, frames, largest), (8 << 20, 128, 64 << 10));
 }
+
+/// Past `max_deflate_contexts` open connections with context takeover, new ones are
+/// answered with `server_no_context_takeover`; a slot comes back when its connection
+/// goes. Messages cross compressed either way.
+#[tokio::test]
+async fn deflate_contexts_beyond_the_limit_are_refused_context_takeover() {
+    let cfg = ServerConfig::default()
+        .deflate(Some(DeflateConfig::default()))
+        .max_deflate_contexts(1);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/", listener.local_addr().unwrap());
+    let (ended_tx, mut ended) = tokio::sync::mpsc::unbounded_channel();
+    let server_cfg = cfg.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (cfg, ended_tx) = (server_cfg.clone(), ended_tx.clone());
+            tokio::spawn(async move {
+                let (mut ws, _) = wsx::accept(tcp, &cfg).await.unwrap();
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_data() {
+                        ws.send(m).await.unwrap();
+                    }
+                }
+                drop(ws);
+                let _ = ended_tx.send(());
+            });
+        }
+    });
+    let client = ClientConfig::default().deflate(Some(DeflateConfig::default()));
+    let text = Message::text("compressible ".repeat(100));
+    let (mut first, a) = wsx::connect(&url, &client).await.unwrap();
+    assert!(!a.deflate.unwrap().server_no_context_takeover);
+    let (mut second, b) = wsx::connect(&url, &client).await.unwrap();
+    assert!(b.deflate.unwrap().server_no_context_takeover);
+    assert_eq!(cfg.deflate_contexts(), 1);
+    for ws in [&mut first, &mut second] {
+        for _ in 0..3 {
+            ws.send(text.clone()).await.unwrap();
+            assert_eq!(ws.next().await.unwrap().unwrap(), text);
+        }
+    }
+    first.close(CloseCode::NORMAL, "").await.unwrap();
+    while first.next().await.is_some() {}
+    ended.recv().await.unwrap();
+    assert_eq!(cfg.deflate_contexts(), 0);
+    let (_third, c) = wsx::connect(&url, &client).await.unwrap();
+    assert!(!c.deflate.unwrap().server_no_context_takeover);
+}

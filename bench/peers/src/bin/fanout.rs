@@ -549,6 +549,28 @@ async fn main() {
         .unwrap_or_else(|| "target/release/wsx".into());
     let backplane = value("--backplane");
     let uws_pubsub = value("--uws-pubsub");
+    // `--deflate shared|own`: native subscribers offer permessage-deflate, asking the
+    // server to reset its context after each message (shared: one compression per
+    // publication for all) or not (own: each connection compresses with its context).
+    let deflate = value("--deflate");
+    let client_cfg = match deflate.as_deref() {
+        Some("shared") => wsx::ClientConfig::default().deflate(Some(
+            wsx::DeflateConfig::default().server_no_context_takeover(true),
+        )),
+        Some("own") => wsx::ClientConfig::default().deflate(Some(wsx::DeflateConfig::default())),
+        _ => wsx::ClientConfig::default(),
+    };
+    // `--pad N`: N more bytes of (compressible) JSON text in each publication.
+    let pad: usize = value("--pad").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let padding = if pad == 0 {
+        String::new()
+    } else {
+        let words = "{\"price\":101.25,\"size\":300,\"side\":\"buy\"},";
+        format!(
+            ",\"pad\":\"{}\"",
+            words.repeat(pad / words.len() + 1)[..pad].replace('"', "'")
+        )
+    };
     let node_args = |port: u16, core: &str| -> Vec<String> {
         let mut v: Vec<String> = [
             "-c",
@@ -641,6 +663,9 @@ async fn main() {
                 "off",
                 "--demo",
                 "off",
+                // Every subscriber that asks keeps its own context (--deflate own).
+                "--max-deflate-contexts",
+                &(n + 100).to_string(),
             ])
             .stderr(Stdio::piped())
             .spawn()
@@ -693,6 +718,7 @@ async fn main() {
     let (ready_tx, mut ready_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
     let gate = Arc::new(tokio::sync::Semaphore::new(64));
     for i in 0..n {
+        let client_cfg = client_cfg.clone();
         let got: Arc<Mutex<Vec<(u64, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
         receipts.push(got.clone());
         let ready = ready_tx.clone();
@@ -764,14 +790,10 @@ async fn main() {
                 }
                 return;
             }
-            let (mut ws, _) = wsx::client_handshake(
-                tcp,
-                &host,
-                "/connection/websocket",
-                &wsx::ClientConfig::default(),
-            )
-            .await
-            .expect("handshake");
+            let (mut ws, _) =
+                wsx::client_handshake(tcp, &host, "/connection/websocket", &client_cfg)
+                    .await
+                    .expect("handshake");
             ws.send(wsx::Message::text(r#"{"id":1,"connect":{}}"#))
                 .await
                 .expect("connect");
@@ -863,6 +885,16 @@ async fn main() {
         (None, false, false, _) => " of wsx, native protocol (HTTP API publisher)".into(),
     };
     let rss = if broker.is_some() { 0 } else { rss };
+    let what = match deflate.as_deref() {
+        Some("shared") => format!("{what}, permessage-deflate without server context takeover"),
+        Some("own") => format!("{what}, permessage-deflate with context takeover"),
+        _ => what,
+    };
+    let what = if pad > 0 {
+        format!("{what}, {pad} B padding")
+    } else {
+        what
+    };
     println!(
         "\nfan-out{what}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
         rss / 1024
@@ -887,8 +919,9 @@ async fn main() {
                     None => false,
                 },
                 (Some(p), _) => {
-                    let body =
-                        format!("{{\"channel\":\"fanout\",\"data\":{{\"k\":{k},\"o\":{seq}}}}}");
+                    let body = format!(
+                        "{{\"channel\":\"fanout\",\"data\":{{\"k\":{k},\"o\":{seq}{padding}}}}}"
+                    );
                     post(p, &publish_host, &body).await
                 }
                 (None, Some((stdin, stdout))) => {

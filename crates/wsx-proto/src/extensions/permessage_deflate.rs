@@ -314,38 +314,31 @@ impl DeflateCodec {
         len >= self.threshold
     }
 
-    /// Compress one whole message; the result has the trailer removed.
+    /// Compress one whole message; the result has the trailer removed. A codec that
+    /// resets its context after each message holds no compressor of its own: it borrows
+    /// the thread's (zlib's state is ~310 KiB at a 15-bit window).
     pub fn compress(&mut self, payload: &[u8]) -> Bytes {
-        let (bits, level) = if self.send_bits < 9 {
-            // zlib cannot honour an 8-bit window: stored blocks honour every window.
-            (9, 0)
-        } else {
-            (self.send_bits.min(15), self.level.min(9))
-        };
+        if self.send_reset {
+            return deflate_fresh(payload, self.send_bits, self.level);
+        }
+        let (bits, level) = send_params(self.send_bits, self.level);
         let c = self.compressor.get_or_insert_with(|| {
             Compress::new_with_window_bits(Compression::new(level), false, bits)
         });
-        let mut out: Vec<u8> = Vec::with_capacity(payload.len() / 2 + 64);
-        let mut input = payload;
-        loop {
-            if out.len() == out.capacity() {
-                out.reserve(out.capacity().max(64));
-            }
-            let before = c.total_in();
-            // Compressing into a Vec with spare room cannot fail.
-            let _ = c.compress_vec(input, &mut out, FlushCompress::Sync);
-            input = &input[(c.total_in() - before) as usize..];
-            if input.is_empty() && out.len() < out.capacity() {
-                break;
-            }
-        }
-        if out.ends_with(&TRAILER) {
-            out.truncate(out.len() - 4);
-        }
-        if self.send_reset {
-            c.reset();
-        }
-        Bytes::from(out)
+        deflate_message(c, payload)
+    }
+
+    /// Whether our compression context is reset after each message
+    /// (`server_no_context_takeover` for a server): then a message compresses to the
+    /// same bytes on every connection with the same window and level, and a fan-out can
+    /// compress it once for all of them ([`crate::SharedFrame`]).
+    pub fn resets_after_each_message(&self) -> bool {
+        self.send_reset
+    }
+
+    /// Our window (log2) and level: what a shared compressed frame must match.
+    pub fn send_window_and_level(&self) -> (u8, u32) {
+        (self.send_bits, self.level)
     }
 
     /// Inflate one frame's worth of a compressed message into `out`. Call with
@@ -377,6 +370,65 @@ impl DeflateCodec {
         }
         Ok(())
     }
+}
+
+/// The window and level zlib can honour for a peer's limit of `bits`: zlib cannot
+/// use an 8-bit window, but stored blocks (level 0) honour every window.
+fn send_params(bits: u8, level: u32) -> (u8, u32) {
+    if bits < 9 {
+        (9, 0)
+    } else {
+        (bits.min(15), level.min(9))
+    }
+}
+
+/// Deflate one whole message with a sync flush, the trailer removed (RFC 7692 §7.2.1).
+fn deflate_message(c: &mut Compress, payload: &[u8]) -> Bytes {
+    let mut out: Vec<u8> = Vec::with_capacity(payload.len() / 2 + 64);
+    let mut input = payload;
+    loop {
+        if out.len() == out.capacity() {
+            out.reserve(out.capacity().max(64));
+        }
+        let before = c.total_in();
+        // Compressing into a Vec with spare room cannot fail.
+        let _ = c.compress_vec(input, &mut out, FlushCompress::Sync);
+        input = &input[(c.total_in() - before) as usize..];
+        if input.is_empty() && out.len() < out.capacity() {
+            break;
+        }
+    }
+    if out.ends_with(&TRAILER) {
+        out.truncate(out.len() - 4);
+    }
+    Bytes::from(out)
+}
+
+/// One message compressed as a fresh context with window `bits` and `level` compresses
+/// it: what every sender that resets its context after each message sends.
+/// The compressor comes from a per-thread pool (one per window and level), reset after
+/// use, so connections without context takeover hold none.
+pub(crate) fn deflate_fresh(payload: &[u8], bits: u8, level: u32) -> Bytes {
+    thread_local! {
+        static FRESH: std::cell::RefCell<Vec<(u8, u32, Compress)>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let (bits, level) = send_params(bits, level);
+    FRESH.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let i = match pool.iter().position(|(b, l, _)| (*b, *l) == (bits, level)) {
+            Some(i) => i,
+            None => {
+                let c = Compress::new_with_window_bits(Compression::new(level), false, bits);
+                pool.push((bits, level, c));
+                pool.len() - 1
+            }
+        };
+        let c = &mut pool[i].2;
+        let out = deflate_message(c, payload);
+        c.reset();
+        out
+    })
 }
 
 /// Feed `input` to the inflater, appending to `out`. Returns whether the deflate stream
