@@ -2,8 +2,6 @@
 //! third-party clients (`cluster/cluster.mjs`: ws, @stomp/stompjs, socket.io-client).
 #![allow(clippy::unwrap_used)]
 
-use std::path::Path;
-
 mod common;
 
 const KEY: &str = "cluster-test-key-0123456789";
@@ -39,20 +37,12 @@ async fn three_nodes_on(backplane: &str) {
     let (_b, addr_b) = common::serve(&args).await;
     let (c, addr_c) = common::serve(&args).await;
     let pid_c = c.id().unwrap().to_string();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/cluster.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .args([KEY, &addr_a, &addr_b, &addr_c, &pid_c])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.starts_with("OK"),
-        "{stdout}\n{stderr}"
-    );
+    common::node_script(
+        "cluster/cluster.mjs",
+        &[KEY, &addr_a, &addr_b, &addr_c, &pid_c],
+        "OK",
+    )
+    .await;
     drop(c);
 }
 
@@ -101,20 +91,7 @@ async fn polling_clients_need_no_sticky_sessions() {
     ];
     let (_a, addr_a) = common::serve(&args).await;
     let (_b, addr_b) = common::serve(&args).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/cluster/polling.mjs");
-    let out = tokio::process::Command::new("node")
-        .arg(script)
-        .args([KEY, &addr_a, &addr_b])
-        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
-        .output()
-        .await
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.starts_with("OK"),
-        "{stdout}\n{stderr}"
-    );
+    common::node_script("cluster/polling.mjs", &[KEY, &addr_a, &addr_b], "OK").await;
 }
 
 #[tokio::test]

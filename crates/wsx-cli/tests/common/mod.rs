@@ -258,3 +258,23 @@ pub async fn redis_cluster(dir: &std::path::Path) -> (Vec<Child>, Vec<String>) {
         .collect();
     (servers, urls)
 }
+
+/// Run `node tests/SCRIPT ARGS...` (from the repository root, where `node_modules` is)
+/// and return its stdout; fails the test unless it exits 0 and printed `ok_marker`.
+pub async fn node_script(script: &str, args: &[&str], ok_marker: &str) -> String {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("node")
+        .arg(dir.join("tests").join(script))
+        .args(args)
+        .current_dir(dir.join("../.."))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains(ok_marker),
+        "{stdout}\n{stderr}"
+    );
+    stdout
+}
