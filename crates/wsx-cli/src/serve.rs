@@ -527,6 +527,8 @@ async fn echo(
 ) -> Response {
     gate.upgrade(peer, &mut req, None, move |mut ws, accepted, stop| async move {
         debug!(%peer, path = %accepted.path, subprotocol = ?accepted.subprotocol, deflate = accepted.deflate.is_some(), "WebSocket open");
+        // The request's headers are not needed any more: not kept for the connection's life.
+        drop(accepted);
         tokio::pin!(stop);
         loop {
             tokio::select! {

@@ -74,7 +74,8 @@ pub struct Connection {
     output: OutBuffer,
     utf8: Utf8Validator,
     msg: Option<InMessage>,
-    deflate: Option<DeflateCodec>,
+    /// Boxed: most connections have none, and the codec is 320 bytes.
+    deflate: Option<Box<DeflateCodec>>,
     /// An outgoing fragmented message in progress, and its UTF-8 state.
     out_msg: Option<DataKind>,
     out_utf8: Utf8Validator,
@@ -120,12 +121,12 @@ impl Connection {
     /// Turn on permessage-deflate with the negotiated parameters and our own level and
     /// threshold. Call before any frame is exchanged.
     pub fn enable_deflate(&mut self, params: DeflateParams, cfg: &DeflateConfig) {
-        self.deflate = Some(DeflateCodec::new(
+        self.deflate = Some(Box::new(DeflateCodec::new(
             params,
             self.role == Role::Server,
             cfg.level,
             cfg.threshold,
-        ));
+        )));
     }
 
     /// This end's role.

@@ -41,6 +41,20 @@ where
 /// headers to accept (e.g. `Set-Cookie`), or a [`Refusal`] (e.g. 404 for an unknown
 /// path, 401 for a bad token) to refuse.
 pub async fn accept_with<S, F>(
+    io: S,
+    cfg: &ServerConfig,
+    check: F,
+) -> Result<(WebSocket<S>, Accepted)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(&Request) -> std::result::Result<Vec<(String, String)>, Refusal>,
+{
+    // Boxed: the handshake's state (buffers, the parsed request) would otherwise take
+    // room in the caller's future for as long as the connection lives.
+    Box::pin(handshake(io, cfg, check)).await
+}
+
+async fn handshake<S, F>(
     mut io: S,
     cfg: &ServerConfig,
     check: F,

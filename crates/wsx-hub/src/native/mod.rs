@@ -338,7 +338,7 @@ impl Session {
             tokio::select! {
                 msg = t.recv() => {
                     let Some(text) = msg else { break };
-                    match self.handle(&text).await {
+                    match Box::pin(self.handle(&text)).await {
                         Outcome::Reply(r) => {
                             self.hub.metrics().count_out(r.len());
                             if !t.send(r) {
@@ -396,7 +396,10 @@ impl Session {
                 }
                 msg = ws.next() => {
                     let outcome = match msg {
-                        Some(Ok(Message::Text(t))) => self.handle(t.as_str()).await,
+                        // Boxed: a command's future (a subscription with recovery, a
+                        // history query through the backplane) is large and short-lived;
+                        // inline, every open connection would keep its room.
+                        Some(Ok(Message::Text(t))) => Box::pin(self.handle(t.as_str())).await,
                         Some(Ok(Message::Binary(_))) if !self.hub.is_connected() => {
                             Outcome::Close(close::NOT_CONNECTED, "connect first")
                         }

@@ -220,12 +220,20 @@ impl Gate {
             Ok(ok) => ok,
             Err(refusal) => return self.refuse(peer, refusal),
         };
-        let handshake_timeout = cfg.handshake_timeout;
-        let stop = self.stopped();
+        // The hand-over, the shutdown future, the session's closure and the session
+        // are each boxed: a task's future is as large as its largest state, and every
+        // open connection would otherwise keep the room of the hand-over (the config,
+        // the upgrade future) and of the closure's captures beside its session.
+        let handover = Box::pin(tokio::time::timeout(
+            cfg.handshake_timeout,
+            upgrade.websocket(),
+        ));
+        let stop: Stopped = Box::pin(self.stopped());
+        let session = Box::new(session);
         self.tasks.spawn(async move {
             let _slot = slot;
-            match tokio::time::timeout(handshake_timeout, upgrade.websocket()).await {
-                Ok(Ok((ws, accepted))) => session(ws, accepted, Box::pin(stop)).await,
+            match handover.await {
+                Ok(Ok((ws, accepted))) => Box::pin(session(ws, accepted, stop)).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "upgrade failed"),
                 Err(_) => debug!(%peer, "upgrade timed out"),
             }
