@@ -21,6 +21,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wsx::CloseCode;
+use wsx_hub::transport::limits::{IpSlot, Limiter};
 use wsx_hub::transport::{stopped, Gate};
 
 use crate::settings::Settings;
@@ -85,13 +86,15 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     if let Err(e) = hub.set_address(&node_address).await {
         warn!("could not announce this node's address: {e}");
     }
+    let limiter = Limiter::new(settings.source_limits.clone());
     let gate = Gate::new(
         hub,
         settings.server.clone(),
         settings.max_connections,
         shutdown_rx.clone(),
         tasks.clone(),
-    );
+    )
+    .with_limiter(limiter.clone());
     let router = routes(&gate, &settings, addr);
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
@@ -102,6 +105,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         let listener = StompListener {
             workers: workers.clone(),
             tasks: tasks.clone(),
+            limiter: limiter.clone(),
             gate: gate.clone(),
             cfg: Arc::new(settings.stomp.clone()),
             tls: tls.clone(),
@@ -116,10 +120,24 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
     while let Some((tcp, peer)) = next_connection(&listener, signal.as_mut()).await {
         let Ok(permit) = open.clone().try_acquire_owned() else {
             debug!(%peer, "too many open connections");
-            tasks.spawn(refuse_over_limit(tcp, tls.is_some()));
+            tasks.spawn(refuse_over_limit(
+                tcp,
+                tls.is_some(),
+                "too many connections",
+            ));
+            continue;
+        };
+        let Some(ip_slot) = limiter.open(peer.ip()) else {
+            debug!(%peer, "too many open connections from this address");
+            tasks.spawn(refuse_over_limit(
+                tcp,
+                tls.is_some(),
+                "too many connections from your address",
+            ));
             continue;
         };
         let conn = Conn {
+            ip_slot: Arc::new(ip_slot),
             peer,
             router: router.clone(),
             tls: tls.clone(),
@@ -315,6 +333,9 @@ struct ConnLimits {
 
 /// One accepted TCP connection, holding its slot of `--max-tcp-connections`.
 struct Conn {
+    /// This connection's place in its source address's count (a WebSocket it is
+    /// upgraded to keeps it, through the request's extensions).
+    ip_slot: Arc<IpSlot>,
     peer: SocketAddr,
     router: Router,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -327,8 +348,10 @@ impl Conn {
     async fn serve(mut self, tcp: TcpStream) {
         let peer = self.peer;
         let router = self.router.clone();
+        let ip_slot = self.ip_slot.clone();
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
+            req.extensions_mut().insert(ip_slot.clone());
             let router = router.clone();
             async move {
                 Ok::<_, Infallible>(
@@ -375,6 +398,7 @@ impl Conn {
 struct StompListener {
     workers: Arc<Workers>,
     tasks: TaskTracker,
+    limiter: Arc<Limiter>,
     gate: Gate,
     cfg: Arc<wsx_hub::stomp::StompConfig>,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -391,7 +415,11 @@ impl StompListener {
                 debug!(%peer, "too many open connections (STOMP)");
                 continue;
             };
-            let slot = match self.gate.admit() {
+            let Some(ip_slot) = self.limiter.open(peer.ip()) else {
+                debug!(%peer, "too many STOMP connections from this address");
+                continue;
+            };
+            let slot = match self.gate.admit_from(peer, &http::HeaderMap::new()) {
                 Ok(slot) => slot,
                 Err(refusal) => {
                     debug!(%peer, reason = %refusal.reason, "STOMP connection refused");
@@ -403,7 +431,7 @@ impl StompListener {
             let tls = self.tls.clone();
             let tls_timeout = self.limits.tls_handshake_timeout;
             self.workers.spawn(&self.tasks, tcp, move |tcp| async move {
-                let _held = (open, slot);
+                let _held = (open, slot, ip_slot);
                 let stop = gate.stopped();
                 match tls {
                     None => wsx_hub::stomp::serve_stream(&gate, cfg, tcp, stop).await,
@@ -439,14 +467,14 @@ async fn tls_accept(
     }
 }
 
-/// A connection over `--max-tcp-connections`: a plain one gets a 503 (a TLS one is
-/// closed: answering would cost a handshake), then a bounded lingering close so that
-/// the answer is not destroyed by a reset.
-async fn refuse_over_limit(mut tcp: TcpStream, tls: bool) {
+/// A connection over `--max-tcp-connections` or `--max-connections-per-ip`: a plain one
+/// gets a 503 saying `why` (a TLS one is closed: answering would cost a handshake), then
+/// a bounded lingering close so that the answer is not destroyed by a reset.
+async fn refuse_over_limit(mut tcp: TcpStream, tls: bool, why: &str) {
     if tls {
         return;
     }
-    let body = "too many connections\n";
+    let body = format!("{why}\n");
     let response = format!(
         "HTTP/1.1 503 Service Unavailable\r\ncontent-type: text/plain\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()

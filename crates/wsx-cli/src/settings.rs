@@ -6,6 +6,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use wsx_hub::transport::limits::Net;
+
 use wsx::{Config, DeflateConfig, IoConfig, OriginPolicy, ServerConfig};
 
 use crate::units::{parse_bool, parse_duration, parse_optional_duration, parse_size};
@@ -69,6 +71,11 @@ settings! {
     workers, "WSX_WORKERS", "N|auto", "auto", "Threads serving connections, each its own event loop; accepted connections are dealt to them in turn (auto: one per core this process may run on)";
     max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
     max_tcp_connections, "WSX_MAX_TCP_CONNECTIONS", "N", "20000", "Open TCP connections in any state (TLS handshake, HTTP, WebSocket); more get 503 (TLS: are closed) at once";
+    max_connections_per_ip, "WSX_MAX_CONNECTIONS_PER_IP", "N", "1000", "Open TCP connections from one source address (WebSockets included); more get 503 with Retry-After";
+    handshakes_per_ip, "WSX_HANDSHAKES_PER_IP", "N", "50", "Handshakes (WebSocket upgrades, new HTTP sessions) per second from one source address, on average; more get 429 with Retry-After";
+    handshake_burst_per_ip, "WSX_HANDSHAKE_BURST_PER_IP", "N", "100", "Handshakes one source address may make at once before --handshakes-per-ip applies";
+    limit_exempt, "WSX_LIMIT_EXEMPT", "LIST", "127.0.0.0/8,::1", "Networks the per-address limits do not apply to (a load balancer's), comma-separated ADDR[/PREFIX]; none for no exemption";
+    trusted_proxies, "WSX_TRUSTED_PROXIES", "LIST", "none", "Proxies whose X-Forwarded-For / Forwarded headers name the client for the per-address limits, comma-separated ADDR[/PREFIX] (from anyone else those headers are ignored)";
     header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
     tls_handshake_timeout, "WSX_TLS_HANDSHAKE_TIMEOUT", "DURATION", "10s", "Time allowed for a TLS handshake";
     stomp_listen, "WSX_STOMP_LISTEN", "ADDR", "off", "Also serve STOMP over TCP on this address (IP:PORT; TLS with --tls-cert/--tls-key); STOMP over WebSocket is always at /stomp";
@@ -124,6 +131,8 @@ pub struct Settings {
     pub max_tcp_connections: usize,
     /// Threads serving connections (`--workers`).
     pub workers: usize,
+    /// Limits per source address.
+    pub source_limits: wsx_hub::transport::limits::SourceLimits,
     pub header_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -554,6 +563,22 @@ impl ServeArgs {
             server,
             max_connections,
             max_tcp_connections: count("max_tcp_connections")?,
+            source_limits: {
+                let nets = |key: &'static str| -> Result<Vec<Net>, SettingError> {
+                    list(key)
+                        .iter()
+                        .filter(|n| *n != "none")
+                        .map(|n| Net::parse(n).map_err(bad(key)))
+                        .collect()
+                };
+                let mut l = wsx_hub::transport::limits::SourceLimits::default();
+                l.connections_per_ip = count("max_connections_per_ip")?;
+                l.handshakes_per_second = count("handshakes_per_ip")? as f64;
+                l.handshake_burst = count("handshake_burst_per_ip")? as f64;
+                l.exempt = nets("limit_exempt")?;
+                l.trusted_proxies = nets("trusted_proxies")?;
+                l
+            },
             workers: match get("workers").trim() {
                 "auto" => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 _ => match count("workers")? {

@@ -232,3 +232,99 @@ async fn accepted_connections_have_tcp_keepalive() {
     assert!(shown.contains("timer:(keepalive,"), "{shown}");
     drop(tcp);
 }
+
+/// A TCP connection to `addr` from the loopback address `src`.
+async fn connect_from(addr: &str, src: [u8; 4]) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(std::net::SocketAddr::from((src, 0))).unwrap();
+    sock.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+/// Send a WebSocket upgrade for the echo endpoint (with `extra` header lines) from `src`;
+/// the response head, lower-cased, and the connection.
+async fn upgrade_from(addr: &str, src: [u8; 4], extra: &str) -> (String, TcpStream) {
+    let mut tcp = connect_from(addr, src).await;
+    let req = format!(
+        "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    );
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match tcp.read(&mut buf).await.unwrap() {
+            0 => break,
+            n => got.extend_from_slice(&buf[..n]),
+        }
+    }
+    (String::from_utf8_lossy(&got).to_ascii_lowercase(), tcp)
+}
+
+#[tokio::test]
+async fn connections_per_source_address_are_limited_websockets_included() {
+    let (_server, addr) = serve(&["--max-connections-per-ip", "3", "--limit-exempt", "none"]).await;
+    // Two WebSockets and an idle connection from 127.0.0.1 fill its three.
+    let (a, _ws1) = upgrade_from(&addr, [127, 0, 0, 1], "").await;
+    let (b, _ws2) = upgrade_from(&addr, [127, 0, 0, 1], "").await;
+    assert!(
+        a.starts_with("http/1.1 101") && b.starts_with("http/1.1 101"),
+        "{a}{b}"
+    );
+    let _idle = connect_from(&addr, [127, 0, 0, 1]).await;
+    let mut fourth = connect_from(&addr, [127, 0, 0, 1]).await;
+    let (_, got) = until_closed(&mut fourth, Duration::from_secs(5)).await;
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(
+        text.starts_with("http/1.1 503") && text.contains("retry-after: 1"),
+        "{text}"
+    );
+    assert!(text.contains("from your address"), "{text}");
+    // Another address is not affected.
+    let (c, _ws3) = upgrade_from(&addr, [127, 0, 0, 2], "").await;
+    assert!(c.starts_with("http/1.1 101"), "{c}");
+}
+
+#[tokio::test]
+async fn handshakes_per_source_address_get_429_beyond_the_rate_and_proxies_are_trusted_by_setting()
+{
+    let (_server, addr) = serve(&[
+        "--handshakes-per-ip",
+        "1",
+        "--handshake-burst-per-ip",
+        "2",
+        "--limit-exempt",
+        "none",
+        "--trusted-proxies",
+        "127.0.0.3",
+    ])
+    .await;
+    for _ in 0..2 {
+        let (head, _) = upgrade_from(&addr, [127, 0, 0, 1], "").await;
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+    }
+    let (head, _) = upgrade_from(&addr, [127, 0, 0, 1], "").await;
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    assert!(head.contains("retry-after: 1"), "{head}");
+    // From anyone but a trusted proxy, X-Forwarded-For is ignored: still 127.0.0.1's.
+    let (head, _) = upgrade_from(&addr, [127, 0, 0, 1], "X-Forwarded-For: 203.0.113.5\r\n").await;
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    // Through the trusted proxy, each client has its own bucket.
+    for client in ["203.0.113.5", "203.0.113.5", "198.51.100.7"] {
+        let xff = format!("X-Forwarded-For: {client}\r\n");
+        let (head, _) = upgrade_from(&addr, [127, 0, 0, 3], &xff).await;
+        assert!(head.starts_with("http/1.1 101"), "{client}: {head}");
+    }
+    let (head, _) = upgrade_from(&addr, [127, 0, 0, 3], "X-Forwarded-For: 203.0.113.5\r\n").await;
+    assert!(head.starts_with("http/1.1 429"), "{head}");
+    // Loopback is exempt by default; here `--limit-exempt none` took that away, and a
+    // polling session's handshake is limited like an upgrade.
+    let mut tcp = connect_from(&addr, [127, 0, 0, 1]).await;
+    tcp.write_all(
+        format!("GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut resp = String::new();
+    let _ = tcp.read_to_string(&mut resp).await;
+    assert!(resp.starts_with("HTTP/1.1 429"), "{resp}");
+}

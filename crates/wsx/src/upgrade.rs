@@ -99,6 +99,9 @@ pub fn refusal_response(refusal: &Refusal) -> HttpResponse {
         }
         _ => {}
     }
+    if let Some(secs) = refusal.retry_after {
+        h.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
     resp
 }
 

@@ -826,7 +826,7 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
         (None, _) if q.eio != Some("4") => EioError::UnsupportedVersion.response(),
         (None, _) if req.method() != Method::GET => EioError::BadHandshakeMethod.response(),
         (None, Carrier::Polling) => {
-            let slot = match engine.inner.gate.admit() {
+            let slot = match engine.inner.gate.admit_from(peer, req.headers()) {
                 Ok(s) => s,
                 Err(refusal) => return engine.inner.gate.refuse(peer, refusal),
             };

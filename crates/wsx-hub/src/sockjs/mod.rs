@@ -1078,7 +1078,7 @@ fn find_or_open(
     if let Some(s) = all.get(id) {
         return Ok(s.clone());
     }
-    let slot = js.inner.gate.admit()?;
+    let slot = js.inner.gate.admit_from(peer, headers)?;
     let (s, rx) = Session::new(id.to_string(), &js.inner.cfg, Some(slot));
     all.insert(id.to_string(), s.clone());
     drop(all);

@@ -18,6 +18,10 @@ use wsx::{Accepted, Refusal, ServerConfig, WebSocket};
 
 use crate::hub::Hub;
 
+pub mod limits;
+
+use limits::{IpSlot, Limiter};
+
 /// The header a forwarded request carries, so that it is never forwarded again.
 pub const FORWARDED_HEADER: &str = "x-wsx-forwarded";
 
@@ -87,6 +91,7 @@ pub struct Gate {
     slots: Arc<Semaphore>,
     shutdown: watch::Receiver<bool>,
     tasks: TaskTracker,
+    limiter: Option<Arc<Limiter>>,
 }
 
 /// The next item of `rx`; once `closed` is cancelled, only what is left in it.
@@ -122,7 +127,15 @@ impl Gate {
             slots: Arc::new(Semaphore::new(max_websockets)),
             shutdown,
             tasks,
+            limiter: None,
         }
+    }
+
+    /// Limit handshakes per source address with `limiter` (which the listener also
+    /// uses to count connections per address).
+    pub fn with_limiter(mut self, limiter: Arc<Limiter>) -> Gate {
+        self.limiter = Some(limiter);
+        self
     }
 
     /// The hub.
@@ -175,12 +188,26 @@ impl Gate {
     /// until dropped; refused when the server is full or shutting down.
     pub fn admit(&self) -> Result<OwnedSemaphorePermit, Refusal> {
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
-            return Err(Refusal::new(503, "too many connections"));
+            return Err(Refusal::new(503, "too many connections").retry_after(1));
         };
         if self.is_shutting_down() {
-            return Err(Refusal::new(503, "server shutting down"));
+            return Err(Refusal::new(503, "server shutting down").retry_after(1));
         }
         Ok(slot)
+    }
+
+    /// [`admit`](Self::admit) a handshake from `peer` (a WebSocket upgrade, a new HTTP
+    /// session) after the client's address has a handshake left (429 otherwise); the
+    /// address is taken from forwarding headers when `peer` is a trusted proxy.
+    pub fn admit_from(
+        &self,
+        peer: SocketAddr,
+        headers: &http::HeaderMap,
+    ) -> Result<OwnedSemaphorePermit, Refusal> {
+        if let Some(l) = &self.limiter {
+            l.handshake(l.client_ip(peer.ip(), headers))?;
+        }
+        self.admit()
     }
 
     /// Upgrade `req` to a WebSocket with the settings `cfg` (the gate's own, or an
@@ -211,10 +238,12 @@ impl Gate {
                 ),
             );
         }
-        let slot = match self.admit() {
+        let slot = match self.admit_from(peer, req.headers()) {
             Ok(slot) => slot,
             Err(refusal) => return self.refuse(peer, refusal),
         };
+        // The TCP connection's place in its address's count goes with the WebSocket.
+        let ip_slot = req.extensions_mut().remove::<Arc<IpSlot>>();
         let cfg = cfg.unwrap_or(&self.cfg);
         let (response, upgrade) = match try_upgrade(req, cfg) {
             Ok(ok) => ok,
@@ -231,7 +260,7 @@ impl Gate {
         let stop: Stopped = Box::pin(self.stopped());
         let session = Box::new(session);
         self.tasks.spawn(async move {
-            let _slot = slot;
+            let _slot = (slot, ip_slot);
             match handover.await {
                 Ok(Ok((ws, accepted))) => Box::pin(session(ws, accepted, stop)).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "upgrade failed"),

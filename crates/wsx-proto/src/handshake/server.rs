@@ -143,6 +143,8 @@ pub struct Refusal {
     pub status: u16,
     /// A one-line reason, sent as the body.
     pub reason: Cow<'static, str>,
+    /// Seconds after which the client may try again (`Retry-After`), for 429 and 503.
+    pub retry_after: Option<u32>,
 }
 
 impl Refusal {
@@ -152,7 +154,17 @@ impl Refusal {
         if reason.contains(['\r', '\n']) {
             reason = Cow::Owned(reason.replace(['\r', '\n'], " "));
         }
-        Refusal { status, reason }
+        Refusal {
+            status,
+            reason,
+            retry_after: None,
+        }
+    }
+
+    /// Say when the client may try again (a `Retry-After` header).
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// The HTTP response to write before closing the connection.
@@ -162,6 +174,9 @@ impl Refusal {
             426 => extra.push_str("Sec-WebSocket-Version: 13\r\nUpgrade: websocket\r\n"),
             405 => extra.push_str("Allow: GET\r\n"),
             _ => {}
+        }
+        if let Some(secs) = self.retry_after {
+            extra.push_str(&format!("Retry-After: {secs}\r\n"));
         }
         format!(
             "HTTP/1.1 {} {}\r\nConnection: close\r\nContent-Type: text/plain; charset=utf-8\r\n{}Content-Length: {}\r\n\r\n{}\n",
