@@ -215,6 +215,7 @@ fn redact(url: &str) -> String {
 fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
+    hub_cfg.commands = settings.commands;
     // What `connect` replies as `ping`: the keepalive interval WebSockets really get.
     hub_cfg.ping_interval_secs = settings
         .server

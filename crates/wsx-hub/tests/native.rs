@@ -296,6 +296,9 @@ async fn slow_consumer_is_disconnected_while_others_receive_everything() {
         q.max_messages = 50;
         q
     };
+    // One publisher sends 2000 commands as fast as it can: over the default rate.
+    cfg.commands.per_second = 1e9;
+    cfg.commands.burst = 1e9;
     let url = server(cfg).await;
     // The slow one subscribes, then stops reading.
     let mut slow = Client::connected(&url).await;

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod options;
 pub mod publication;
 pub mod queue;
+pub mod rate;
 pub mod session;
 pub(crate) mod shards;
 pub mod workqueue;
@@ -73,6 +74,8 @@ pub struct HubConfig {
     pub max_info_size: usize,
     /// Work queues' limits.
     pub work_queues: workqueue::WorkQueueLimits,
+    /// Commands per second per connection, every front-end.
+    pub commands: rate::CommandRate,
 }
 
 impl Default for HubConfig {
@@ -92,6 +95,7 @@ impl Default for HubConfig {
             write_timeout: std::time::Duration::from_secs(30),
             max_info_size: 256,
             work_queues: workqueue::WorkQueueLimits::default(),
+            commands: rate::CommandRate::default(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub mod codes {
     pub const EPOCH_CHANGED: u16 = 112;
     /// No such client (HTTP API `disconnect` and `unsubscribe` by client id).
     pub const UNKNOWN_CLIENT: u16 = 113;
+    /// Over the connection's rate of commands (`HubConfig::commands`): slow down.
+    pub const TOO_MANY_REQUESTS: u16 = 114;
 }
 
 /// Close codes of the native protocol (RFC 6455 §7.4.2 private range).
@@ -50,6 +52,8 @@ pub mod close {
     pub const SLOW_CONSUMER: u16 = 3008;
     /// The first command was not `connect`.
     pub const NOT_CONNECTED: u16 = 3009;
+    /// Commands kept coming far over the rate (more than `max_refused` refused).
+    pub const TOO_MANY_COMMANDS: u16 = 3010;
     /// The node may have missed publications (its backplane link dropped): reconnect
     /// and recover.
     pub const INSUFFICIENT_STATE: u16 = crate::hub::queue::INSUFFICIENT_STATE;

@@ -22,6 +22,8 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite};
 use wsx::{CloseCode, Message, SharedFrame, WebSocket};
 
+use crate::hub::rate::{Bucket, Verdict};
+
 pub use self::codec::{close, codes};
 use self::codec::{Command, DecodeError};
 use crate::hub::auth::TokenError;
@@ -186,6 +188,7 @@ pub const POLL_PATH: &str = "/connection/poll";
 pub struct Session {
     hub: HubSession,
     bad_commands: u32,
+    rate: Bucket,
 }
 
 /// What handling a command asks of the connection.
@@ -199,6 +202,7 @@ impl Session {
     /// for nobody; a connection token's subject takes its place).
     pub fn new(hub: Arc<Hub>, user: String) -> Session {
         Session {
+            rate: Bucket::new(hub.config().commands),
             hub: HubSession::new(hub, FRONTEND, user),
             bad_commands: 0,
         }
@@ -225,6 +229,19 @@ impl Session {
         };
         if !self.hub.is_connected() && !matches!(command, Command::Connect(_)) {
             return Outcome::Close(close::NOT_CONNECTED, "connect first");
+        }
+        match self.rate.take(std::time::Instant::now()) {
+            Verdict::Allowed => {}
+            Verdict::Refused { .. } => {
+                return Outcome::Reply(codec::error_reply(
+                    id,
+                    codes::TOO_MANY_REQUESTS,
+                    "too many commands: slow down",
+                ))
+            }
+            Verdict::Abusive => {
+                return Outcome::Close(close::TOO_MANY_COMMANDS, "too many commands")
+            }
         }
         let method = command.method();
         match self.dispatch(command).await {

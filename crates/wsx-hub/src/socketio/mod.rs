@@ -58,6 +58,7 @@ use crate::hub::client::ClientInfo;
 use crate::hub::error::HubError;
 use crate::hub::publication::{EncodingSlot, Payload, PayloadKind, Publication, StreamPosition};
 use crate::hub::queue::{Delivery, Disconnect};
+use crate::hub::rate::{Bucket, Verdict};
 use crate::hub::session::{ConnectRequest, HubSession};
 use crate::hub::shards::lock;
 use crate::hub::Hub;
@@ -781,6 +782,10 @@ fn new_id() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// The ack of an event refused for the rate: the standalone events' error shape with
+/// the native protocol's code 114.
+const TOO_MANY_EVENTS: &str = r#"[{"error":{"code":114,"message":"too many events: slow down"}}]"#;
+
 /// One Engine.IO session: decode packets, connect namespaces, route events and acks.
 async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
     let handle = eio.handle().clone();
@@ -788,6 +793,7 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
     let deadline = tokio::time::Instant::now() + io.cfg.connect_timeout;
     let mut ever_connected = false;
+    let mut rate = Bucket::new(io.hub.config().commands);
     loop {
         let msg = if ever_connected {
             eio.recv().await
@@ -880,6 +886,30 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
                 let Some(s) = sockets.get(&p.nsp) else {
                     continue;
                 };
+                // Events per second per connection (`HubConfig::commands`): over the
+                // rate an event is refused (its ack, if asked for, says so); far over
+                // it, the client is disconnected from every namespace.
+                match rate.take(std::time::Instant::now()) {
+                    Verdict::Allowed => {}
+                    Verdict::Refused { .. } => {
+                        debug!(sid = handle.sid(), "event over the rate refused");
+                        if let Some(id) = p.id {
+                            s.send_packet(Kind::Ack, Some(id), TOO_MANY_EVENTS, Vec::new());
+                        }
+                        continue;
+                    }
+                    Verdict::Abusive => {
+                        debug!(sid = handle.sid(), "far too many events: disconnected");
+                        for s in sockets.values() {
+                            s.disconnect();
+                        }
+                        // The client closes the session on its namespaces' DISCONNECT;
+                        // closing it here at once could cut those packets off.
+                        let _ = tokio::time::timeout(Duration::from_secs(1), handle.closed()).await;
+                        handle.close(CloseReason::ServerClose);
+                        break;
+                    }
+                }
                 let Some((name, values)) = p.data.as_deref().and_then(packet::split_event) else {
                     continue;
                 };

@@ -15,6 +15,7 @@ use crate::hub::auth::{same_secret, TokenError};
 use crate::hub::error::HubError;
 use crate::hub::publication::{EncodingSlot, Payload, PayloadKind, Publication, StreamPosition};
 use crate::hub::queue::{Delivery, Disconnect};
+use crate::hub::rate::{Bucket, Verdict};
 use crate::hub::session::{ConnectRequest, HubSession};
 use crate::hub::workqueue::AckMode;
 
@@ -451,6 +452,7 @@ pub struct StompSession {
     transactions: HashMap<String, Vec<Frame>>,
     out: Vec<Output>,
     closing: bool,
+    rate: Bucket,
 }
 
 impl StompSession {
@@ -458,6 +460,7 @@ impl StompSession {
     /// chosen, if any (its version must then be among `CONNECT`'s).
     pub fn new(hub: HubSession, cfg: Arc<StompConfig>, now: Instant) -> StompSession {
         StompSession {
+            rate: Bucket::new(hub.hub().config().commands),
             decoder: Decoder::new(cfg.limits),
             connect_deadline: now + cfg.connect_timeout,
             hub,
@@ -623,6 +626,23 @@ impl StompSession {
                 ))
                 .header(ERROR_HEADER, "not-connected")),
             };
+        }
+        if frame.command != Command::Disconnect {
+            // Over the rate a frame is held back until it fits (the connection is not
+            // read meanwhile, so TCP slows the client); far over it, the connection ends.
+            loop {
+                match self.rate.take(std::time::Instant::now()) {
+                    Verdict::Allowed => break,
+                    Verdict::Refused { wait } => tokio::time::sleep(wait).await,
+                    Verdict::Abusive => {
+                        return Err(Fatal::new(format!(
+                            "too many frames: at most {} per second",
+                            self.hub.hub().config().commands.per_second
+                        ))
+                        .header(ERROR_HEADER, "rate-limited"))
+                    }
+                }
+            }
         }
         if let Some(tx) = frame.get("transaction") {
             if matches!(frame.command, Command::Send | Command::Ack | Command::Nack) {
