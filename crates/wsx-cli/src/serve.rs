@@ -216,6 +216,7 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
     hub_cfg.commands = settings.commands;
+    hub_cfg.max_connections_per_user = settings.max_connections_per_user;
     // What `connect` replies as `ping`: the keepalive interval WebSockets really get.
     hub_cfg.ping_interval_secs = settings
         .server

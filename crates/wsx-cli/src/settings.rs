@@ -77,6 +77,7 @@ settings! {
     limit_exempt, "WSX_LIMIT_EXEMPT", "LIST", "127.0.0.0/8,::1", "Networks the per-address limits do not apply to (a load balancer's), comma-separated ADDR[/PREFIX]; none for no exemption";
     trusted_proxies, "WSX_TRUSTED_PROXIES", "LIST", "none", "Proxies whose X-Forwarded-For / Forwarded headers name the client for the per-address limits, comma-separated ADDR[/PREFIX] (from anyone else those headers are ignored)";
     commands_per_second, "WSX_COMMANDS_PER_SECOND", "N", "1000", "Commands per second per connection, every front-end (native commands, STOMP frames, Socket.IO events, fallback POSTs), on average; over it: native error 114, STOMP frames held back, Socket.IO ack error; 100 refusals in a row: closed (native 3010, STOMP ERROR, Socket.IO disconnect)";
+    max_connections_per_user, "WSX_MAX_CONNECTIONS_PER_USER", "N|none", "none", "Connections one user (a token's subject) may have open on this node; a connect beyond gets error 106 (native), a STOMP ERROR, a Socket.IO connect_error";
     command_burst, "WSX_COMMAND_BURST", "N", "1000", "Commands one connection may send at once before --commands-per-second applies";
     header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
     tls_handshake_timeout, "WSX_TLS_HANDSHAKE_TIMEOUT", "DURATION", "10s", "Time allowed for a TLS handshake";
@@ -137,6 +138,8 @@ pub struct Settings {
     pub source_limits: wsx_hub::transport::limits::SourceLimits,
     /// Commands per second per connection.
     pub commands: wsx_hub::hub::rate::CommandRate,
+    /// Connections per user (`None`: no limit).
+    pub max_connections_per_user: Option<usize>,
     pub header_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
@@ -567,6 +570,10 @@ impl ServeArgs {
             server,
             max_connections,
             max_tcp_connections: count("max_tcp_connections")?,
+            max_connections_per_user: match get("max_connections_per_user").trim() {
+                "none" | "" => None,
+                _ => Some(count("max_connections_per_user")?),
+            },
             commands: {
                 let mut c = wsx_hub::hub::rate::CommandRate::default();
                 c.per_second = count("commands_per_second")? as f64;

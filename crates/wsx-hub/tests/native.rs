@@ -743,3 +743,45 @@ async fn subscriptions_per_connection_are_limited() {
     let r = c.call("subscribe", json!({"channel": "c"})).await;
     assert!(r["error"].is_null(), "{r}");
 }
+
+#[tokio::test]
+async fn connections_per_user_are_limited_and_given_back() {
+    let mut cfg = HubConfig::default();
+    cfg.auth.hmac_secret = Some("hub-secret".into());
+    cfg.max_connections_per_user = Some(2);
+    let url = server(cfg).await;
+    let connect = |user: &str| json!({"token": token("hub-secret", user, 60, &[])});
+    let mut first = Client::open(&url).await;
+    assert!(first.call("connect", connect("carol")).await["error"].is_null());
+    let mut second = Client::open(&url).await;
+    assert!(second.call("connect", connect("carol")).await["error"].is_null());
+    let mut third = Client::open(&url).await;
+    let r = third.call("connect", connect("carol")).await;
+    assert_eq!(r["error"]["code"], 106, "{r}");
+    assert!(
+        r["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("at most 2"),
+        "{r}"
+    );
+    // Another user is not affected.
+    let mut dave = Client::open(&url).await;
+    assert!(dave.call("connect", connect("dave")).await["error"].is_null());
+    // One of carol's goes: the refused one may connect now.
+    first.ws.close(wsx::CloseCode::NORMAL, "").await.unwrap();
+    while first.ws.next().await.is_some() {}
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let r = third.call("connect", connect("carol")).await;
+        if r["error"].is_null() {
+            break;
+        }
+        // The server ends the closed session right after its close handshake.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never given back: {r}"
+        );
+        tokio::task::yield_now().await;
+    }
+}

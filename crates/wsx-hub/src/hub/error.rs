@@ -72,6 +72,8 @@ pub enum Limit {
     QueueFull(usize),
     /// Work queues on this node (a message to a new queue beyond it is refused).
     Queues(usize),
+    /// Connections of one user on this node.
+    UserConnections(usize),
 }
 
 /// A per-namespace feature.
@@ -118,6 +120,9 @@ impl fmt::Display for HubError {
             }
             HubError::LimitExceeded(Limit::Queues(max)) => {
                 write!(f, "too many work queues (at most {max})")
+            }
+            HubError::LimitExceeded(Limit::UserConnections(max)) => {
+                write!(f, "too many connections of this user (at most {max})")
             }
             HubError::UnknownMessage => f.write_str("no pending message with this id"),
             HubError::NotConnected => f.write_str("connect first"),

@@ -76,6 +76,10 @@ pub struct HubConfig {
     pub work_queues: workqueue::WorkQueueLimits,
     /// Commands per second per connection, every front-end.
     pub commands: rate::CommandRate,
+    /// Connections one user (a token's subject, or whom the transport vouched for) may
+    /// have open on this node; a `connect` beyond is refused (native error 106).
+    /// Default: none (no limit).
+    pub max_connections_per_user: Option<usize>,
 }
 
 impl Default for HubConfig {
@@ -96,6 +100,7 @@ impl Default for HubConfig {
             max_info_size: 256,
             work_queues: workqueue::WorkQueueLimits::default(),
             commands: rate::CommandRate::default(),
+            max_connections_per_user: None,
         }
     }
 }
@@ -183,6 +188,8 @@ pub struct Hub {
     config: HubConfig,
     next_client: AtomicU64,
     sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
+    /// Open connections per user (not counting anonymous ones).
+    users: Mutex<HashMap<String, usize>>,
     metrics: Arc<metrics::Metrics>,
     queues: workqueue::WorkQueues,
 }
@@ -255,6 +262,7 @@ impl Hub {
             // Unique in the cluster: the backplane's node id above a per-node counter.
             next_client: AtomicU64::new((node << 40) + 1),
             sessions: Mutex::new(HashMap::new()),
+            users: Mutex::new(HashMap::new()),
             metrics: Arc::default(),
         }
     }
@@ -457,20 +465,41 @@ impl Hub {
 
     /// Record a live connection (for server-side disconnects).
     pub fn register(&self, client: ClientId, user: &str, queue: Arc<Outbound>) {
-        if self
-            .sessions()
-            .insert(client, (user.to_string(), queue))
-            .is_none()
-        {
-            self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+        match self.sessions().insert(client, (user.to_string(), queue)) {
+            None => {
+                self.metrics.connections.fetch_add(1, Ordering::Relaxed);
+            }
+            Some((before, _)) => self.count_user(&before, false),
         }
+        self.count_user(user, true);
     }
 
     /// Forget a connection.
     pub fn unregister(&self, client: ClientId) {
-        if self.sessions().remove(&client).is_some() {
+        if let Some((user, _)) = self.sessions().remove(&client) {
             self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
+            self.count_user(&user, false);
         }
+    }
+
+    fn count_user(&self, user: &str, up: bool) {
+        if user.is_empty() {
+            return;
+        }
+        let mut users = shards::lock(&self.users);
+        if up {
+            *users.entry(user.to_string()).or_default() += 1;
+        } else if let Some(n) = users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Open connections of `user` on this node.
+    pub fn user_connections(&self, user: &str) -> usize {
+        shards::lock(&self.users).get(user).copied().unwrap_or(0)
     }
 
     /// End every connection of `user` (and/or the connection `client`) for the reason

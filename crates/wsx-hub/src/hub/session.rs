@@ -171,6 +171,16 @@ impl HubSession {
             Some(c) => c.sub.clone(),
             None => self.info.user.clone(),
         };
+        if let Some(max) = self.hub.config().max_connections_per_user {
+            // This session counts already when the transport vouched for the user.
+            let others = self
+                .hub
+                .user_connections(&user)
+                .saturating_sub(usize::from(user == self.info.user));
+            if !user.is_empty() && others >= max {
+                return Err(HubError::LimitExceeded(Limit::UserConnections(max)));
+            }
+        }
         self.become_connected(user, req.name, req.info);
         let mut subscribed = Vec::new();
         for name in claims.map(|c| c.channels).unwrap_or_default() {
