@@ -134,29 +134,31 @@ fn free_port() -> u16 {
 /// Start `server` pinned to core 0; returns once it listens.
 fn start_server(bins: &Bins, server: &str) -> Server {
     let (mut cmd, ready): (Command, &str) = match server {
-        "wsx-serve" => {
-            let port = free_port();
-            let mut c = Command::new("taskset");
-            c.args([
-                "-c",
-                "0",
-                &bins.wsx,
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args(["--demo", "off", "--max-connections", "100000"])
-            .args(["--max-message-size", "64MiB", "--ping-interval", "off"])
-            .stderr(Stdio::piped());
-            return wait_ready(c, port, "open http://", false);
-        }
-        "uws" => {
-            let dir = bins.uws.as_deref().expect("--uws DIR");
-            let port = free_port();
-            let mut c = Command::new("taskset");
-            c.args(["-c", "0", &format!("{dir}/uws-echo"), &port.to_string()])
-                .stdout(Stdio::piped());
-            return wait_ready(c, port, "Listening on port", true);
+        "wsx-serve" | "uws" => {
+            // A port free on 127.0.0.1 may still be taken on another loopback address
+            // by a client socket of the previous run (in TIME_WAIT), which stops a
+            // server that listens on every address: try again with another port.
+            for _ in 0..10 {
+                let port = free_port();
+                let mut c = Command::new("taskset");
+                let (ready, on_stdout) = if server == "uws" {
+                    let dir = bins.uws.as_deref().expect("--uws DIR");
+                    c.args(["-c", "0", &format!("{dir}/uws-echo"), &port.to_string()])
+                        .stdout(Stdio::piped());
+                    ("Listening on port", true)
+                } else {
+                    c.args(["-c", "0", &bins.wsx, "serve", "--listen"])
+                        .arg(format!("127.0.0.1:{port}"))
+                        .args(["--demo", "off", "--max-connections", "100000"])
+                        .args(["--max-message-size", "64MiB", "--ping-interval", "off"])
+                        .stderr(Stdio::piped());
+                    ("open http://", false)
+                };
+                if let Some(s) = wait_ready(c, port, ready, on_stdout) {
+                    return s;
+                }
+            }
+            panic!("{server} did not start");
         }
         other => {
             let mut c = Command::new("taskset");
@@ -183,8 +185,8 @@ fn start_server(bins: &Bins, server: &str) -> Server {
 }
 
 /// Spawn `cmd` and wait for a line containing `ready` on its stdout (or stderr); the
-/// rest of that output is drained by a thread.
-fn wait_ready(mut cmd: Command, port: u16, ready: &str, stdout: bool) -> Server {
+/// rest of that output is drained by a thread. `None` if it ended first.
+fn wait_ready(mut cmd: Command, port: u16, ready: &str, stdout: bool) -> Option<Server> {
     let mut child = cmd.spawn().expect("start the server");
     let out: Box<dyn std::io::Read + Send> = if stdout {
         Box::new(child.stdout.take().expect("stdout"))
@@ -196,7 +198,10 @@ fn wait_ready(mut cmd: Command, port: u16, ready: &str, stdout: bool) -> Server 
         match lines.next() {
             Some(Ok(l)) if l.contains(ready) => break,
             Some(Ok(_)) => {}
-            _ => panic!("the server ended before listening"),
+            _ => {
+                let _ = child.wait();
+                return None;
+            }
         }
     }
     std::thread::spawn(move || for _ in lines {});
@@ -205,7 +210,7 @@ fn wait_ready(mut cmd: Command, port: u16, ready: &str, stdout: bool) -> Server 
     } else {
         "/"
     };
-    Server { child, port, path }
+    Some(Server { child, port, path })
 }
 
 #[allow(clippy::too_many_arguments)]
