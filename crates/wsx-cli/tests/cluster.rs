@@ -96,11 +96,7 @@ async fn polling_clients_need_no_sticky_sessions() {
 
 #[tokio::test]
 async fn a_node_that_cannot_reach_redis_says_so_and_exits() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let url = format!("redis://127.0.0.1:{port}");
     let out = tokio::process::Command::new(common::WSX)
         .args([

@@ -25,19 +25,11 @@ fn config() -> PathBuf {
     path
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn run_node(script: &Path) {
     let out = Command::new("node")
         .arg(script)
         .arg(env!("CARGO_BIN_EXE_wsx"))
-        .arg(free_port().to_string())
+        .arg(common::free_port().to_string())
         .arg(config())
         .current_dir(root())
         .output()

@@ -687,13 +687,13 @@ impl Inner {
     /// Record that this node is alive (every second); learn how many are.
     async fn heartbeat(&self) -> Result<(), BackplaneError> {
         let n: usize = self
-            .heartbeat
-            .key(format!("{}:nodes", self.cfg.prefix))
-            .arg(self.node)
-            .arg(3000)
-            .invoke_async(&mut self.conn.clone())
-            .await
-            .map_err(unavailable)?;
+            .invoke(
+                self.heartbeat
+                    .key(format!("{}:nodes", self.cfg.prefix))
+                    .arg(self.node)
+                    .arg(3000),
+            )
+            .await?;
         self.live_nodes.store(n.max(1), Ordering::Relaxed);
         Ok(())
     }
@@ -757,13 +757,13 @@ impl Inner {
                 .await?;
             for dead in takers.into_iter().filter(|n| !alive.contains(n)) {
                 let n: usize = self
-                    .qback
-                    .key(self.qkey(&q, &format!("qt:{dead}")))
-                    .key(self.qkey(&q, "qr"))
-                    .key(self.qkey(&q, "qre"))
-                    .invoke_async(&mut self.conn.clone())
-                    .await
-                    .map_err(unavailable)?;
+                    .invoke(
+                        self.qback
+                            .key(self.qkey(&q, &format!("qt:{dead}")))
+                            .key(self.qkey(&q, "qr"))
+                            .key(self.qkey(&q, "qre")),
+                    )
+                    .await?;
                 let _: Value = self
                     .query(redis::cmd("SREM").arg(self.qkey(&q, "qtakers")).arg(dead))
                     .await?;
@@ -1241,18 +1241,19 @@ impl Backplane for RedisBackplane {
         Box::pin(async move {
             let inner = &self.inner;
             let v: Vec<Value> = inner
-                .history
-                .key(inner.key(channel, "m"))
-                .key(inner.key(channel, "s"))
-                .arg(q.since.map_or(-1, |s| s.min(i64::MAX as u64) as i64))
-                .arg(q.limit.min(1_000_000_000))
-                .arg(if q.reverse { "1" } else { "0" })
-                .arg((opts.history_ttl.as_millis() as u64).max(1))
-                .arg(fresh_epoch())
-                .arg(inner.meta_ttl(opts))
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+                .invoke(
+                    inner
+                        .history
+                        .key(inner.key(channel, "m"))
+                        .key(inner.key(channel, "s"))
+                        .arg(q.since.map_or(-1, |s| s.min(i64::MAX as u64) as i64))
+                        .arg(q.limit.min(1_000_000_000))
+                        .arg(if q.reverse { "1" } else { "0" })
+                        .arg((opts.history_ttl.as_millis() as u64).max(1))
+                        .arg(fresh_epoch())
+                        .arg(inner.meta_ttl(opts)),
+                )
+                .await?;
             let bad = || BackplaneError::Unavailable("redis: malformed history reply".into());
             let int = |v: &Value| match v {
                 Value::Int(i) => Some(*i as u64),
@@ -1344,15 +1345,16 @@ impl Backplane for RedisBackplane {
                 }
             }
             let _: Value = inner
-                .leave
-                .key(inner.key(channel, "p"))
-                .key(inner.key(channel, "x"))
-                .arg(client.to_string())
-                .arg(inner.topic(channel))
-                .arg(if opts.join_leave { "1" } else { "0" })
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+                .invoke(
+                    inner
+                        .leave
+                        .key(inner.key(channel, "p"))
+                        .key(inner.key(channel, "x"))
+                        .arg(client.to_string())
+                        .arg(inner.topic(channel))
+                        .arg(if opts.join_leave { "1" } else { "0" }),
+                )
+                .await?;
             Ok(())
         })
     }
@@ -1413,15 +1415,16 @@ impl Backplane for RedisBackplane {
         Box::pin(async move {
             let inner = &self.inner;
             let id: i64 = inner
-                .qpush
-                .key(inner.qkey(queue, "qs"))
-                .key(inner.qkey(queue, "qm"))
-                .key(inner.qkey(queue, "qr"))
-                .arg(encode_payload(payload))
-                .arg(max)
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+                .invoke(
+                    inner
+                        .qpush
+                        .key(inner.qkey(queue, "qs"))
+                        .key(inner.qkey(queue, "qm"))
+                        .key(inner.qkey(queue, "qr"))
+                        .arg(encode_payload(payload))
+                        .arg(max),
+                )
+                .await?;
             if id < 0 {
                 return Err(BackplaneError::QueueFull(max));
             }
@@ -1444,16 +1447,17 @@ impl Backplane for RedisBackplane {
         Box::pin(async move {
             let inner = &self.inner;
             let got: Option<(u64, Vec<u8>, i64)> = inner
-                .qpull
-                .key(inner.qkey(queue, "qr"))
-                .key(inner.qkey(queue, &format!("qt:{}", inner.node)))
-                .key(inner.qkey(queue, "qm"))
-                .key(inner.qkey(queue, "qre"))
-                .key(inner.qkey(queue, "qtakers"))
-                .arg(inner.node)
-                .invoke_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+                .invoke(
+                    inner
+                        .qpull
+                        .key(inner.qkey(queue, "qr"))
+                        .key(inner.qkey(queue, &format!("qt:{}", inner.node)))
+                        .key(inner.qkey(queue, "qm"))
+                        .key(inner.qkey(queue, "qre"))
+                        .key(inner.qkey(queue, "qtakers"))
+                        .arg(inner.node),
+                )
+                .await?;
             Ok(got.and_then(|(id, p, re)| Some((id, decode_payload(&p)?, re == 1))))
         })
     }
@@ -1504,10 +1508,7 @@ impl Backplane for RedisBackplane {
                     c
                 }
             };
-            let _: Value = cmd
-                .query_async(&mut inner.conn.clone())
-                .await
-                .map_err(unavailable)?;
+            let _: Value = inner.query(&cmd).await?;
             Ok(())
         })
     }

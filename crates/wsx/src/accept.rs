@@ -41,20 +41,6 @@ where
 /// headers to accept (e.g. `Set-Cookie`), or a [`Refusal`] (e.g. 404 for an unknown
 /// path, 401 for a bad token) to refuse.
 pub async fn accept_with<S, F>(
-    io: S,
-    cfg: &ServerConfig,
-    check: F,
-) -> Result<(WebSocket<S>, Accepted)>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-    F: FnOnce(&Request) -> std::result::Result<Vec<(String, String)>, Refusal>,
-{
-    // Boxed: the handshake's state (buffers, the parsed request) would otherwise take
-    // room in the caller's future for as long as the connection lives.
-    Box::pin(handshake(io, cfg, check)).await
-}
-
-async fn handshake<S, F>(
     mut io: S,
     cfg: &ServerConfig,
     check: F,
@@ -63,8 +49,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     F: FnOnce(&Request) -> std::result::Result<Vec<(String, String)>, Refusal>,
 {
-    let handshake = cfg.negotiation();
     let exchange = async {
+        let handshake = cfg.negotiation();
         let mut buf = BytesMut::with_capacity(1024);
         let (request, used) = loop {
             match server::parse_request(&buf, &handshake) {
@@ -95,9 +81,12 @@ where
         let leftover = buf.split_off(used);
         Ok((request, accepted, leftover))
     };
-    let (request, accepted, leftover) = tokio::time::timeout(cfg.handshake_timeout, exchange)
-        .await
-        .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
+    // Boxed: the handshake's state (buffers, the parsed request, the timer) would
+    // otherwise take room in the caller's future for as long as the connection lives.
+    let (request, accepted, leftover) =
+        Box::pin(tokio::time::timeout(cfg.handshake_timeout, exchange))
+            .await
+            .map_err(|_| Error::Timeout(TimeoutKind::Handshake))??;
     let slot = cfg.deflate_context_slot(accepted.deflate.as_ref());
     let deflate = accepted.deflate.zip(cfg.handshake.deflate.as_ref());
     let mut ws = WebSocket::after_handshake(

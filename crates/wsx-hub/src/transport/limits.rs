@@ -100,12 +100,12 @@ impl Default for SourceLimits {
             handshakes_per_second: 50.0,
             handshake_burst: 100.0,
             exempt: vec![
-                Net::parse("127.0.0.0/8").unwrap_or(Net {
+                Net {
                     addr: IpAddr::from([127, 0, 0, 0]),
                     prefix: 8,
-                }),
+                },
                 Net {
-                    addr: IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1]),
+                    addr: IpAddr::from(std::net::Ipv6Addr::LOCALHOST),
                     prefix: 128,
                 },
             ],
@@ -132,14 +132,15 @@ pub struct Limiter {
 /// kept by a WebSocket the connection was upgraded to).
 #[derive(Debug)]
 pub struct IpSlot {
-    limiter: Arc<Limiter>,
+    /// `None` for an exempt address: nothing was counted.
+    limiter: Option<Arc<Limiter>>,
     ip: IpAddr,
 }
 
 impl Drop for IpSlot {
     fn drop(&mut self) {
-        let mut t = lock(&self.limiter.table);
-        if let Some(e) = t.get_mut(&self.ip) {
+        let Some(limiter) = &self.limiter else { return };
+        if let Some(e) = lock(&limiter.table).get_mut(&self.ip) {
             e.open = e.open.saturating_sub(1);
         }
     }
@@ -210,10 +211,7 @@ impl Limiter {
     /// Count a new connection from `ip`: `None` when the address has its limit open.
     pub fn open(self: &Arc<Self>, ip: IpAddr) -> Option<IpSlot> {
         if self.exempt(ip) {
-            return Some(IpSlot {
-                limiter: self.clone(),
-                ip,
-            });
+            return Some(IpSlot { limiter: None, ip });
         }
         let mut t = lock(&self.table);
         self.sweep(&mut t);
@@ -228,7 +226,7 @@ impl Limiter {
         }
         e.open += 1;
         Some(IpSlot {
-            limiter: self.clone(),
+            limiter: Some(self.clone()),
             ip,
         })
     }
