@@ -77,7 +77,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(serve::run(settings)) {
+            match rt.block_on(serve::run(*args, settings)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("wsx: {e}");

@@ -21,20 +21,24 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 use wsx::CloseCode;
+use wsx_hub::api::ApiConfig;
+use wsx_hub::live::Live;
 use wsx_hub::transport::limits::{IpSlot, Limiter};
 use wsx_hub::transport::{stopped, Gate};
 
-use crate::settings::Settings;
+use crate::settings::{ServeArgs, Settings, KEYS, RELOADABLE};
 use crate::web;
 use crate::workers::Workers;
 
-/// Run until Ctrl-C or SIGTERM, then close every WebSocket with 1001 and wait up to the
-/// shutdown timeout for the close handshakes.
-pub async fn run(settings: Settings) -> std::io::Result<()> {
+/// Run until Ctrl-C, or until a drain (SIGTERM, `POST /api/drain`) has emptied the
+/// server or its window is over; then close every WebSocket left with 1001 and wait up
+/// to the shutdown timeout for the close handshakes. SIGHUP (or `POST /api/reload`)
+/// rereads `args`' config file.
+pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
     let tls = match &settings.tls {
-        Some((cert, key)) => {
-            Some(wsx::tls::acceptor(cert, key).map_err(|e| std::io::Error::other(e.to_string()))?)
-        }
+        Some((cert, key)) => Some(Live::new(
+            wsx::tls::acceptor(cert, key).map_err(|e| std::io::Error::other(e.to_string()))?,
+        )),
         None => None,
     };
     let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
@@ -95,7 +99,24 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         tasks.clone(),
     )
     .with_limiter(limiter.clone());
-    let router = routes(&gate, &settings, addr);
+    let api = Live::new(api_config(&settings));
+    let reloader = Arc::new(Reloader {
+        args,
+        started: settings.raw.clone(),
+        current: std::sync::Mutex::new(settings.clone()),
+        tls: tls.clone(),
+        hub: gate.hub().clone(),
+        limiter: limiter.clone(),
+        api: api.clone(),
+    });
+    let control = Control {
+        gate: gate.clone(),
+        reloader: reloader.clone(),
+        api: api.clone(),
+        drain_window: settings.drain_window,
+    };
+    tasks.spawn(reload_on_hangup(reloader, gate.stopped()));
+    let router = routes(&gate, &settings, addr, api, control);
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
         tls_handshake_timeout: settings.tls_handshake_timeout,
@@ -115,7 +136,7 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         tasks.spawn(listener.run(stomp));
     }
 
-    let signal = shutdown_signal();
+    let signal = until_stop(gate.clone(), settings.drain_window);
     tokio::pin!(signal);
     while let Some((tcp, peer)) = next_connection(&listener, signal.as_mut()).await {
         let Ok(permit) = open.clone().try_acquire_owned() else {
@@ -147,7 +168,10 @@ pub async fn run(settings: Settings) -> std::io::Result<()> {
         };
         workers.spawn(&tasks, tcp, move |tcp| conn.serve(tcp));
     }
-    info!("shutting down: closing every WebSocket with 1001");
+    info!(
+        "shutting down: closing the {} sessions left with 1001",
+        gate.open_sessions()
+    );
     let _ = shutdown_tx.send(true);
     tasks.close();
     if tokio::time::timeout(settings.shutdown_timeout, tasks.wait())
@@ -212,6 +236,12 @@ fn redact(url: &str) -> String {
     }
 }
 
+fn api_config(settings: &Settings) -> ApiConfig {
+    let mut api = ApiConfig::default();
+    api.api_key = settings.api_key.clone();
+    api
+}
+
 fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     let mut hub_cfg = wsx_hub::HubConfig::default();
     hub_cfg.auth = settings.auth.clone();
@@ -242,10 +272,14 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
 
 /// The routing table: every path `wsx serve` answers, and what answers it (the README's
 /// "Endpoints" table says the same).
-fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
+fn routes(
+    gate: &Gate,
+    settings: &Settings,
+    addr: SocketAddr,
+    api: Live<ApiConfig>,
+    control: Control,
+) -> Router {
     let hub = gate.hub().clone();
-    let mut api = wsx_hub::api::ApiConfig::default();
-    api.api_key = settings.api_key.clone();
     let demo = match &settings.demo {
         Some(demo) => crate::demo::start(
             hub.clone(),
@@ -258,7 +292,7 @@ fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
     Router::new()
         // The echo endpoint: any message back (plain WebSocket, no hub).
         .route("/echo", get(echo))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // The pages and /wsx.js, embedded.
         .fallback(get(static_file))
@@ -275,7 +309,9 @@ fn routes(gate: &Gate, settings: &Settings, addr: SocketAddr) -> Router {
         // Socket.IO v4 clients (Engine.IO polling, WebSocket, upgrade): /socket.io/.
         .merge(socketio(gate, settings))
         // The HTTP server API: POST /api/{method}.
-        .merge(wsx_hub::api::router(hub, api))
+        .merge(wsx_hub::api::router_live(hub, api))
+        // The server's own methods beside it: POST /api/reload, POST /api/drain.
+        .merge(control.router())
         // The demo's own endpoints (/demo/...).
         .merge(demo)
 }
@@ -340,7 +376,7 @@ struct Conn {
     ip_slot: Arc<IpSlot>,
     peer: SocketAddr,
     router: Router,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Live<tokio_rustls::TlsAcceptor>>,
     limits: ConnLimits,
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
@@ -370,7 +406,8 @@ impl Conn {
         builder
             .timer(TokioTimer::new())
             .header_read_timeout(self.limits.header_timeout);
-        let result = match self.tls.take() {
+        // The certificate as it is now (a reload changes it for new connections).
+        let result = match self.tls.take().map(|live| live.get()) {
             Some(acceptor) => {
                 let limit = self.limits.tls_handshake_timeout;
                 let Some(stream) = tls_accept(&acceptor, tcp, limit, peer).await else {
@@ -403,7 +440,7 @@ struct StompListener {
     limiter: Arc<Limiter>,
     gate: Gate,
     cfg: Arc<wsx_hub::stomp::StompConfig>,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<Live<tokio_rustls::TlsAcceptor>>,
     limits: ConnLimits,
     open: Arc<Semaphore>,
 }
@@ -430,7 +467,7 @@ impl StompListener {
             };
             let gate = self.gate.clone();
             let cfg = self.cfg.clone();
-            let tls = self.tls.clone();
+            let tls = self.tls.as_ref().map(Live::get);
             let tls_timeout = self.limits.tls_handshake_timeout;
             self.workers.spawn(&self.tasks, tcp, move |tcp| async move {
                 let _held = (open, slot, ip_slot);
@@ -514,25 +551,194 @@ where
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+/// Resolves when the server should stop: at Ctrl-C at once; after SIGTERM or
+/// `POST /api/drain`, once the drain has emptied the server or its window is over (a
+/// second signal stops it at once).
+async fn until_stop(gate: Gate, window: Duration) {
+    let mut term = Signal::new(tokio::signal::unix::SignalKind::terminate());
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => return,
+        _ = term.recv() => {
+            gate.drain(window);
+        }
+        _ = gate.drain_begun() => {}
+    }
+    let d = gate.drain(window);
+    info!(
+        sessions = d.sessions,
+        "draining: no new sessions; the open ones are told to reconnect over {:?}", d.window
+    );
+    let emptied = async {
+        while gate.open_sessions() > 0 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+        _ = emptied => info!("drained: no session left"),
+        _ = tokio::time::sleep_until(d.since + d.window + Duration::from_millis(100)) => {
+            info!("drain window over");
         }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
+}
+
+/// A Unix signal stream that never fires where the signal cannot be listened to.
+struct Signal(Option<tokio::signal::unix::Signal>);
+
+impl Signal {
+    fn new(kind: tokio::signal::unix::SignalKind) -> Signal {
+        Signal(tokio::signal::unix::signal(kind).ok())
+    }
+
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some(s) => {
+                s.recv().await;
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+/// Reload at each SIGHUP until the server stops.
+async fn reload_on_hangup(reloader: Arc<Reloader>, stop: impl std::future::Future<Output = ()>) {
+    let mut hup = Signal::new(tokio::signal::unix::SignalKind::hangup());
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let _ = reloader.reload();
+            }
+            _ = &mut stop => return,
+        }
+    }
+}
+
+/// What a reload rereads and where it puts it.
+struct Reloader {
+    args: ServeArgs,
+    /// The raw settings the server started with (a key only a restart applies is
+    /// compared with these).
+    started: std::collections::BTreeMap<&'static str, String>,
+    current: std::sync::Mutex<Settings>,
+    tls: Option<Live<tokio_rustls::TlsAcceptor>>,
+    hub: Arc<wsx_hub::Hub>,
+    limiter: Arc<Limiter>,
+    api: Live<ApiConfig>,
+}
+
+impl Reloader {
+    /// Read the settings again (the config file; flags and environment as at start
+    /// still win) and apply what can change while running: the TLS certificate and key
+    /// (new connections), namespaces, tokens, the API key and the limits. A file that
+    /// does not parse or validate, or a certificate that does not load, changes
+    /// nothing. The answer names the keys applied and those that need a restart.
+    fn reload(&self) -> Result<serde_json::Value, String> {
+        let result = self.try_reload();
+        match &result {
+            Ok(r) => {
+                info!(changed = %r["changed"], restart_needed = %r["restart_needed"], "settings reloaded")
+            }
+            Err(e) => warn!("reload refused, nothing changed: {e}"),
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<serde_json::Value, String> {
+        let mut new = self.args.resolve().map_err(|e| e.to_string())?;
+        let acceptor = match (&self.tls, &new.tls) {
+            (Some(_), Some((cert, key))) => {
+                Some(wsx::tls::acceptor(cert, key).map_err(|e| format!("TLS certificate: {e}"))?)
+            }
+            _ => None,
+        };
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        let restart_needed: Vec<&str> = KEYS
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| !RELOADABLE.contains(k) && self.started.get(k) != new.raw.get(k))
+            .collect();
+        let mut changed: Vec<&str> = KEYS
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| RELOADABLE.contains(k) && current.raw.get(k) != new.raw.get(k))
+            .collect();
+        if format!("{:?}", current.namespaces) != format!("{:?}", new.namespaces) {
+            changed.push("namespaces");
+        }
+        // What only a restart changes stays as the server runs it.
+        new.demo = current.demo.clone();
+        new.server = current.server.clone();
+        if let (Some(live), Some(acceptor)) = (&self.tls, acceptor) {
+            live.set(acceptor);
+        }
+        self.hub.set_config(hub_config(&new));
+        self.limiter.set_config(new.source_limits.clone());
+        self.api.set(api_config(&new));
+        let certificate = self.tls.is_some();
+        *current = new;
+        Ok(serde_json::json!({
+            "changed": changed,
+            "restart_needed": restart_needed,
+            "certificate_reloaded": certificate,
+        }))
+    }
+}
+
+/// The server's own API methods: `POST /api/reload` and `POST /api/drain`, with the
+/// API key.
+#[derive(Clone)]
+struct Control {
+    gate: Gate,
+    reloader: Arc<Reloader>,
+    api: Live<ApiConfig>,
+    drain_window: Duration,
+}
+
+impl Control {
+    fn router(self) -> Router {
+        Router::new()
+            .route("/api/reload", axum::routing::post(reload))
+            .route("/api/drain", axum::routing::post(drain))
+            .with_state(self)
+    }
+}
+
+async fn reload(State(c): State<Control>, headers: http::HeaderMap) -> Response {
+    if let Err(refused) = wsx_hub::api::authorize(&c.api.get(), &headers) {
+        return refused;
+    }
+    match c.reloader.reload() {
+        Ok(r) => wsx_hub::api::ok(r),
+        Err(e) => wsx_hub::api::error(
+            StatusCode::BAD_REQUEST,
+            wsx_hub::native::codec::codes::BAD_REQUEST,
+            format!("nothing changed: {e}"),
+        ),
+    }
+}
+
+async fn drain(State(c): State<Control>, headers: http::HeaderMap) -> Response {
+    if let Err(refused) = wsx_hub::api::authorize(&c.api.get(), &headers) {
+        return refused;
+    }
+    let d = c.gate.drain(c.drain_window);
+    wsx_hub::api::ok(serde_json::json!({
+        "draining": true,
+        "sessions": d.sessions,
+        "window_ms": d.window.as_millis() as u64,
+    }))
+}
+
+/// `/healthz`: 200 `ok` while serving, 503 `draining` once a drain began (so that a
+/// load balancer sends new clients elsewhere).
+async fn healthz(State(gate): State<Gate>) -> Response {
+    if gate.draining().is_some() {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response()
+    } else {
+        "ok\n".into_response()
+    }
 }
 
 async fn static_file(req: Request<Body>) -> Response {

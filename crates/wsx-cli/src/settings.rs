@@ -100,7 +100,8 @@ settings! {
     redis_timeout, "WSX_REDIS_TIMEOUT", "DURATION", "2s", "Longest wait for a Redis reply or connection; beyond, the operation fails (error 111, HTTP 503, STOMP ERROR)";
     node_address, "WSX_NODE_ADDRESS", "URL", "listen address", "With Redis: the http://host:port other nodes reach this one at, to forward polls of sessions it holds (polling clients then need no sticky sessions); set it when listening on 0.0.0.0";
     presence_ttl, "WSX_PRESENCE_TTL", "DURATION", "30s", "With Redis: a member stays in presence this long unless its node renews it, so a node that dies leaves no ghosts beyond it";
-    shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C/SIGTERM, time allowed for clients to finish the close handshake";
+    drain_window, "WSX_DRAIN_WINDOW", "DURATION", "10s", "On SIGTERM or POST /api/drain: stop taking new sessions, /healthz answers 503 draining, and tell the open ones to reconnect (elsewhere) spread evenly over this window; exit when none is left or at its end";
+    shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C (or at a drain's end), time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
     token_hmac_secret, "WSX_TOKEN_HMAC_SECRET", "SECRET", "none", "Secret for HS256 connection tokens (JWT with sub, exp, optional channels)";
@@ -114,6 +115,27 @@ settings! {
     demo_judge_parallel, "WSX_DEMO_JUDGE_PARALLEL", "N", "4", "Test cases run at once, over all submissions";
     demo_judge_max_code, "WSX_DEMO_JUDGE_MAX_CODE", "SIZE", "64KiB", "Largest submission";
 }
+
+/// The keys a reload (SIGHUP, `POST /api/reload`) applies to the running server; any
+/// other key's change is reported as needing a restart. The `[namespaces.*]` tables are
+/// reloaded too.
+pub const RELOADABLE: &[&str] = &[
+    "config",
+    "tls_cert",
+    "tls_key",
+    "max_connections_per_ip",
+    "handshakes_per_ip",
+    "handshake_burst_per_ip",
+    "limit_exempt",
+    "trusted_proxies",
+    "commands_per_second",
+    "command_burst",
+    "max_connections_per_user",
+    "api_key",
+    "token_hmac_secret",
+    "token_rsa_public_key",
+    "allow_anonymous",
+];
 
 /// Log output formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,6 +165,11 @@ pub struct Settings {
     pub header_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
+    /// How long a drain spreads its reconnects over.
+    pub drain_window: Duration,
+    /// Every key's value as given (flag, environment, file or default), to tell what a
+    /// reload changed.
+    pub raw: std::collections::BTreeMap<&'static str, String>,
     /// STOMP over TCP: its listen address, if any.
     pub stomp_listen: Option<SocketAddr>,
     pub stomp: wsx_hub::stomp::StompConfig,
@@ -312,7 +339,7 @@ impl ServeArgs {
                 });
             }
         }
-        let mut raw = std::collections::HashMap::new();
+        let mut raw = std::collections::BTreeMap::new();
         for (key, default) in KEYS {
             let value = match (self.flag(key), file.get(*key)) {
                 (Some(v), _) => v.clone(),
@@ -609,6 +636,7 @@ impl ServeArgs {
                 "tls_handshake_timeout",
             )?,
             shutdown_timeout: dur("shutdown_timeout")?,
+            drain_window: dur("drain_window")?,
             stomp_listen: match get("stomp_listen").trim() {
                 "off" | "" => None,
                 a => Some(
@@ -655,6 +683,7 @@ impl ServeArgs {
                     .recovery(opt_dur("socketio_recovery")?)
             },
             log_format,
+            raw: raw.clone(),
         })
     }
 }

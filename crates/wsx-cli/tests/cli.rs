@@ -166,7 +166,7 @@ async fn config_file_and_env_settings_apply() {
 }
 
 #[tokio::test]
-async fn graceful_shutdown_sends_1001_and_exits_0() {
+async fn ctrl_c_closes_every_websocket_with_1001_and_exits_0() {
     let (mut server, addr) = serve(&[]).await;
     let mut clients = Vec::new();
     for _ in 0..3 {
@@ -182,7 +182,7 @@ async fn graceful_shutdown_sends_1001_and_exits_0() {
     }
     let pid = server.id().unwrap().to_string();
     let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
+        .args(["-INT", &pid])
         .status()
         .unwrap();
     assert!(status.success());

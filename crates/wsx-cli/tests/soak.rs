@@ -61,6 +61,10 @@ async fn redis(port: u16, dir: &str) -> Child {
 }
 
 async fn node(port: u16, redis_port: u16, config: &str) -> Child {
+    node_with(port, redis_port, config, &[]).await
+}
+
+async fn node_with(port: u16, redis_port: u16, config: &str, extra: &[&str]) -> Child {
     let mut child = Command::new(common::WSX)
         .args([
             "serve",
@@ -72,6 +76,7 @@ async fn node(port: u16, redis_port: u16, config: &str) -> Child {
         .args(["--backplane", &format!("redis://127.0.0.1:{redis_port}")])
         .args(["--api-key", KEY, "--demo", "off", "--config", config])
         .args(["--max-connections", "5000", "--redis-timeout", "1s"])
+        .args(extra)
         .env("RUST_LOG", "info")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)
@@ -117,6 +122,8 @@ struct Tally {
     reconnects: AtomicUsize,
     /// Subscribers subscribed at least once.
     ready: AtomicUsize,
+    /// When each `disconnect` push (a drain's, a shutdown's) arrived.
+    departures: Mutex<Vec<Instant>>,
     first_problem: Mutex<Option<String>>,
 }
 
@@ -220,6 +227,7 @@ async fn subscriber(
                 }
                 last = Some((off.max(prev), epoch));
             } else if v["push"].get("disconnect").is_some() {
+                tally.departures.lock().unwrap().push(Instant::now());
                 break;
             }
         }
@@ -229,9 +237,122 @@ async fn subscriber(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart_lose_nothing() {
-    let dir = std::env::temp_dir().join(format!("wsx-soak-{}", std::process::id()));
+/// A run's subscribers: spawned over `ports`, each on the node `id % ports.len()`.
+struct Crowd {
+    tally: Arc<Tally>,
+    finals: Arc<Mutex<Option<Vec<u64>>>>,
+    subs: Vec<tokio::task::JoinHandle<u64>>,
+}
+
+impl Crowd {
+    /// `n` subscribers, once every one is subscribed.
+    async fn ready(n: usize, ports: &[u16]) -> Crowd {
+        let ports = Arc::new(ports.to_vec());
+        let tally = Arc::new(Tally::default());
+        let finals: Arc<Mutex<Option<Vec<u64>>>> = Arc::new(Mutex::new(None));
+        let subs = (0..n)
+            .map(|id| tokio::spawn(subscriber(id, ports.clone(), tally.clone(), finals.clone())))
+            .collect();
+        let started = Instant::now();
+        while tally.ready.load(Ordering::Relaxed) < n {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "subscribers not ready: {}",
+                tally.ready.load(Ordering::Relaxed)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Crowd {
+            tally,
+            finals,
+            subs,
+        }
+    }
+
+    /// Tell the subscribers where each channel's stream ended (asking the node at
+    /// `port`), wait for each to have all of its channel's publications in order, and
+    /// check that none saw a gap or a duplicate or failed to recover. At least
+    /// `accepted` publications must be in the streams. Returns their total.
+    async fn check(self, port: u16, accepted: u64) -> u64 {
+        let mut end = Vec::new();
+        for c in 0..CHANNELS {
+            let h = api(
+                port,
+                "history",
+                json!({ "channel": format!("soak:{c}"), "limit": 0 }),
+            )
+            .await
+            .expect("history");
+            end.push(h["offset"].as_u64().unwrap());
+        }
+        let total: u64 = end.iter().sum();
+        // Every accepted publication has its offset; a few more may (a reply lost while
+        // Redis restarted, or late past the publisher's timeout, after the script ran).
+        assert!(
+            total >= accepted,
+            "{total} in the streams, {accepted} accepted"
+        );
+        *self.finals.lock().unwrap() = Some(end.clone());
+        let deadline = Instant::now() + Duration::from_secs(90);
+        let mut short = 0;
+        for (id, s) in self.subs.into_iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, s).await {
+                Ok(Ok(last)) => assert_eq!(last, end[id % CHANNELS], "subscriber {id}"),
+                _ => short += 1,
+            }
+        }
+        let tally = &self.tally;
+        let problem = tally.first_problem.lock().unwrap().clone();
+        assert_eq!(
+            short, 0,
+            "subscribers that did not catch up; first problem: {problem:?}"
+        );
+        assert_eq!(tally.violations.load(Ordering::Relaxed), 0, "{problem:?}");
+        assert_eq!(tally.unrecovered.load(Ordering::Relaxed), 0, "{problem:?}");
+        total
+    }
+}
+
+/// Publishers through the HTTP API of each node in `ports`, one every 20 ms each over
+/// the channels, until `stop`; counts the accepted ones (a failed publish is not in any
+/// stream).
+fn publishers(
+    ports: &[u16],
+    stop: Arc<AtomicBool>,
+    published: Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let n = ports.len();
+    ports
+        .iter()
+        .enumerate()
+        .map(|(i, &port)| {
+            let (stop, published) = (stop.clone(), published.clone());
+            tokio::spawn(async move {
+                let mut k = i;
+                while !stop.load(Ordering::Relaxed) {
+                    let ch = format!("soak:{}", k % CHANNELS);
+                    if api(
+                        port,
+                        "publish",
+                        json!({ "channel": ch, "data": { "k": k } }),
+                    )
+                    .await
+                    .is_some()
+                    {
+                        published.fetch_add(1, Ordering::Relaxed);
+                    }
+                    k += n;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            })
+        })
+        .collect()
+}
+
+/// A directory for a run, with the `soak` namespace's config file in it.
+fn run_dir(name: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("wsx-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("namespaces.toml");
     std::fs::write(
@@ -240,6 +361,12 @@ async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart
     )
     .unwrap();
     let config = config.display().to_string();
+    (dir, config)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart_lose_nothing() {
+    let (dir, config) = run_dir("soak");
     let data = dir.display().to_string();
     let redis_port = free_port();
     let mut redis_server = redis(redis_port, &data).await;
@@ -248,52 +375,12 @@ async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart
     for &p in &ports {
         nodes.push(node(p, redis_port, &config).await);
     }
-    let ports = Arc::new(ports);
-    let tally = Arc::new(Tally::default());
-    let finals: Arc<Mutex<Option<Vec<u64>>>> = Arc::new(Mutex::new(None));
-    let mut subs = Vec::with_capacity(SUBSCRIBERS);
-    for id in 0..SUBSCRIBERS {
-        subs.push(tokio::spawn(subscriber(
-            id,
-            ports.clone(),
-            tally.clone(),
-            finals.clone(),
-        )));
-    }
-    let started = Instant::now();
-    while tally.ready.load(Ordering::Relaxed) < SUBSCRIBERS {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "subscribers not ready: {}",
-            tally.ready.load(Ordering::Relaxed)
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    // Publishers on every node for 15 s (a failed publish is not in any stream).
+    let crowd = Crowd::ready(SUBSCRIBERS, &ports).await;
+    let tally = crowd.tally.clone();
+    // Publishers on every node for 15 s.
     let stop = Arc::new(AtomicBool::new(false));
     let published = Arc::new(AtomicU64::new(0));
-    let mut pubs = Vec::new();
-    for (i, &port) in ports.iter().enumerate() {
-        let (stop, published) = (stop.clone(), published.clone());
-        pubs.push(tokio::spawn(async move {
-            let mut k = i;
-            while !stop.load(Ordering::Relaxed) {
-                let ch = format!("soak:{}", k % CHANNELS);
-                if api(
-                    port,
-                    "publish",
-                    json!({ "channel": ch, "data": { "k": k } }),
-                )
-                .await
-                .is_some()
-                {
-                    published.fetch_add(1, Ordering::Relaxed);
-                }
-                k += 3;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }));
-    }
+    let pubs = publishers(&ports, stop.clone(), published.clone());
     // The schedule: Redis restarts at 4 s (SHUTDOWN, so its log is complete), node 1 is
     // killed at 9 s and back at 11 s, publishing stops at 15 s.
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -312,44 +399,10 @@ async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart
     for p in pubs {
         p.await.unwrap();
     }
-    // Where every channel's stream ended.
-    let mut end = Vec::new();
-    for c in 0..CHANNELS {
-        let h = api(
-            ports[0],
-            "history",
-            json!({ "channel": format!("soak:{c}"), "limit": 0 }),
-        )
-        .await
-        .expect("history");
-        end.push(h["offset"].as_u64().unwrap());
-    }
-    let total: u64 = end.iter().sum();
-    // Every accepted publication has its offset; a few more may (a reply lost while
-    // Redis restarted, or late past the publisher's timeout, after the script ran).
-    let accepted = published.load(Ordering::Relaxed);
-    assert!(
-        total >= accepted,
-        "{total} in the streams, {accepted} accepted"
-    );
+    let total = crowd
+        .check(ports[0], published.load(Ordering::Relaxed))
+        .await;
     assert!(total > 300, "publishing went on: {total}");
-    *finals.lock().unwrap() = Some(end.clone());
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let mut short = 0;
-    for (id, s) in subs.into_iter().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s).await {
-            Ok(Ok(last)) => assert_eq!(last, end[id % CHANNELS], "subscriber {id}"),
-            _ => short += 1,
-        }
-    }
-    let problem = tally.first_problem.lock().unwrap().clone();
-    assert_eq!(
-        short, 0,
-        "subscribers that did not catch up; first problem: {problem:?}"
-    );
-    assert_eq!(tally.violations.load(Ordering::Relaxed), 0, "{problem:?}");
-    assert_eq!(tally.unrecovered.load(Ordering::Relaxed), 0, "{problem:?}");
     let reconnects = tally.reconnects.load(Ordering::Relaxed);
     assert!(
         reconnects >= SUBSCRIBERS / 3,
@@ -357,6 +410,73 @@ async fn three_nodes_3000_subscribers_through_a_redis_restart_and_a_node_restart
     );
     eprintln!("soak: {total} publications, {SUBSCRIBERS} subscribers each got all of their channel's, {reconnects} reconnections");
     drop(redis_server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn draining_a_node_while_publishing_moves_its_subscribers_spread_over_the_window_with_no_gap()
+{
+    const N: usize = 600;
+    let window = Duration::from_secs(3);
+    let (dir, config) = run_dir("drain");
+    let redis_port = free_port();
+    let redis_server = redis(redis_port, &dir.display().to_string()).await;
+    let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+    let node_a = node_with(ports[0], redis_port, &config, &[]).await;
+    let mut node_b = node_with(ports[1], redis_port, &config, &["--drain-window", "3s"]).await;
+    let crowd = Crowd::ready(N, &ports).await;
+    let tally = crowd.tally.clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let published = Arc::new(AtomicU64::new(0));
+    // Publishing goes on through node A while B drains.
+    let pubs = publishers(&ports[..1], stop.clone(), published.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let began = Instant::now();
+    let drained = api(ports[1], "drain", json!({})).await.expect("drain");
+    assert_eq!(drained["sessions"], N / 2, "{drained}");
+    let exited = tokio::time::timeout(Duration::from_secs(15), node_b.wait())
+        .await
+        .expect("the drained node exits")
+        .unwrap();
+    assert!(exited.success(), "{exited}");
+    let took = began.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in pubs {
+        p.await.unwrap();
+    }
+    let total = crowd
+        .check(ports[0], published.load(Ordering::Relaxed))
+        .await;
+    let mut departures: Vec<Duration> = tally
+        .departures
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|t| t.duration_since(began))
+        .collect();
+    departures.sort();
+    assert_eq!(departures.len(), N / 2, "every subscriber of B was told");
+    // Spread: each tenth of the window saw about a tenth of the departures.
+    let tenths: Vec<usize> = (0..10u32)
+        .map(|t| {
+            departures
+                .iter()
+                .filter(|d| **d >= window * t / 10 && **d < window * (t + 1) / 10)
+                .count()
+        })
+        .collect();
+    let last = *departures.last().unwrap();
+    eprintln!(
+        "drain: {} subscribers left B over {last:?} (node exited after {took:?}), per tenth of the window {tenths:?}; {total} publications, every subscriber got all of its channel's",
+        N / 2
+    );
+    let even = N / 2 / 10;
+    assert!(
+        tenths.iter().all(|n| (even / 2..=even * 2).contains(n)),
+        "not spread: {tenths:?}"
+    );
+    drop((node_a, redis_server));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -22,6 +22,7 @@ use crate::hub::backplane::HistoryQuery;
 use crate::hub::error::HubError;
 use crate::hub::publication::Payload;
 use crate::hub::Hub;
+use crate::live::Live;
 use crate::native::codec::{codes, history_json, presence_json};
 use crate::native::error_code;
 
@@ -47,20 +48,54 @@ impl Default for ApiConfig {
 #[derive(Clone)]
 struct Api {
     hub: Arc<Hub>,
-    cfg: Arc<ApiConfig>,
+    cfg: Live<ApiConfig>,
 }
 
 /// The API routes, to merge into the server's router.
 pub fn router(hub: Arc<Hub>, cfg: ApiConfig) -> Router {
-    Router::new()
-        .route("/api/{method}", post(call).fallback(not_post))
-        .with_state(Api {
-            hub,
-            cfg: Arc::new(cfg),
-        })
+    router_live(hub, Live::new(cfg))
 }
 
-fn error(status: StatusCode, code: u16, message: impl Into<String>) -> Response {
+/// [`router`] with settings a reload may replace (a new key applies to the next call).
+pub fn router_live(hub: Arc<Hub>, cfg: Live<ApiConfig>) -> Router {
+    Router::new()
+        .route("/api/{method}", post(call).fallback(not_post))
+        .with_state(Api { hub, cfg })
+}
+
+/// Check a call's `Authorization: apikey KEY` against `cfg` (in constant time): the
+/// error response to send when it does not pass (403 when the API is off, 401 without
+/// a key, 403 with a wrong one). For a server's own methods beside the API's.
+#[allow(clippy::result_large_err)]
+pub fn authorize(cfg: &ApiConfig, headers: &HeaderMap) -> Result<(), Response> {
+    let Some(key) = &cfg.api_key else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            codes::PERMISSION_DENIED,
+            "the HTTP API is off: set api_key",
+        ));
+    };
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("apikey "));
+    match presented {
+        None => Err(error(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "missing Authorization: apikey <key>",
+        )),
+        Some(p) if !same_secret(p.trim().as_bytes(), key.as_bytes()) => Err(error(
+            StatusCode::FORBIDDEN,
+            codes::PERMISSION_DENIED,
+            "wrong API key",
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+/// An API error: `{"error": {"code": C, "message": M}}` with `status`.
+pub fn error(status: StatusCode, code: u16, message: impl Into<String>) -> Response {
     let body = json!({ "error": { "code": code, "message": message.into() } });
     (
         status,
@@ -100,7 +135,8 @@ async fn not_post() -> Response {
     r
 }
 
-fn ok(result: Value) -> Response {
+/// An API answer: `{"result": R}` with 200.
+pub fn ok(result: Value) -> Response {
     (
         StatusCode::OK,
         [(http::header::CONTENT_TYPE, "application/json")],
@@ -115,41 +151,17 @@ async fn call(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let Some(key) = &api.cfg.api_key else {
-        return error(
-            StatusCode::FORBIDDEN,
-            codes::PERMISSION_DENIED,
-            "the HTTP API is off: set api_key",
-        );
-    };
-    let presented = headers
-        .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("apikey "));
-    match presented {
-        None => {
-            return error(
-                StatusCode::UNAUTHORIZED,
-                codes::UNAUTHORIZED,
-                "missing Authorization: apikey <key>",
-            )
-        }
-        Some(p) if !same_secret(p.trim().as_bytes(), key.as_bytes()) => {
-            return error(
-                StatusCode::FORBIDDEN,
-                codes::PERMISSION_DENIED,
-                "wrong API key",
-            )
-        }
-        Some(_) => {}
+    let cfg = api.cfg.get();
+    if let Err(refused) = authorize(&cfg, &headers) {
+        return refused;
     }
-    let bytes: Bytes = match axum::body::to_bytes(body, api.cfg.max_body).await {
+    let bytes: Bytes = match axum::body::to_bytes(body, cfg.max_body).await {
         Ok(b) => b,
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 codes::LIMIT_EXCEEDED,
-                format!("body over {} bytes", api.cfg.max_body),
+                format!("body over {} bytes", cfg.max_body),
             )
         }
     };

@@ -24,6 +24,7 @@
 pub mod api;
 pub mod engineio;
 pub mod hub;
+pub mod live;
 pub mod native;
 #[cfg(feature = "redis")]
 pub mod redis;

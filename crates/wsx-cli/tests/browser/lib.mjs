@@ -31,7 +31,7 @@ export class Server {
   async stop() {
     if (!this.child || this.child.exitCode !== null) return;
     const exited = new Promise((r) => this.child.once('exit', r));
-    this.child.kill('SIGTERM');
+    this.child.kill('SIGINT');
     await exited;
   }
 

@@ -45,6 +45,33 @@ pub async fn serve_stomp_scheme(extra: &[&str], scheme: &str) -> (Child, String,
 
 /// [`launch`], also giving the log lines before the `open` line.
 pub async fn launch_logged(extra: &[&str], scheme: &str) -> (Child, String, Vec<String>) {
+    let (child, addr, before, mut lines) = start(extra, scheme).await;
+    // Keep draining the log so the server never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, addr, before)
+}
+
+/// `wsx serve` with `extra` arguments once it logged its `open SCHEME://ADDR/` line:
+/// (child, address, every log line from then on).
+pub async fn launch_watched(
+    extra: &[&str],
+    scheme: &str,
+) -> (Child, String, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let (child, addr, _, mut lines) = start(extra, scheme).await;
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = tx.send(line);
+        }
+    });
+    (child, addr, rx)
+}
+
+type LogLines = tokio::io::Lines<BufReader<tokio::process::ChildStderr>>;
+
+/// Start `wsx serve` and read its log up to the `open SCHEME://ADDR/` line: (child,
+/// address, the lines before, the rest of the log).
+async fn start(extra: &[&str], scheme: &str) -> (Child, String, Vec<String>, LogLines) {
     let mut child = Command::new(WSX)
         .args(["serve", "--listen", "127.0.0.1:0", "--log-format", "text"])
         .args(extra)
@@ -67,9 +94,53 @@ pub async fn launch_logged(extra: &[&str], scheme: &str) -> (Child, String, Vec<
     })
     .await
     .unwrap();
-    // Keep draining the log so the server never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr, before)
+    (child, addr, before, lines)
+}
+
+/// The next log line of [`launch_watched`]'s that contains `marker` (within 20 s).
+pub async fn log_line(
+    log: &mut tokio::sync::mpsc::UnboundedReceiver<String>,
+    marker: &str,
+) -> String {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = log.recv().await {
+            if line.contains(marker) {
+                return line;
+            }
+        }
+        panic!("the server's log ended before `{marker}`");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("no `{marker}` in the log"))
+}
+
+/// `POST /api/METHOD` with `key`: (status, JSON body).
+pub async fn api_call(addr: &str, key: &str, method: &str, body: &str) -> (u16, serde_json::Value) {
+    let resp = http(
+        addr,
+        &format!(
+            "POST /api/{method} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    let status = resp[9..12].parse().unwrap();
+    let json = resp.split("\r\n\r\n").nth(1).unwrap_or("");
+    (
+        status,
+        serde_json::from_str(json).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// Send a signal (`HUP`, `TERM`) to a child.
+pub fn signal(child: &Child, name: &str) {
+    let pid = child.id().unwrap().to_string();
+    let ok = std::process::Command::new("kill")
+        .args([&format!("-{name}"), &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -{name} {pid}");
 }
 
 /// Send one raw HTTP/1.1 request (with `Connection: close`) and read the whole answer.
@@ -106,6 +177,12 @@ pub async fn run(args: &[&str], stdin: &str) -> (i32, String, String) {
 
 /// A CA and a leaf for localhost, as PEM files: (dir, ca, cert, key).
 pub fn pki() -> (std::path::PathBuf, String, String, String) {
+    let dir = std::env::temp_dir().join(format!("wsx-cli-tls-{}", std::process::id()));
+    pki_in(dir)
+}
+
+/// [`pki`] in `dir` (created): a new CA and leaf at each call.
+pub fn pki_in(dir: std::path::PathBuf) -> (std::path::PathBuf, String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
     let ca_key = KeyPair::generate().unwrap();
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
@@ -120,7 +197,6 @@ pub fn pki() -> (std::path::PathBuf, String, String, String) {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let dir = std::env::temp_dir().join(format!("wsx-cli-tls-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let write = |name: &str, data: String| {
         let p = dir.join(name);

@@ -174,6 +174,9 @@ impl Deliver for Node {
     }
 }
 
+/// The connections of this node: who each is and its queue.
+type Sessions = HashMap<ClientId, (Arc<ClientInfo>, Arc<Outbound>)>;
+
 /// The hub.
 pub struct Hub {
     broker: Arc<Broker>,
@@ -185,9 +188,9 @@ pub struct Hub {
     /// Serialises listen/unlisten decisions per shard of channels, so that "this node
     /// listens on a channel" always matches "it has subscribers of it".
     listen_locks: Vec<tokio::sync::Mutex<()>>,
-    config: HubConfig,
+    config: crate::live::Live<HubConfig>,
     next_client: AtomicU64,
-    sessions: Mutex<HashMap<ClientId, (String, Arc<Outbound>)>>,
+    sessions: Mutex<Sessions>,
     /// Open connections per user (not counting anonymous ones).
     users: Mutex<HashMap<String, usize>>,
     metrics: Arc<metrics::Metrics>,
@@ -222,7 +225,7 @@ impl Hub {
     /// shares queues); one consumer gets it.
     pub async fn enqueue(&self, queue: &str, payload: Payload) -> Result<(), HubError> {
         if self.queues.is_shared() {
-            let limits = self.config.work_queues;
+            let limits = self.config().work_queues;
             if payload.data.len() > limits.max_bytes {
                 return Err(HubError::LimitExceeded(Limit::QueueFull(
                     limits.max_messages,
@@ -258,7 +261,7 @@ impl Hub {
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
             queues,
-            config,
+            config: crate::live::Live::new(config),
             // Unique in the cluster: the backplane's node id above a per-node counter.
             next_client: AtomicU64::new((node << 40) + 1),
             sessions: Mutex::new(HashMap::new()),
@@ -455,7 +458,7 @@ impl Hub {
         &self.metrics
     }
 
-    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<ClientId, (String, Arc<Outbound>)>> {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
         shards::lock(&self.sessions)
     }
 
@@ -463,23 +466,30 @@ impl Hub {
         &self.listen_locks[shards::of(channel)]
     }
 
-    /// Record a live connection (for server-side disconnects).
-    pub fn register(&self, client: ClientId, user: &str, queue: Arc<Outbound>) {
-        match self.sessions().insert(client, (user.to_string(), queue)) {
+    /// Record a live connection, or who it is now (for server-side disconnects, the
+    /// per-user count and the admin page).
+    pub fn register(&self, info: Arc<ClientInfo>, queue: Arc<Outbound>) {
+        let user = info.user.clone();
+        match self.sessions().insert(info.client, (info, queue)) {
             None => {
                 self.metrics.connections.fetch_add(1, Ordering::Relaxed);
             }
-            Some((before, _)) => self.count_user(&before, false),
+            Some((before, _)) => self.count_user(&before.user, false),
         }
-        self.count_user(user, true);
+        self.count_user(&user, true);
     }
 
     /// Forget a connection.
     pub fn unregister(&self, client: ClientId) {
-        if let Some((user, _)) = self.sessions().remove(&client) {
+        if let Some((info, _)) = self.sessions().remove(&client) {
             self.metrics.connections.fetch_sub(1, Ordering::Relaxed);
-            self.count_user(&user, false);
+            self.count_user(&info.user, false);
         }
+    }
+
+    /// Who is connected to this node now.
+    pub fn clients(&self) -> Vec<Arc<ClientInfo>> {
+        self.sessions().values().map(|(i, _)| i.clone()).collect()
     }
 
     fn count_user(&self, user: &str, up: bool) {
@@ -512,8 +522,8 @@ impl Hub {
     ) -> usize {
         let sessions = self.sessions();
         let mut n = 0;
-        for (id, (u, q)) in sessions.iter() {
-            if user.is_some_and(|want| want == u) || client == Some(*id) {
+        for (id, (info, q)) in sessions.iter() {
+            if user.is_some_and(|want| want == info.user) || client == Some(*id) {
                 q.disconnect(why.clone());
                 n += 1;
             }
@@ -527,7 +537,7 @@ impl Hub {
     pub fn channel(&self, name: &str) -> Result<ChannelName, HubError> {
         let ch = ChannelName::parse(name)?;
         let ns = ch.namespace();
-        if !ns.is_empty() && !self.config.namespaces.iter().any(|(n, _)| n == ns) {
+        if !ns.is_empty() && !self.config().namespaces.iter().any(|(n, _)| n == ns) {
             return Err(HubError::UnknownNamespace(ns.to_string()));
         }
         Ok(ch)
@@ -657,7 +667,9 @@ impl Hub {
         let targets: Vec<(ClientId, Arc<Outbound>)> = self
             .sessions()
             .iter()
-            .filter(|(id, (u, _))| user.is_some_and(|want| want == u) || client == Some(**id))
+            .filter(|(id, (info, _))| {
+                user.is_some_and(|want| want == info.user) || client == Some(**id)
+            })
             .map(|(id, (_, q))| (*id, q.clone()))
             .collect();
         let mut n = 0;
@@ -746,9 +758,16 @@ impl Hub {
         self.broker.channels()
     }
 
-    /// The settings.
-    pub fn config(&self) -> &HubConfig {
-        &self.config
+    /// The settings (as they are now: a reload may replace them).
+    pub fn config(&self) -> std::sync::Arc<HubConfig> {
+        self.config.get()
+    }
+
+    /// Replace the settings (a reload): namespaces, tokens and limits apply from the
+    /// next command on; a connection's command rate and queue limits stay those it
+    /// opened with; the work queues keep their limits.
+    pub fn set_config(&self, config: HubConfig) {
+        self.config.set(config);
     }
 
     /// A fresh connection id.
@@ -758,12 +777,13 @@ impl Hub {
 
     /// The options of a channel's namespace.
     pub fn options(&self, channel: &ChannelName) -> ChannelOptions {
-        self.config
+        let config = self.config();
+        config
             .namespaces
             .iter()
             .find(|(ns, _)| ns == channel.namespace())
             .map(|(_, o)| o.clone())
-            .unwrap_or_else(|| self.config.default_options.clone())
+            .unwrap_or_else(|| config.default_options.clone())
     }
 }
 

@@ -73,14 +73,15 @@ impl HubSession {
         let frontend_name = frontend;
         let frontend = hub.metrics().frontend(frontend);
         frontend.connections.fetch_add(1, Ordering::Relaxed);
-        hub.register(client, &user, queue.clone());
+        let info = Arc::new(ClientInfo {
+            client,
+            user,
+            protocol: frontend_name.to_string(),
+            ..ClientInfo::default()
+        });
+        hub.register(info.clone(), queue.clone());
         HubSession {
-            info: Arc::new(ClientInfo {
-                client,
-                user,
-                protocol: frontend_name.to_string(),
-                ..ClientInfo::default()
-            }),
+            info,
             hub,
             frontend,
             queue,
@@ -127,19 +128,23 @@ impl HubSession {
         if self.connected || user == self.info.user {
             return;
         }
-        self.hub
-            .register(self.info.client, &user, self.queue.clone());
-        self.info = Arc::new(ClientInfo {
+        self.set_info(ClientInfo {
             user,
             ..ClientInfo::clone(&self.info)
         });
+    }
+
+    /// Who this connection is now, for this session and the hub's list.
+    fn set_info(&mut self, info: ClientInfo) {
+        self.info = Arc::new(info);
+        self.hub.register(self.info.clone(), self.queue.clone());
     }
 
     /// Record how this connection reached the server (presence shows it): a
     /// transport that cannot change for the session's life. Before `connect`.
     pub fn set_transport(&mut self, transport: &str) {
         if !self.connected {
-            self.info = Arc::new(ClientInfo {
+            self.set_info(ClientInfo {
                 transport: transport.to_string(),
                 ..ClientInfo::clone(&self.info)
             });
@@ -203,11 +208,7 @@ impl HubSession {
 
     /// Record who this connection is and mark it connected.
     fn become_connected(&mut self, user: String, name: String, info: String) {
-        if user != self.info.user {
-            self.hub
-                .register(self.info.client, &user, self.queue.clone());
-        }
-        self.info = Arc::new(ClientInfo {
+        self.set_info(ClientInfo {
             user,
             name,
             info,

@@ -397,7 +397,8 @@ impl Session {
         self.run_until(ws, std::future::pending()).await
     }
 
-    /// [`run`](Self::run), closing with 1001 when `stop` resolves (server shutdown).
+    /// [`run`](Self::run); when `stop` resolves (shutdown, or this session's turn in a
+    /// drain), a `disconnect` push with `reconnect: true`, then close 1001.
     pub async fn run_until<S, F>(mut self, mut ws: WebSocket<S>, stop: F)
     where
         S: AsyncRead + AsyncWrite + Unpin,
@@ -408,7 +409,12 @@ impl Session {
         loop {
             tokio::select! {
                 _ = &mut stop => {
-                    let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
+                    // Shutdown or drain: tell the client to reconnect (to another node).
+                    let d = Disconnect::Shutdown;
+                    let (code, reason) = close_for(&d);
+                    let push = codec::disconnect_push(code, reason, d.reconnect());
+                    let _ = ws.feed(Message::text(push)).await;
+                    let _ = ws.close(CloseCode(code), reason).await;
                     break;
                 }
                 msg = ws.next() => {

@@ -124,7 +124,7 @@ struct Entry {
 /// The live counts behind [`SourceLimits`], shared by the listener and the endpoints.
 #[derive(Debug)]
 pub struct Limiter {
-    cfg: SourceLimits,
+    cfg: crate::live::Live<SourceLimits>,
     table: Mutex<HashMap<IpAddr, Entry>>,
 }
 
@@ -150,22 +150,32 @@ impl Limiter {
     /// A limiter with these limits.
     pub fn new(cfg: SourceLimits) -> Arc<Limiter> {
         Arc::new(Limiter {
-            cfg,
+            cfg: crate::live::Live::new(cfg),
             table: Mutex::new(HashMap::new()),
         })
     }
 
-    /// The limits.
-    pub fn config(&self) -> &SourceLimits {
-        &self.cfg
+    /// The limits (as they are now).
+    pub fn config(&self) -> Arc<SourceLimits> {
+        self.cfg.get()
+    }
+
+    /// Replace the limits (a reload): they apply to the next connection and handshake;
+    /// connections open beyond a lowered limit stay open.
+    pub fn set_config(&self, cfg: SourceLimits) {
+        self.cfg.set(cfg);
     }
 
     fn exempt(&self, ip: IpAddr) -> bool {
-        self.cfg.exempt.iter().any(|n| n.contains(ip))
+        self.cfg.get().exempt.iter().any(|n| n.contains(ip))
     }
 
     fn trusted(&self, ip: IpAddr) -> bool {
-        self.cfg.trusted_proxies.iter().any(|n| n.contains(ip))
+        self.cfg
+            .get()
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(ip))
     }
 
     /// The client's address: `peer`, or when `peer` is a trusted proxy, the nearest
@@ -213,15 +223,16 @@ impl Limiter {
         if self.exempt(ip) {
             return Some(IpSlot { limiter: None, ip });
         }
+        let cfg = self.cfg.get();
         let mut t = lock(&self.table);
         self.sweep(&mut t);
         let now = Instant::now();
         let e = t.entry(ip).or_insert(Entry {
             open: 0,
-            tokens: self.cfg.handshake_burst,
+            tokens: cfg.handshake_burst,
             at: now,
         });
-        if e.open >= self.cfg.connections_per_ip {
+        if e.open >= cfg.connections_per_ip {
             return None;
         }
         e.open += 1;
@@ -236,7 +247,8 @@ impl Limiter {
         if self.exempt(ip) {
             return Ok(());
         }
-        let (rate, burst) = (self.cfg.handshakes_per_second, self.cfg.handshake_burst);
+        let cfg = self.cfg.get();
+        let (rate, burst) = (cfg.handshakes_per_second, cfg.handshake_burst);
         let mut t = lock(&self.table);
         self.sweep(&mut t);
         let now = Instant::now();
@@ -261,7 +273,8 @@ impl Limiter {
             return;
         }
         let now = Instant::now();
-        let (rate, burst) = (self.cfg.handshakes_per_second, self.cfg.handshake_burst);
+        let cfg = self.cfg.get();
+        let (rate, burst) = (cfg.handshakes_per_second, cfg.handshake_burst);
         t.retain(|_, e| {
             e.open > 0 || e.tokens + now.duration_since(e.at).as_secs_f64() * rate < burst
         });

@@ -89,9 +89,39 @@ pub struct Gate {
     hub: Arc<Hub>,
     cfg: Arc<ServerConfig>,
     slots: Arc<Semaphore>,
+    max_sessions: usize,
     shutdown: watch::Receiver<bool>,
+    drain: Arc<DrainState>,
     tasks: TaskTracker,
     limiter: Option<Arc<Limiter>>,
+}
+
+/// A drain under way: since when, over how long, and how many sessions were open when
+/// it began (each is told to go at its own point of the window).
+#[derive(Debug, Clone, Copy)]
+pub struct Draining {
+    /// When the drain began.
+    pub since: tokio::time::Instant,
+    /// The window the sessions' departures are spread over.
+    pub window: std::time::Duration,
+    /// Sessions open when it began.
+    pub sessions: usize,
+}
+
+#[derive(Debug)]
+struct DrainState {
+    state: watch::Sender<Option<Draining>>,
+    /// Sessions told so far: the next one's place in the window.
+    told: std::sync::atomic::AtomicUsize,
+}
+
+impl Draining {
+    /// When the `k`-th session (from 0) is to go: evenly over the window, the first at
+    /// its start.
+    pub fn departure(&self, k: usize) -> tokio::time::Instant {
+        let share = (k as f64 / self.sessions.max(1) as f64).min(1.0);
+        self.since + self.window.mul_f64(share)
+    }
 }
 
 /// The next item of `rx`; once `closed` is cancelled, only what is left in it.
@@ -125,9 +155,63 @@ impl Gate {
             hub,
             cfg: Arc::new(cfg),
             slots: Arc::new(Semaphore::new(max_websockets)),
+            max_sessions: max_websockets,
             shutdown,
+            drain: Arc::new(DrainState {
+                state: watch::Sender::new(None),
+                told: 0.into(),
+            }),
             tasks,
             limiter: None,
+        }
+    }
+
+    /// Sessions open now (WebSockets, HTTP sessions, STOMP over TCP).
+    pub fn open_sessions(&self) -> usize {
+        self.max_sessions
+            .saturating_sub(self.slots.available_permits())
+    }
+
+    /// Begin draining: new sessions are refused (503, `Retry-After`), and each open
+    /// session is told to reconnect elsewhere at its own point of `window` (its
+    /// [`stopped`](Self::stopped) future resolves then), evenly spread so that the
+    /// clients do not all arrive at other nodes at once. A second call changes nothing;
+    /// both return the drain under way.
+    pub fn drain(&self, window: std::time::Duration) -> Draining {
+        let sessions = self.open_sessions();
+        self.drain.state.send_if_modified(|d| {
+            if d.is_some() {
+                return false;
+            }
+            *d = Some(Draining {
+                since: tokio::time::Instant::now(),
+                window,
+                sessions,
+            });
+            true
+        });
+        self.draining().unwrap_or(Draining {
+            since: tokio::time::Instant::now(),
+            window,
+            sessions,
+        })
+    }
+
+    /// The drain under way, if any.
+    pub fn draining(&self) -> Option<Draining> {
+        *self.drain.state.borrow()
+    }
+
+    /// Resolves when a drain begins.
+    pub fn drain_begun(&self) -> impl Future<Output = Draining> + Send + 'static {
+        let mut rx = self.drain.state.subscribe();
+        async move {
+            let begun = rx.wait_for(Option::is_some).await.map(|d| *d);
+            match begun {
+                Ok(Some(d)) => d,
+                // The gate is gone: no drain will begin.
+                _ => std::future::pending().await,
+            }
         }
     }
 
@@ -153,9 +237,25 @@ impl Gate {
         *self.shutdown.borrow()
     }
 
-    /// A future that resolves when the server starts shutting down.
+    /// A future that resolves when the session it is given to should end: when the
+    /// server shuts down, or at the session's point of a drain's window.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        stopped(self.shutdown.clone())
+        let shutdown = self.shutdown.clone();
+        let drain = self.drain.clone();
+        let begun = self.drain_begun();
+        async move {
+            let d = tokio::select! {
+                _ = stopped(shutdown.clone()) => return,
+                d = begun => d,
+            };
+            let k = drain
+                .told
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tokio::select! {
+                _ = stopped(shutdown) => {}
+                _ = tokio::time::sleep_until(d.departure(k)) => {}
+            }
+        }
     }
 
     /// Spawn a connection's task (tracked: shutdown waits for it).
@@ -192,6 +292,9 @@ impl Gate {
         };
         if self.is_shutting_down() {
             return Err(Refusal::new(503, "server shutting down").retry_after(1));
+        }
+        if self.draining().is_some() {
+            return Err(Refusal::new(503, "server draining: use another node").retry_after(1));
         }
         Ok(slot)
     }
