@@ -1,6 +1,7 @@
 //! The `wsx` command: `serve` (a WebSocket server with a live demo page), `connect` (an
 //! interactive client) and `bench` (a load generator). No protocol logic lives here.
 
+mod admin;
 mod bench;
 mod connect;
 mod demo;

@@ -99,7 +99,28 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         tasks.clone(),
     )
     .with_limiter(limiter.clone());
+    let open = Arc::new(Semaphore::new(settings.max_tcp_connections));
     let api = Live::new(api_config(&settings));
+    let admin_password = Live::new(settings.admin_password.clone());
+    let admin = crate::admin::Admin::new(gate.clone(), admin_password.clone(), tls.is_some());
+    // Once a second, this node's figures on the admin channel (while the page is on).
+    {
+        let (on, gate, open) = (admin.clone(), gate.clone(), open.clone());
+        let (max_tcp, workers_n) = (settings.max_tcp_connections, workers.count());
+        tokio::spawn(wsx_hub::hub::figures::publish_every(
+            Arc::downgrade(gate.hub()),
+            Duration::from_secs(1),
+            move || on.enabled(),
+            move || {
+                serde_json::json!({
+                    "draining": gate.draining().is_some(),
+                    "sessions": gate.open_sessions(),
+                    "tcp_connections": max_tcp.saturating_sub(open.available_permits()),
+                    "workers": workers_n,
+                })
+            },
+        ));
+    }
     let reloader = Arc::new(Reloader {
         args,
         started: settings.raw.clone(),
@@ -108,6 +129,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         hub: gate.hub().clone(),
         limiter: limiter.clone(),
         api: api.clone(),
+        admin_password,
     });
     let control = Control {
         gate: gate.clone(),
@@ -116,12 +138,11 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         drain_window: settings.drain_window,
     };
     tasks.spawn(reload_on_hangup(reloader, gate.stopped()));
-    let router = routes(&gate, &settings, addr, api, control);
+    let router = routes(&gate, &settings, addr, api, control).merge(admin.router());
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
         tls_handshake_timeout: settings.tls_handshake_timeout,
     };
-    let open = Arc::new(Semaphore::new(settings.max_tcp_connections));
     if let Some(stomp) = stomp_listener {
         let listener = StompListener {
             workers: workers.clone(),
@@ -253,6 +274,12 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
         .protocol
         .ping_interval
         .map_or(0, |d| d.as_secs());
+    if settings.admin_password.is_some() {
+        use wsx_hub::hub::figures;
+        hub_cfg
+            .namespaces
+            .push((figures::NAMESPACE.into(), figures::namespace_options()));
+    }
     if settings.demo.is_some() {
         for (name, opts) in crate::demo::namespaces() {
             if !settings.namespaces.iter().any(|(n, _)| *n == name) {
@@ -626,6 +653,7 @@ struct Reloader {
     hub: Arc<wsx_hub::Hub>,
     limiter: Arc<Limiter>,
     api: Live<ApiConfig>,
+    admin_password: Live<Option<String>>,
 }
 
 impl Reloader {
@@ -676,6 +704,7 @@ impl Reloader {
         self.hub.set_config(hub_config(&new));
         self.limiter.set_config(new.source_limits.clone());
         self.api.set(api_config(&new));
+        self.admin_password.set(new.admin_password.clone());
         let certificate = self.tls.is_some();
         *current = new;
         Ok(serde_json::json!({

@@ -103,6 +103,7 @@ settings! {
     drain_window, "WSX_DRAIN_WINDOW", "DURATION", "10s", "On SIGTERM or POST /api/drain: stop taking new sessions, /healthz answers 503 draining, and tell the open ones to reconnect (elsewhere) spread evenly over this window; exit when none is left or at its end";
     shutdown_timeout, "WSX_SHUTDOWN_TIMEOUT", "DURATION", "5s", "On Ctrl-C (or at a drain's end), time allowed for clients to finish the close handshake";
     log_format, "WSX_LOG_FORMAT", "text|json", "text", "Log format (filter with RUST_LOG, e.g. RUST_LOG=wsx=debug)";
+    admin_password, "WSX_ADMIN_PASSWORD", "PASSWORD", "none", "Password of the admin page at /admin (live figures of every node, disconnect, unsubscribe, publish); none turns the page off";
     api_key, "WSX_API_KEY", "KEY", "none", "Key for the HTTP API (POST /api/publish, ... with 'Authorization: apikey KEY'); none turns the API off";
     token_hmac_secret, "WSX_TOKEN_HMAC_SECRET", "SECRET", "none", "Secret for HS256 connection tokens (JWT with sub, exp, optional channels)";
     token_rsa_public_key, "WSX_TOKEN_RSA_PUBLIC_KEY", "PEM", "none", "Public key file for RS256 connection tokens";
@@ -132,6 +133,7 @@ pub const RELOADABLE: &[&str] = &[
     "command_burst",
     "max_connections_per_user",
     "api_key",
+    "admin_password",
     "token_hmac_secret",
     "token_rsa_public_key",
     "allow_anonymous",
@@ -176,6 +178,8 @@ pub struct Settings {
     pub socketio: wsx_hub::socketio::SocketIoConfig,
     pub log_format: LogFormat,
     pub api_key: Option<String>,
+    /// The admin page's password (`None`: the page is off).
+    pub admin_password: Option<String>,
     pub auth: wsx_hub::auth::AuthConfig,
     /// `[namespaces.NAME]` tables of the config file (`default` is the default namespace).
     pub namespaces: Vec<(String, wsx_hub::ChannelOptions)>,
@@ -473,6 +477,13 @@ impl ServeArgs {
             k if k.len() < 16 => return Err(bad("api_key")("use at least 16 characters".into())),
             k => Some(k.to_string()),
         };
+        let admin_password = match get("admin_password").trim() {
+            "none" | "" => None,
+            k if k.len() < 8 => {
+                return Err(bad("admin_password")("use at least 8 characters".into()))
+            }
+            k => Some(k.to_string()),
+        };
         let mut auth = wsx_hub::auth::AuthConfig::default();
         auth.hmac_secret = match get("token_hmac_secret").trim() {
             "none" | "" => None,
@@ -592,6 +603,7 @@ impl ServeArgs {
             namespaces,
             auth,
             api_key,
+            admin_password,
             listen,
             tls,
             server,
@@ -789,6 +801,10 @@ mod tests {
         assert_eq!(
             key(|a| a.allowed_origins = Some("example.com".into())),
             "allowed_origins"
+        );
+        assert_eq!(
+            key(|a| a.admin_password = Some("short".into())),
+            "admin_password"
         );
         let zero = || Some("0".to_string());
         assert_eq!(

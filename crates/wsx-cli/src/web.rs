@@ -23,6 +23,9 @@ files! {
     "/chat.js" => "chat.js", "text/javascript; charset=utf-8";
     "/chart.js" => "chart.js", "text/javascript; charset=utf-8";
     "/console.js" => "console.js", "text/javascript; charset=utf-8";
+    // Served at /admin by the admin page's route (only while it is on).
+    "admin.html" => "admin.html", "text/html; charset=utf-8";
+    "/admin.js" => "admin.js", "text/javascript; charset=utf-8";
     "/style.css" => "style.css", "text/css; charset=utf-8";
     "/vendor/sockjs.min.js" => "vendor/sockjs.min.js", "text/javascript; charset=utf-8";
     "/vendor/sockjs-client.LICENSE" => "vendor/sockjs-client.LICENSE", "text/plain; charset=utf-8";

@@ -127,3 +127,9 @@ fn sockjs_client_in_chromium_on_every_browser_transport() {
 fn js_client_falls_back_to_sse_polling_and_sockjs_and_recovers() {
     run_script("fallback.mjs", &[]);
 }
+
+#[test]
+fn admin_page_logs_in_shows_live_figures_and_disconnects_a_client() {
+    let shot = screenshots().join("admin.png");
+    run_script("admin.mjs", &[shot.to_str().unwrap()]);
+}

@@ -165,17 +165,22 @@ async fn call(
             )
         }
     };
+    dispatch(&api.hub, &method, &bytes).await
+}
+
+/// Run the API method `method` with the JSON arguments `body` (empty: none) on `hub`,
+/// once the caller was authorised (by the API key, or an admin session): its response.
+pub async fn dispatch(hub: &Arc<Hub>, method: &str, bytes: &[u8]) -> Response {
     // Every method's arguments, parsed once; each method takes what it needs.
     let req: ApiRequest<'_> = if bytes.is_empty() {
         ApiRequest::default()
     } else {
-        match serde_json::from_slice(&bytes) {
+        match serde_json::from_slice(bytes) {
             Ok(r) => r,
             Err(e) => return bad_request(format!("bad JSON: {e}")),
         }
     };
-    let hub = &api.hub;
-    let result = match method.as_str() {
+    let result = match method {
         "publish" => {
             let Some(channel) = req.channel.as_deref() else {
                 return bad_request("missing channel");
@@ -210,7 +215,7 @@ async fn call(
             let Some(channel) = req.channel.as_deref() else {
                 return bad_request("missing channel");
             };
-            match method.as_str() {
+            match method {
                 "presence" => hub.presence(channel).await.map(|m| presence_json(&m)),
                 "presence_stats" => hub
                     .presence_stats(channel)

@@ -68,7 +68,13 @@ pub enum TokenError {
 /// Constant-time comparison of secrets (API keys, passcodes), so a secret cannot be
 /// guessed byte by byte from timing.
 pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    // Every byte of the longer is looked at, whether or not the lengths match, so the
+    // time taken does not say where the first difference is.
+    let longer = a.len().max(b.len());
+    let diff = (0..longer).fold(u8::from(a.len() != b.len()), |acc, i| {
+        acc | (a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0))
+    });
+    diff == 0
 }
 
 impl std::fmt::Display for TokenError {

@@ -57,7 +57,92 @@ pub struct Metrics {
     refusals: Mutex<Vec<(u16, String, u64)>>,
 }
 
+/// The counters' values at one moment: what the admin page's figures are made of.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Totals {
+    /// Messages received, every front-end.
+    pub messages_in: u64,
+    /// Messages sent, every front-end.
+    pub messages_out: u64,
+    /// Bytes received in messages.
+    pub bytes_in: u64,
+    /// Bytes sent in messages.
+    pub bytes_out: u64,
+    /// Publications accepted.
+    pub publications: u64,
+    /// Connections closed as slow consumers.
+    pub slow_consumers: u64,
+    /// Handshakes refused (every status and reason).
+    pub refused: u64,
+    /// Publishes per latency bucket (upper bounds [`LATENCY_BUCKETS`], then the rest).
+    pub publish_latency: Vec<u64>,
+    /// Open sessions per front-end.
+    pub frontends: Vec<(&'static str, i64)>,
+}
+
+/// Upper bounds of the publish-latency buckets of [`Totals`], in seconds.
+pub const LATENCY_BUCKETS: [f64; 10] = BUCKETS;
+
+impl Totals {
+    /// The latency below which `q` (0..1) of the publishes between `before` and `self`
+    /// took, as a bucket's upper bound in seconds (`None`: no publish; `inf`: over the
+    /// last bound).
+    pub fn latency_quantile(&self, before: &Totals, q: f64) -> Option<f64> {
+        let counts: Vec<u64> = self
+            .publish_latency
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(before.publish_latency.get(i).copied().unwrap_or(0)))
+            .collect();
+        let total: u64 = counts.iter().sum();
+        if total == 0 {
+            return None;
+        }
+        let want = (q * total as f64).ceil().max(1.0) as u64;
+        let mut seen = 0;
+        for (i, n) in counts.iter().enumerate() {
+            seen += n;
+            if seen >= want {
+                return Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY));
+            }
+        }
+        Some(f64::INFINITY)
+    }
+}
+
 impl Metrics {
+    /// Every counter's value now.
+    pub fn totals(&self) -> Totals {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let mut t = Totals {
+            publications: load(&self.publications),
+            slow_consumers: load(&self.slow_consumers),
+            refused: self
+                .refusals
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|(_, _, n)| n)
+                .sum(),
+            publish_latency: self.publish_latency.iter().map(load).collect(),
+            ..Totals::default()
+        };
+        for (name, m) in self
+            .frontends
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            t.messages_in += load(&m.messages_in);
+            t.messages_out += load(&m.messages_out);
+            t.bytes_in += load(&m.bytes_in);
+            t.bytes_out += load(&m.bytes_out);
+            t.frontends
+                .push((name, m.connections.load(Ordering::Relaxed)));
+        }
+        t
+    }
+
     /// The counters of the front-end `name` (made on first use).
     pub fn frontend(&self, name: &'static str) -> Arc<FrontendMetrics> {
         let mut all = self.frontends.lock().unwrap_or_else(|e| e.into_inner());

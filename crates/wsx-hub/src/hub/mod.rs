@@ -12,6 +12,7 @@ pub mod client;
 #[cfg(test)]
 pub(crate) mod contract;
 pub mod error;
+pub mod figures;
 pub mod history;
 pub mod metrics;
 pub mod options;
@@ -317,6 +318,16 @@ impl Hub {
                 tracing::debug!(id, "session registry: {e}");
             }
         });
+    }
+
+    /// Where this node serves, as [`set_address`](Self::set_address) gave it.
+    pub fn address(&self) -> String {
+        lock(&self.address).clone()
+    }
+
+    /// When this hub started.
+    pub fn started(&self) -> std::time::SystemTime {
+        self.started
     }
 
     /// This node's id in the cluster.

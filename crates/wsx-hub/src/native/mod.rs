@@ -208,6 +208,26 @@ impl Session {
         }
     }
 
+    /// A session the server authenticated and subscribed itself (an admin page's
+    /// feed, say): connected as `user` with the client name `name`, reached `via` a
+    /// transport, subscribed to `channels` on the server's authority (no permission
+    /// rule applies; the limits do).
+    pub async fn trusted(
+        hub: Arc<Hub>,
+        user: &str,
+        name: &str,
+        via: &str,
+        channels: &[&str],
+    ) -> Result<Session, HubError> {
+        let mut s = Session::new(hub, String::new()).via(via);
+        s.hub
+            .connect_trusted(user.to_string(), name.to_string(), String::new());
+        for c in channels {
+            s.hub.join(c, None).await?;
+        }
+        Ok(s)
+    }
+
     /// Record how the client reached the server (presence shows it): `websocket`,
     /// `sse`, `polling`, `sockjs/<transport>`.
     pub fn via(mut self, transport: &str) -> Session {
