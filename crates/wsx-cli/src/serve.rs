@@ -142,6 +142,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
         tls_handshake_timeout: settings.tls_handshake_timeout,
+        body_timeout: settings.body_timeout,
     };
     if let Some(stomp) = stomp_listener {
         let listener = StompListener {
@@ -394,6 +395,7 @@ async fn next_connection<F: std::future::Future<Output = ()>>(
 struct ConnLimits {
     header_timeout: Duration,
     tls_handshake_timeout: Duration,
+    body_timeout: Duration,
 }
 
 /// One accepted TCP connection, holding its slot of `--max-tcp-connections`.
@@ -414,13 +416,16 @@ impl Conn {
         let peer = self.peer;
         let router = self.router.clone();
         let ip_slot = self.ip_slot.clone();
+        let body_timeout = self.limits.body_timeout;
         let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(ConnectInfo(peer));
             req.extensions_mut().insert(ip_slot.clone());
             let router = router.clone();
             async move {
+                let req =
+                    req.map(|b| Body::new(wsx_hub::transport::TimedBody::new(b, body_timeout)));
                 Ok::<_, Infallible>(
-                    tower::ServiceExt::oneshot(router, req.map(Body::new))
+                    tower::ServiceExt::oneshot(router, req)
                         .await
                         .unwrap_or_else(|e| match e {}),
                 )

@@ -80,6 +80,7 @@ settings! {
     max_connections_per_user, "WSX_MAX_CONNECTIONS_PER_USER", "N|none", "none", "Connections one user (a token's subject) may have open on this node; a connect beyond gets error 106 (native), a STOMP ERROR, a Socket.IO connect_error";
     command_burst, "WSX_COMMAND_BURST", "N", "1000", "Commands one connection may send at once before --commands-per-second applies";
     header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
+    body_timeout, "WSX_BODY_TIMEOUT", "DURATION", "30s", "Longest time for a request's body to arrive, from the end of its head (a client announcing a body it sends slowly or never gets an error and its connection ends)";
     tls_handshake_timeout, "WSX_TLS_HANDSHAKE_TIMEOUT", "DURATION", "10s", "Time allowed for a TLS handshake";
     stomp_listen, "WSX_STOMP_LISTEN", "ADDR", "off", "Also serve STOMP over TCP on this address (IP:PORT; TLS with --tls-cert/--tls-key); STOMP over WebSocket is always at /stomp";
     stomp_heart_beat, "WSX_STOMP_HEART_BEAT", "MS,MS", "1000,1000", "The server's STOMP heart-beat: the shortest interval it sends at, the shortest it asks of clients (ms; each direction uses the larger of both sides' wishes; 0 = none)";
@@ -165,6 +166,7 @@ pub struct Settings {
     /// Connections per user (`None`: no limit).
     pub max_connections_per_user: Option<usize>,
     pub header_timeout: Duration,
+    pub body_timeout: Duration,
     pub tls_handshake_timeout: Duration,
     pub shutdown_timeout: Duration,
     /// How long a drain spreads its reconnects over.
@@ -643,6 +645,7 @@ impl ServeArgs {
                 },
             },
             header_timeout: positive(dur("header_timeout")?, "header_timeout")?,
+            body_timeout: positive(dur("body_timeout")?, "body_timeout")?,
             tls_handshake_timeout: positive(
                 dur("tls_handshake_timeout")?,
                 "tls_handshake_timeout",

@@ -42,6 +42,23 @@ async fn a_connection_that_sends_nothing_is_closed_after_the_header_timeout() {
 }
 
 #[tokio::test]
+async fn a_body_announced_but_not_sent_is_cut_off_after_the_body_timeout() {
+    let (_server, addr) =
+        serve(&["--body-timeout", "1s", "--api-key", "bounds-key-0123456789"]).await;
+    // 100 bytes announced, 10 sent, then nothing: the API's handler must not wait for ever.
+    let mut tcp = TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(
+        b"POST /api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: apikey bounds-key-0123456789\r\nContent-Length: 100\r\n\r\n{\"channel\"",
+    )
+    .await
+    .unwrap();
+    let (took, got) = until_closed(&mut tcp, Duration::from_secs(10)).await;
+    assert!(took >= Duration::from_millis(900), "too early: {took:?}");
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 408"), "{got}");
+}
+
+#[tokio::test]
 async fn a_head_sent_one_line_at_a_time_is_cut_off() {
     let (_server, addr) = serve(&["--header-timeout", "1s"]).await;
     let tcp = TcpStream::connect(&addr).await.unwrap();

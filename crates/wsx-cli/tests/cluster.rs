@@ -403,3 +403,76 @@ async fn rediss_with_the_servers_ca_carries_the_backplane_over_tls() {
     assert!(text_of(&mut ws).await.contains("over TLS"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_admin_page_sees_every_node_of_a_redis_cluster() {
+    use futures_util::StreamExt;
+    let (_redis, port) = common::redis_server().await;
+    let backplane = format!("redis://127.0.0.1:{port}");
+    let password = "cluster-admin-password";
+    let args = [
+        "--backplane",
+        backplane.as_str(),
+        "--admin-password",
+        password,
+        "--demo",
+        "off",
+    ];
+    let (_a, addr_a) = common::serve(&args).await;
+    let (_b, addr_b) = common::serve(&args).await;
+    // A client on B, to be seen from A's page.
+    let (_client, replies) = common::native(
+        &addr_b,
+        &[serde_json::json!({"id": 1, "connect": {"name": "on-b"}})],
+    )
+    .await;
+    let client_on_b = replies[0]["connect"]["client"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    // Log in on A; its live feed carries both nodes' figures.
+    let body = serde_json::json!({ "password": password }).to_string();
+    let login = common::http(
+        &addr_a,
+        &format!(
+            "POST /admin/login HTTP/1.1\r\nHost: {addr_a}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await;
+    assert!(login.starts_with("HTTP/1.1 204"), "{login}");
+    let cookie = login
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: "))
+        .and_then(|c| c.split(';').next())
+        .unwrap()
+        .to_string();
+    let cfg = wsx::ClientConfig::default()
+        .header("Cookie", &cookie)
+        .header("Origin", format!("http://{addr_a}"));
+    let (mut ws, _) = wsx::connect(&format!("ws://{addr_a}/admin/live"), &cfg)
+        .await
+        .unwrap();
+    let mut nodes = std::collections::BTreeMap::new();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while nodes.len() < 2 {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let Ok(Some(Ok(wsx::Message::Text(t)))) = tokio::time::timeout(left, ws.next()).await
+        else {
+            panic!("figures of two nodes: {nodes:?}");
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        let f = &v["push"]["pub"]["data"];
+        nodes.insert(f["address"].as_str().unwrap().to_string(), f.clone());
+    }
+    let b = &nodes[&format!("http://{addr_b}")];
+    assert!(
+        b["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["client"] == client_on_b.as_str() && c["name"] == "on-b"),
+        "{b}"
+    );
+    assert!(nodes.contains_key(&format!("http://{addr_a}")));
+}

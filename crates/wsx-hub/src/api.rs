@@ -157,6 +157,13 @@ async fn call(
     }
     let bytes: Bytes = match axum::body::to_bytes(body, cfg.max_body).await {
         Ok(b) => b,
+        Err(e) if crate::transport::BodyTimedOut::caused(&e) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                codes::BAD_REQUEST,
+                "the request body did not arrive in time",
+            )
+        }
         Err(_) => {
             return error(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -80,6 +80,82 @@ const FORWARD_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 /// belongs to one incoming request, so their number is bounded as requests are.
 const FORWARD_HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
 
+/// A request body that must arrive whole within a time from the end of its head: a
+/// client that announces a body and sends it slowly, or not at all, gets
+/// [`BodyTimedOut`] (the API answers 408, the connection ends) instead of holding its
+/// connection and a task for ever. A server wraps every request's body in one.
+pub struct TimedBody<B> {
+    inner: B,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+/// The error of a [`TimedBody`] that did not arrive in time.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyTimedOut;
+
+impl std::fmt::Display for BodyTimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimedOut {}
+
+impl BodyTimedOut {
+    /// Whether `e` (or an error it wraps) is a body that did not arrive in time.
+    pub fn caused(e: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(e);
+        while let Some(c) = cause {
+            if c.is::<BodyTimedOut>() {
+                return true;
+            }
+            cause = c.source();
+        }
+        false
+    }
+}
+
+impl<B> TimedBody<B> {
+    /// `inner`, which must end within `limit` from now.
+    pub fn new(inner: B, limit: std::time::Duration) -> TimedBody<B> {
+        TimedBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+}
+
+impl<B> hyper::body::Body for TimedBody<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTimedOut)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Resolves when the server starts shutting down (handed to each session).
 pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
