@@ -41,7 +41,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         )),
         None => None,
     };
-    let listener = TcpListener::bind(settings.listen).await.map_err(|e| {
+    let listener = listen(settings.listen, settings.backlog).map_err(|e| {
         std::io::Error::new(
             e.kind(),
             format!("cannot listen on {}: {e}", settings.listen),
@@ -52,7 +52,7 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
     // that a caller waiting for "open" knows both.
     let stomp_listener = match settings.stomp_listen {
         Some(stomp_addr) => {
-            let stomp = TcpListener::bind(stomp_addr).await.map_err(|e| {
+            let stomp = listen(stomp_addr, settings.backlog).map_err(|e| {
                 std::io::Error::new(
                     e.kind(),
                     format!("cannot listen on {stomp_addr} (STOMP): {e}"),
@@ -349,6 +349,22 @@ fn socketio(gate: &Gate, settings: &Settings) -> Router {
     let io = wsx_hub::socketio::SocketIo::new(gate.hub().clone(), settings.socketio.clone());
     wsx_hub::socketio::standalone::mount(&io);
     io.router(gate, wsx_hub::socketio::PATH)
+}
+
+/// A listening socket on `addr` whose queue of connections not yet accepted holds
+/// `backlog` (the kernel caps it at `net.core.somaxconn`): a burst of connections
+/// beyond it waits for SYN retries (seconds) instead of being accepted at once.
+fn listen(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    TcpListener::from_std(socket.into())
 }
 
 /// TCP keepalive on accepted connections: a peer that vanished (its host died, the

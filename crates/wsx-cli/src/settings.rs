@@ -68,6 +68,7 @@ settings! {
     close_timeout, "WSX_CLOSE_TIMEOUT", "DURATION", "5s", "Time to wait for the peer's close frame";
     ping_interval, "WSX_PING_INTERVAL", "DURATION", "30s", "Keepalive ping after this long without input; 0 or off disables";
     pong_timeout, "WSX_PONG_TIMEOUT", "DURATION", "20s", "Close (1011) if nothing arrives this long after a keepalive ping";
+    backlog, "WSX_BACKLOG", "N", "1024", "Connections the kernel queues before they are accepted (capped by net.core.somaxconn): raise it for bursts of thousands of connections at once";
     workers, "WSX_WORKERS", "N|auto", "auto", "Threads serving connections, each its own event loop; accepted connections are dealt to them in turn (auto: one per core this process may run on)";
     max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
     max_tcp_connections, "WSX_MAX_TCP_CONNECTIONS", "N", "20000", "Open TCP connections in any state (TLS handshake, HTTP, WebSocket); more get 503 (TLS: are closed) at once";
@@ -157,6 +158,8 @@ pub struct Settings {
     pub server: ServerConfig,
     pub max_connections: usize,
     pub max_tcp_connections: usize,
+    /// The listeners' accept queue (`--backlog`).
+    pub backlog: u32,
     /// Threads serving connections (`--workers`).
     pub workers: usize,
     /// Limits per source address.
@@ -611,6 +614,7 @@ impl ServeArgs {
             server,
             max_connections,
             max_tcp_connections: count("max_tcp_connections")?,
+            backlog: u32::try_from(count("backlog")?).unwrap_or(u32::MAX),
             max_connections_per_user: match get("max_connections_per_user").trim() {
                 "none" | "" => None,
                 _ => Some(count("max_connections_per_user")?),

@@ -264,6 +264,11 @@ impl Outbound {
         }
     }
 
+    /// Whether the queue overflowed (its consumer was too slow).
+    pub fn overflowed(&self) -> bool {
+        lock(&self.state).overflowed
+    }
+
     /// Deliveries waiting.
     pub fn len(&self) -> usize {
         lock(&self.state).items.len()

@@ -51,6 +51,8 @@ pub struct HubSession {
     /// Work-queue consumers: (queue, key).
     consumers: Vec<(String, u64)>,
     ended: bool,
+    /// The slow-consumer disconnect was counted (seen from the queue).
+    slow_counted: bool,
 }
 
 impl std::fmt::Debug for HubSession {
@@ -89,6 +91,7 @@ impl HubSession {
             subscriptions: Vec::new(),
             consumers: Vec::new(),
             ended: false,
+            slow_counted: false,
         }
     }
 
@@ -264,7 +267,8 @@ impl HubSession {
                         .fetch_sub(1, Ordering::Relaxed);
                 }
             }
-            Some(Err(Disconnect::SlowConsumer)) => {
+            Some(Err(Disconnect::SlowConsumer)) if !self.slow_counted => {
+                self.slow_counted = true;
                 self.hub
                     .metrics()
                     .slow_consumers
@@ -502,6 +506,15 @@ impl HubSession {
     /// Mark the session ended and take what cleaning up needs.
     fn end(&mut self) -> (Arc<Hub>, ClientId, Vec<String>) {
         self.ended = true;
+        // A consumer dropped before it took the overflow from its queue (its writes
+        // timed out first) is a slow consumer too.
+        if !self.slow_counted && self.queue.overflowed() {
+            self.slow_counted = true;
+            self.hub
+                .metrics()
+                .slow_consumers
+                .fetch_add(1, Ordering::Relaxed);
+        }
         self.queue.close();
         self.hub.unregister(self.info.client);
         self.frontend.connections.fetch_sub(1, Ordering::Relaxed);
