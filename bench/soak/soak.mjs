@@ -21,18 +21,16 @@
 // usage: node soak.mjs WSX_BIN OUT_DIR CONNS SECONDS
 import fs from 'node:fs';
 import path from 'node:path';
-import { spawn } from 'node:child_process';
+import { fork, spawn } from 'node:child_process';
 import net from 'node:net';
 import WebSocket from 'ws';
-import { Client as Stomp } from '@stomp/stompjs';
-import { io } from 'socket.io-client';
 
 const [bin, out, connsArg, secondsArg] = process.argv.slice(2);
 const CONNS = Number(connsArg);
 const SECONDS = Number(secondsArg);
 const KEY = 'soak-api-key-0123456789';
 const CHANNELS = Math.max(10, Math.round(CONNS / 100));
-const RATE = Math.max(50, Math.round(CONNS / 50)); // publications per second, all channels
+const RATE = 50; // publications per second, all channels (each reaches CONNS / CHANNELS subscribers)
 const CHURN = 0.05; // of the subscribers reconnect every second
 const SLOW = Math.max(2, Math.round(CONNS / 1000));
 const MALFORMED = Math.max(2, Math.round(CONNS / 1000));
@@ -47,7 +45,7 @@ const port = await new Promise((resolve) => {
 });
 const base = `127.0.0.1:${port}`;
 const config = path.join(out, 'soak.toml');
-fs.writeFileSync(config, '[namespaces.soak]\nhistory_size = 1000\nhistory_ttl = "10s"\n[namespaces.firehose]\n');
+fs.writeFileSync(config, '[namespaces.soak]\nhistory_size = 1000\nhistory_ttl = "60s"\n[namespaces.firehose]\n');
 const server = spawn(bin, [
   'serve', '--listen', base, '--api-key', KEY, '--demo', 'off', '--config', config,
   '--backlog', String(Math.max(1024, CONNS * 2)),
@@ -100,144 +98,11 @@ async function burst() {
 }
 
 // ---- 2. churn ----
+// The clients' counts, summed over the client processes' last reports.
 const stats = {
   delivered: 0, violations: 0, unrecovered: 0, reconnects: 0, firstProblem: null,
-  slowDropped: 0, malformedClosed: 0, latencies: [],
+  slowDropped: 0, malformedClosed: 0, latencies: [], live: 0, behind: null, example: null,
 };
-const problem = (what) => { stats.violations += 1; if (!stats.firstProblem) stats.firstProblem = what; };
-
-// One well-behaved subscriber: its channel, the last offset and epoch it saw; `kind`
-// says how it speaks. `open()` connects and subscribes (recovering once it has seen
-// something), `close()` drops the connection; `seen(offset, t)` checks the order.
-class Sub {
-  constructor(id, kind) {
-    this.id = id;
-    this.kind = kind;
-    this.channel = `soak:${id % CHANNELS}`;
-    this.offset = null;
-    this.epoch = null;
-    this.conn = null;
-    this.live = false;
-    this.measured = id % 10 === 0; // a tenth of them time each delivery
-  }
-
-  seen(offset, t) {
-    if (this.offset !== null && offset !== this.offset + 1) {
-      problem(`${this.kind} ${this.id} on ${this.channel}: offset ${offset} after ${this.offset}`);
-    }
-    if (this.offset === null || offset > this.offset) this.offset = offset;
-    stats.delivered += 1;
-    if (this.measured && t) stats.latencies.push(Date.now() - t);
-  }
-
-  subscribed(r) {
-    if (this.offset !== null && r.recovered !== true) {
-      stats.unrecovered += 1;
-      problem(`${this.kind} ${this.id}: not recovered ${JSON.stringify(r)}`);
-    }
-    if (this.offset === null) this.offset = r.offset;
-    this.epoch = r.epoch;
-    this.live = true;
-  }
-
-  recover() {
-    return this.offset === null ? {} : { recover: true, offset: this.offset, epoch: this.epoch };
-  }
-
-  open() {
-    this.live = false;
-    if (this.kind === 'native') return this.openNative();
-    if (this.kind === 'stomp') return this.openStomp();
-    return this.openSocketIo();
-  }
-
-  openNative() {
-    return new Promise((resolve) => {
-      const ws = new WebSocket(`ws://${base}/connection/websocket`);
-      this.conn = ws;
-      ws.on('open', () => {
-        ws.send(JSON.stringify({ id: 1, connect: { name: 'soak' } }));
-        ws.send(JSON.stringify({ id: 2, subscribe: { channel: this.channel, ...this.recover() } }));
-      });
-      ws.on('message', (m) => {
-        const msg = JSON.parse(m);
-        if (msg.id === 2) {
-          if (msg.error) problem(`native ${this.id}: ${JSON.stringify(msg.error)}`);
-          else this.subscribed(msg.subscribe);
-          resolve();
-        } else if (msg.push && msg.push.pub) this.seen(msg.push.pub.offset, msg.push.pub.data.t);
-      });
-      ws.on('close', () => { if (this.conn === ws) this.reopen(); resolve(); });
-      ws.on('error', () => {});
-    });
-  }
-
-  openStomp() {
-    return new Promise((resolve) => {
-      const headers = { receipt: 'sub' };
-      if (this.offset !== null) Object.assign(headers, { 'wsx-since-offset': String(this.offset), 'wsx-since-epoch': this.epoch });
-      const c = new Stomp({
-        webSocketFactory: () => new WebSocket(`ws://${base}/stomp`, ['v12.stomp']),
-        reconnectDelay: 0, heartbeatIncoming: 0, heartbeatOutgoing: 0, debug: () => {},
-      });
-      this.conn = c;
-      c.onConnect = () => {
-        c.watchForReceipt('sub', (f) => {
-          this.subscribed({
-            recovered: f.headers['wsx-recovered'] === 'true',
-            offset: Number(f.headers['wsx-offset']),
-            epoch: f.headers['wsx-epoch'],
-          });
-          resolve();
-        });
-        c.subscribe(`/topic/${this.channel}`, (m) => this.seen(Number(m.headers['wsx-offset']), JSON.parse(m.body).t), headers);
-      };
-      c.onStompError = (f) => problem(`stomp ${this.id}: ${f.headers.message}`);
-      c.onWebSocketClose = () => { if (this.conn === c) this.reopen(); resolve(); };
-      c.activate();
-    });
-  }
-
-  openSocketIo() {
-    return new Promise((resolve) => {
-      const s = io(`http://${base}`, { transports: ['websocket'], reconnection: false, forceNew: true });
-      this.conn = s;
-      s.on('connect', async () => {
-        try {
-          const r = await s.timeout(30000).emitWithAck('subscribe', this.channel, this.recover());
-          if (r.error) problem(`socket.io ${this.id}: ${JSON.stringify(r.error)}`);
-          else this.subscribed(r.result);
-        } catch (e) { /* dropped meanwhile: reopened */ }
-        resolve();
-      });
-      s.on('publication', (channel, data, meta) => { if (channel === this.channel) this.seen(meta.offset, data.t); });
-      s.on('disconnect', () => { if (this.conn === s) this.reopen(); resolve(); });
-      s.on('connect_error', () => { if (this.conn === s) this.reopen(); resolve(); });
-    });
-  }
-
-  // The connection dropped without our asking: come back (after a pause).
-  reopen() {
-    this.conn = null;
-    this.live = false;
-    if (!running) return;
-    stats.reconnects += 1;
-    setTimeout(() => { if (!this.conn) this.open(); }, 200 + Math.random() * 800);
-  }
-
-  // Drop the connection on purpose (churn); reopen after a pause.
-  churn() {
-    const c = this.conn;
-    this.conn = null;
-    this.live = false;
-    if (!c) return;
-    if (this.kind === 'native') c.close();
-    else if (this.kind === 'stomp') c.deactivate();
-    else c.disconnect();
-    stats.reconnects += 1;
-    setTimeout(() => { if (running && !this.conn) this.open(); }, 100 + Math.random() * 400);
-  }
-}
 
 // A slow consumer: subscribes to the firehose and stops reading; the server drops it
 // (3008 slow consumer), and it comes back to do it again.
@@ -277,12 +142,35 @@ let running = true;
 const burstResult = await burst();
 await sleep(2000);
 
-const kinds = ['native', 'native', 'stomp', 'socketio'];
-const subs = Array.from({ length: CONNS - SLOW - MALFORMED }, (_, i) => new Sub(i, kinds[i % kinds.length]));
-log(`opening ${subs.length} subscribers`);
-for (let i = 0; i < subs.length; i += 200) {
-  await Promise.all(subs.slice(i, i + 200).map((s) => s.open()));
-}
+const WORKERS = Math.max(1, Math.min(4, Math.round(CONNS / 2500)));
+const wanted = CONNS - SLOW - MALFORMED;
+const reports = new Array(WORKERS).fill(null);
+const workers = [];
+log(`opening ${wanted} subscribers in ${WORKERS} client process(es)`);
+await Promise.all(Array.from({ length: WORKERS }, (_, w) => new Promise((resolve, reject) => {
+  const from = Math.floor(wanted * w / WORKERS);
+  const to = Math.floor(wanted * (w + 1) / WORKERS);
+  const child = fork(new URL('./clients.mjs', import.meta.url), [], {
+    env: { ...process.env, SOAK_WORKER: JSON.stringify({ base, channels: CHANNELS, from, to, churn: CHURN }) },
+    execArgv: ['--max-old-space-size=4096'],
+  });
+  workers.push(child);
+  child.on('message', (m) => {
+    if (m.type === 'ready') resolve();
+    if (m.type === 'report') {
+      stats.latencies.push(...m.latencies);
+      reports[w] = m;
+      const sum = (k) => reports.reduce((a, r) => a + (r ? r[k] || 0 : 0), 0);
+      for (const k of ['delivered', 'violations', 'unrecovered', 'reconnects', 'live']) stats[k] = sum(k);
+      stats.firstProblem = stats.firstProblem || m.firstProblem;
+      if (reports.every((r) => r && r.behind !== undefined)) {
+        stats.behind = sum('behind');
+        stats.example = reports.map((r) => r.example).find(Boolean) || null;
+      }
+    }
+  });
+  child.on('exit', (code) => { if (running) reject(new Error(`client process ${w} exited: ${code}`)); });
+})));
 for (let i = 0; i < SLOW; i++) slowConsumer();
 for (let i = 0; i < MALFORMED; i++) malformed(i);
 log('subscribed; churning');
@@ -299,11 +187,6 @@ const publisher = setInterval(() => {
   // The firehose: large publications the slow consumers cannot keep up with.
   api('publish', { channel: 'firehose:all', data: { t: Date.now(), pad: 'x'.repeat(32000) } }).catch(() => {});
 }, 50);
-
-const churner = setInterval(() => {
-  const n = Math.round(subs.length * CHURN);
-  for (let k = 0; k < n; k++) subs[Math.floor(Math.random() * subs.length)].churn();
-}, 1000);
 
 const samples = [];
 const started = Date.now();
@@ -322,13 +205,13 @@ const sampler = setInterval(() => {
     p99 = windowLat[Math.min(windowLat.length - 1, Math.floor(windowLat.length * 0.99))];
     windowLat = [];
   }
-  const live = subs.filter((s) => s.live).length;
+  const live = stats.live;
   samples.push({ t: Math.round(t), rss, fds, live, delivered, p50, p99 });
   if (Math.round(t) % 30 === 0) log(`t=${Math.round(t)}s rss=${(rss / 1024).toFixed(1)}MiB fds=${fds} live=${live} delivered/s=${delivered} p99=${p99}ms violations=${stats.violations}`);
 }, 1000);
 
 await sleep(SECONDS * 1000);
-clearInterval(churner);
+for (const w of workers) w.send({ type: 'stop-churn' });
 clearInterval(publisher);
 log('publishing stopped; waiting for every subscriber to catch up');
 await sleep(1000);
@@ -336,14 +219,13 @@ await sleep(1000);
 // ---- 3. the end ----
 const finals = {};
 for (let c = 0; c < CHANNELS; c++) finals[`soak:${c}`] = (await api('history', { channel: `soak:${c}`, limit: 0 })).offset;
+for (const w of workers) w.send({ type: 'finals', finals });
 const deadline = Date.now() + 60000;
-let behind = subs.filter((s) => !(s.live && s.offset === finals[s.channel]));
-while (behind.length && Date.now() < deadline) {
-  await sleep(500);
-  behind = subs.filter((s) => !(s.live && s.offset === finals[s.channel]));
-}
+stats.behind = null;
+while ((stats.behind === null || stats.behind > 0) && Date.now() < deadline) await sleep(500);
 running = false;
 clearInterval(sampler);
+for (const w of workers) w.send({ type: 'exit' });
 const total = Object.values(finals).reduce((a, b) => a + b, 0);
 
 const metrics = await (await fetch(`http://${base}/metrics`)).text();
@@ -361,7 +243,7 @@ const summary = {
   published, publish_failures: pubFailures, publications_in_streams: total,
   delivered: stats.delivered, reconnects: stats.reconnects,
   violations: stats.violations, unrecovered: stats.unrecovered, first_problem: stats.firstProblem,
-  behind_at_end: behind.length,
+  behind_at_end: stats.behind,
   slow_consumers_dropped: stats.slowDropped, malformed_closed: stats.malformedClosed,
   rss_mib: { warm: median(q2.map((s) => s.rss)) / 1024, end: median(q4.map((s) => s.rss)) / 1024, max: Math.max(...samples.map((s) => s.rss)) / 1024 },
   fds: { warm: median(q2.map((s) => s.fds)), end: median(q4.map((s) => s.fds)) },
@@ -371,7 +253,7 @@ const failures = [];
 if (burstResult.hung) failures.push(`${burstResult.hung} burst connections hung`);
 if (Object.keys(burstResult.failed).length) failures.push(`burst connections failed without a status: ${JSON.stringify(burstResult.failed)}`);
 if (stats.violations) failures.push(`${stats.violations} order violations: ${stats.firstProblem}`);
-if (behind.length) failures.push(`${behind.length} subscribers did not catch up (e.g. ${behind[0].kind} ${behind[0].id}: ${behind[0].offset} of ${finals[behind[0].channel]}, live ${behind[0].live})`);
+if (stats.behind !== 0) failures.push(`${stats.behind} subscribers did not catch up (e.g. ${stats.example})`);
 if (published < RATE * SECONDS * 0.5) failures.push(`publishing fell behind: ${published}`);
 if (summary.rss_mib.end > summary.rss_mib.warm * 1.3 + 8) failures.push(`RSS grew: ${JSON.stringify(summary.rss_mib)}`);
 if (summary.fds.end > summary.fds.warm * 1.1 + 50) failures.push(`descriptors grew: ${JSON.stringify(summary.fds)}`);
