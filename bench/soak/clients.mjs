@@ -62,7 +62,7 @@ class Sub {
 
   openNative() {
     return new Promise((resolve) => {
-      const ws = new WebSocket(`ws://${base}/connection/websocket`);
+      const ws = new WebSocket(`ws://${base}/connection/websocket`, { perMessageDeflate: process.env.SOAK_DEFLATE !== 'off' });
       this.conn = ws;
       ws.on('open', () => {
         ws.send(JSON.stringify({ id: 1, connect: { name: 'soak' } }));
@@ -148,7 +148,8 @@ class Sub {
   }
 }
 
-const kinds = ['native', 'native', 'stomp', 'socketio'];
+// SOAK_KINDS=native (say): one front-end only, to tell which one a trend comes from.
+const kinds = process.env.SOAK_KINDS ? process.env.SOAK_KINDS.split(',') : ['native', 'native', 'stomp', 'socketio'];
 const subs = [];
 for (let i = from; i < to; i++) subs.push(new Sub(i, kinds[i % kinds.length]));
 for (let i = 0; i < subs.length; i += 100) {

@@ -15,7 +15,9 @@ const col = (i) => rows.map((r) => [r[0], r[i]]).filter(([, v]) => v !== null);
 const charts = [
   { title: 'server RSS (MiB)', lines: [['RSS', '#2f6fde', col(1).map(([t, v]) => [t, v / 1024])]] },
   { title: 'server open file descriptors', lines: [['fds', '#2f6fde', col(2)]] },
-  { title: 'delivery latency per 10 s (ms)', lines: [['p50', '#1f9d55', col(5)], ['p99', '#d64545', col(6)]] },
+  // Scaled to what follows the warm-up (the first tenth: every client connecting and
+  // the churn starting at once); the warm-up's higher values are cut at the top.
+  { title: 'delivery latency per 10 s (ms), after warm-up', lines: [['p50', '#1f9d55', col(5)], ['p99', '#d64545', col(6)]], warm: 0.1 },
   { title: 'live subscribers, deliveries per second', lines: [['live', '#2f6fde', col(3)], ['delivered/s', '#1f9d55', col(4)]] },
 ];
 const caption = `${summary.connections} connections, ${summary.seconds} s, ${summary.rate} publications/s over ${summary.channels} channels; `
@@ -26,6 +28,7 @@ const html = `<!doctype html><html><body style="margin:0;font:13px system-ui,san
 <p style="margin:8px 12px">${caption}</p><div id="c"></div>
 <script>
 const charts = ${JSON.stringify(charts)};
+function tMaxOf(points) { return Math.max(1, ...points.map((p) => p[0])); }
 for (const ch of charts) {
   const c = document.createElement('canvas');
   c.width = 1000; c.height = 220;
@@ -34,9 +37,10 @@ for (const ch of charts) {
   const pad = { l: 60, r: 20, t: 24, b: 24 };
   const all = ch.lines.flatMap((l) => l[2]);
   const tMax = Math.max(1, ...all.map((p) => p[0]));
-  const hi = Math.max(1, ...all.map((p) => p[1])) * 1.1;
+  const scaled = all.filter((p) => p[0] >= tMaxOf(all) * (ch.warm || 0));
+  const hi = Math.max(1, ...scaled.map((p) => p[1])) * 1.1;
   const x = (t) => pad.l + (c.width - pad.l - pad.r) * t / tMax;
-  const y = (v) => pad.t + (c.height - pad.t - pad.b) * (1 - v / hi);
+  const y = (v) => pad.t + (c.height - pad.t - pad.b) * (1 - Math.min(v, hi) / hi);
   g.font = '12px system-ui'; g.fillStyle = '#1d2430'; g.fillText(ch.title, pad.l, 16);
   g.strokeStyle = '#e3e7ee'; g.fillStyle = '#6b7585';
   for (let i = 0; i <= 4; i++) {

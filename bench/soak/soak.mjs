@@ -51,6 +51,8 @@ const server = spawn(bin, [
   '--backlog', String(Math.max(1024, CONNS * 2)),
   '--max-connections', String(CONNS * 2), '--max-tcp-connections', String(CONNS * 3),
   '--stomp-heart-beat', '0,0', '--log-format', 'text',
+  // SOAK_SERVER_ARGS="--compression off" (say): to tell which setting a trend comes from.
+  ...(process.env.SOAK_SERVER_ARGS ? process.env.SOAK_SERVER_ARGS.split(' ') : []),
 ], { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' } });
 let serverLog = '';
 server.stderr.on('data', (d) => { serverLog = (serverLog + d).slice(-20000); });

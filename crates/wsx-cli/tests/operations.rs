@@ -339,3 +339,9 @@ async fn sigterm_drains_stomp_clients_with_an_error_saying_to_reconnect() {
         .unwrap();
     assert!(status.success(), "{status}");
 }
+
+#[tokio::test]
+async fn a_drain_tells_socket_io_and_sockjs_clients_to_reconnect_their_own_way() {
+    let (_server, addr) = common::serve(&["--api-key", KEY, "--drain-window", "1s"]).await;
+    common::node_script("drain/clients.mjs", &[KEY, &addr], "OK").await;
+}
