@@ -438,8 +438,14 @@ impl Conn {
             req.extensions_mut().insert(ip_slot.clone());
             let router = router.clone();
             async move {
-                let req =
-                    req.map(|b| Body::new(wsx_hub::transport::TimedBody::new(b, body_timeout)));
+                // A request without a body (a GET, an upgrade) needs no timer.
+                let req = req.map(|b| {
+                    if hyper::body::Body::is_end_stream(&b) {
+                        Body::new(b)
+                    } else {
+                        Body::new(wsx_hub::transport::TimedBody::new(b, body_timeout))
+                    }
+                });
                 Ok::<_, Infallible>(
                     tower::ServiceExt::oneshot(router, req)
                         .await
@@ -606,11 +612,10 @@ async fn until_stop(gate: Gate, window: Duration) {
     let mut term = Signal::new(tokio::signal::unix::SignalKind::terminate());
     tokio::select! {
         _ = tokio::signal::ctrl_c() => return,
-        _ = term.recv() => {
-            gate.drain(window);
-        }
+        _ = term.recv() => {}
         _ = gate.drain_begun() => {}
     }
+    // Begins the drain after SIGTERM; after POST /api/drain, the one under way.
     let d = gate.drain(window);
     info!(
         sessions = d.sessions,
@@ -713,7 +718,7 @@ impl Reloader {
             .map(|(k, _)| *k)
             .filter(|k| RELOADABLE.contains(k) && current.raw.get(k) != new.raw.get(k))
             .collect();
-        if format!("{:?}", current.namespaces) != format!("{:?}", new.namespaces) {
+        if current.namespaces != new.namespaces {
             changed.push("namespaces");
         }
         // What only a restart changes stays as the server runs it.

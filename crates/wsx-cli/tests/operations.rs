@@ -25,13 +25,7 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 /// A TLS client trusting only `ca`: the leaf certificate the server presented, or
 /// `None` when the handshake fails (the server's certificate is not from `ca`).
 async fn leaf_seen(port: &str, ca: &str) -> Option<Vec<u8>> {
-    let cfg = ClientConfig::default().ca_cert(wsx::tls::load_certs(ca).unwrap().remove(0));
-    let connector = tokio_rustls::TlsConnector::from(wsx::tls::client_tls_config(&cfg).unwrap());
-    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let tls = connector.connect(name, tcp).await.ok()?;
+    let tls = tls_to(port, ca).await.ok()?;
     let (_, conn) = tls.get_ref();
     Some(conn.peer_certificates()?[0].to_vec())
 }
@@ -102,16 +96,22 @@ async fn a_reload_serves_a_new_certificate_to_new_clients_while_open_ones_stay()
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// `POST /api/reload` over HTTPS (the server trusted through `ca`): (status, body).
-async fn https_reload(addr: &str, ca: &str) -> (u16, String) {
+/// A TLS connection to `localhost:port` trusting only `ca`.
+async fn tls_to(
+    port: &str,
+    ca: &str,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let cfg = ClientConfig::default().ca_cert(wsx::tls::load_certs(ca).unwrap().remove(0));
     let connector = tokio_rustls::TlsConnector::from(wsx::tls::client_tls_config(&cfg).unwrap());
-    let port = addr.rsplit(':').next().unwrap();
-    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}"))
-        .await
-        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(format!("127.0.0.1:{port}")).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// `POST /api/reload` over HTTPS (the server trusted through `ca`): (status, body).
+async fn https_reload(addr: &str, ca: &str) -> (u16, String) {
+    let port = addr.rsplit(':').next().unwrap();
+    let mut tls = tls_to(port, ca).await.unwrap();
     let req = format!(
         "POST /api/reload HTTP/1.1\r\nHost: {addr}\r\nAuthorization: apikey {KEY}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
@@ -306,6 +306,11 @@ async fn a_drain_refuses_new_sessions_spreads_the_reconnects_over_its_window_and
         );
     }
     // Empty: the server exits by itself, successfully.
+    exits_successfully(&mut server).await;
+}
+
+/// The drained server exits by itself (within 10 s), with success.
+async fn exits_successfully(server: &mut tokio::process::Child) {
     let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
         .await
         .expect("the drained server exits")
@@ -333,11 +338,7 @@ async fn sigterm_drains_stomp_clients_with_an_error_saying_to_reconnect() {
     let rest = String::from_utf8_lossy(&rest).to_string();
     assert!(rest.starts_with("ERROR\n"), "{rest:?}");
     assert!(rest.contains("\nwsx-reconnect:true\n"), "{rest:?}");
-    let status = tokio::time::timeout(Duration::from_secs(10), server.wait())
-        .await
-        .expect("the drained server exits")
-        .unwrap();
-    assert!(status.success(), "{status}");
+    exits_successfully(&mut server).await;
 }
 
 #[tokio::test]

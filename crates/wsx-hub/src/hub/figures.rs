@@ -4,7 +4,7 @@
 //! period on a privileged channel ([`CHANNEL`]) of the hub itself, so that an admin page
 //! on any node sees every node through the backplane, without polling anything.
 
-use std::sync::{Arc, Weak};
+use std::sync::Weak;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -86,12 +86,7 @@ impl Sampler {
                 }
             })
         };
-        let publishes: u64 = now
-            .publish_latency
-            .iter()
-            .zip(b.publish_latency.iter().chain(std::iter::repeat(&0)))
-            .map(|(n, m)| n.saturating_sub(*m))
-            .sum();
+        let publishes: u64 = now.latency_since(b).iter().sum();
         let mut listed: Vec<_> = clients.iter().collect();
         listed.sort_by_key(|c| c.client);
         let mut figures = json!({
@@ -160,14 +155,10 @@ pub async fn publish_every(
         }
         let figures = sampler.sample(&hub, extra());
         let payload = Payload::json(Bytes::from(figures.to_string()));
-        if let Err(e) = publish(&hub, payload).await {
+        if let Err(e) = hub.publish(CHANNEL, payload).await {
             tracing::debug!("admin figures not published: {e}");
         }
     }
-}
-
-async fn publish(hub: &Arc<Hub>, payload: Payload) -> Result<(), super::HubError> {
-    hub.publish(CHANNEL, payload).await.map(|_| ())
 }
 
 #[cfg(test)]

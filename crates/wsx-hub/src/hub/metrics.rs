@@ -88,12 +88,7 @@ impl Totals {
     /// took, as a bucket's upper bound in seconds (`None`: no publish; `inf`: over the
     /// last bound).
     pub fn latency_quantile(&self, before: &Totals, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self
-            .publish_latency
-            .iter()
-            .enumerate()
-            .map(|(i, n)| n.saturating_sub(before.publish_latency.get(i).copied().unwrap_or(0)))
-            .collect();
+        let counts = self.latency_since(before);
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -107,6 +102,17 @@ impl Totals {
             }
         }
         Some(f64::INFINITY)
+    }
+}
+
+impl Totals {
+    /// Publishes per latency bucket between `before` and `self`.
+    pub fn latency_since(&self, before: &Totals) -> Vec<u64> {
+        self.publish_latency
+            .iter()
+            .enumerate()
+            .map(|(i, n)| n.saturating_sub(before.publish_latency.get(i).copied().unwrap_or(0)))
+            .collect()
     }
 }
 
