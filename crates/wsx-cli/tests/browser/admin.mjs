@@ -83,7 +83,10 @@ try {
   const p = probe();
   const client = await p.ready;
   const row = `#clients tr[data-client="${client}"]`;
+  // A node's figures may have been taken between the connection's start and its
+  // connect (no name yet): wait for the row with the name.
   await page.waitForSelector(row);
+  await page.waitForFunction((sel) => /admin-probe/.test(document.querySelector(sel)?.textContent || ''), row);
   assert.match(await page.textContent(row), /admin-probe/);
   await page.waitForFunction(() => [...document.querySelectorAll('#channel-list td')].some((td) => td.textContent === 'probe-room'));
 
