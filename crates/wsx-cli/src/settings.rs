@@ -56,7 +56,7 @@ settings! {
     compression_level, "WSX_COMPRESSION_LEVEL", "0-9", "1", "Deflate level";
     compression_threshold, "WSX_COMPRESSION_THRESHOLD", "BYTES", "256", "Messages smaller than this are sent uncompressed";
     server_no_context_takeover, "WSX_SERVER_NO_CONTEXT_TAKEOVER", "on|off", "off", "Reset the server's deflate context after each message (less memory, worse ratio)";
-    client_no_context_takeover, "WSX_CLIENT_NO_CONTEXT_TAKEOVER", "on|off", "off", "Ask clients to reset their deflate context after each message";
+    client_no_context_takeover, "WSX_CLIENT_NO_CONTEXT_TAKEOVER", "on|off", "on", "Ask clients to reset their deflate context after each message (then a connection holds no inflate stream between messages, ~18 KiB of RSS each; clients' messages compress less)";
     server_max_window_bits, "WSX_SERVER_MAX_WINDOW_BITS", "8-15", "15", "The server's deflate window (log2)";
     client_max_window_bits, "WSX_CLIENT_MAX_WINDOW_BITS", "8-15", "15", "The largest deflate window clients may use (log2)";
     max_deflate_contexts, "WSX_MAX_DEFLATE_CONTEXTS", "N", "512", "Most connections keeping their own compression context (~310 KiB each once they compress); beyond, new ones are answered with server_no_context_takeover (a fan-out then compresses each message once for all of them)";
