@@ -718,11 +718,6 @@ impl Hub {
         let p = self.backplane.publish(ch.as_str(), &opts, payload).await?;
         self.metrics.observe_publish(start.elapsed());
         self.metrics.publications.fetch_add(1, Ordering::Relaxed);
-        // Pacing: the connections this publication woke run before the publisher goes
-        // on (a yield puts it behind them in its worker's run queue). Above what a core
-        // can deliver, publishers are slowed to the rate their deliveries are written
-        // instead of queues (and latency) growing without bound.
-        tokio::task::yield_now().await;
         Ok(p)
     }
 
@@ -1000,35 +995,6 @@ mod tests {
         );
         assert!(hub.publish("news:x", Payload::json("1")).await.is_ok());
         assert!(hub.publish("lobby", Payload::json("1")).await.is_ok());
-    }
-
-    /// Pacing: by the time a publish returns, the tasks it woke have run (they are
-    /// ahead of the publisher in a current-thread runtime's queue), so a publisher
-    /// cannot run ahead of the deliveries it causes.
-    #[tokio::test]
-    async fn a_publish_returns_after_the_subscribers_it_woke_have_run() {
-        let hub = hub_on(Arc::new(MemoryBackplane::new()));
-        let ch = name("news:paced");
-        let seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        for _ in 0..50 {
-            let (info, q) = client(&hub);
-            hub.subscribe(&ch, &hub.options(&ch), info, q.clone(), None)
-                .await
-                .unwrap();
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                while let Some(Ok(d)) = std::future::poll_fn(|cx| q.poll_next(cx)).await {
-                    if matches!(d, Delivery::Publication { .. }) {
-                        seen.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            });
-        }
-        tokio::task::yield_now().await;
-        for k in 1..=3 {
-            hub.publish("news:paced", Payload::json("1")).await.unwrap();
-            assert_eq!(seen.load(Ordering::Relaxed), 50 * k);
-        }
     }
 
     #[tokio::test]
