@@ -80,4 +80,13 @@ fn streams_are_pooled_reset_and_not_held_by_resetting_peers() {
         .collect();
     drop(many);
     assert_eq!(pooled_streams().0, POOL_INFLATERS);
+    let compressing: Vec<DeflateCodec> = (0..POOL_DEFLATERS + 4)
+        .map(|_| {
+            let mut c = DeflateCodec::new(params(false), true, 1, 0);
+            assert!(!c.compress(b"Hello, Hello").is_empty());
+            c
+        })
+        .collect();
+    drop(compressing);
+    assert_eq!(pooled_streams().1, POOL_DEFLATERS);
 }
