@@ -269,6 +269,7 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     hub_cfg.auth = settings.auth.clone();
     hub_cfg.commands = settings.commands;
     hub_cfg.max_connections_per_user = settings.max_connections_per_user;
+    hub_cfg.pace_depth = settings.publish_pace;
     // What `connect` replies as `ping`: the keepalive interval WebSockets really get.
     hub_cfg.ping_interval_secs = settings
         .server

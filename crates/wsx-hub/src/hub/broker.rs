@@ -9,8 +9,10 @@ use crate::hub::error::HubError;
 use crate::hub::publication::{Publication, StreamPosition};
 use crate::hub::queue::{Delivery, Disconnect, Outbound, SlowConsumer};
 use crate::hub::shards::{self, lock, SHARDS};
+use crate::hub::wakes::{Wake, Wakes};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 
 /// The result of a subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,21 +35,22 @@ struct Subscriber {
 }
 
 impl Subscriber {
-    /// Queue or hold `d`; `Err` when the consumer is too slow.
-    fn offer(&mut self, d: &Delivery) -> Result<(), SlowConsumer> {
+    /// Queue `d` (returning the consumer's waker, to be woken after) or hold it;
+    /// `Err` when the consumer is too slow.
+    fn offer(&mut self, d: &Delivery) -> Result<Option<Waker>, SlowConsumer> {
         if let Delivery::Publication { publication, .. } = d {
             if self.held.is_none() {
                 if publication.offset <= self.last {
-                    return Ok(());
+                    return Ok(None);
                 }
                 self.last = publication.offset;
             }
         }
         match &mut self.held {
-            None => self.queue.push(d.clone()),
+            None => self.queue.push_quiet(d.clone()),
             Some(held) if held.len() < self.queue.limits().max_messages => {
                 held.push(d.clone());
-                Ok(())
+                Ok(None)
             }
             Some(_) => {
                 self.queue.mark_slow();
@@ -65,6 +68,7 @@ struct LocalChannel {
 /// This node's subscribers, by channel.
 pub struct Broker {
     shards: Vec<Mutex<HashMap<String, LocalChannel>>>,
+    wakes: Wakes,
 }
 
 impl Default for Broker {
@@ -78,6 +82,7 @@ impl Broker {
     pub fn new() -> Broker {
         Broker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            wakes: Wakes::default(),
         }
     }
 
@@ -131,6 +136,12 @@ impl Broker {
         Ok(empty)
     }
 
+    /// Slow a publisher while this node's fan-outs are `depth` or more publications
+    /// behind ([`Wakes::pace`]).
+    pub(crate) async fn pace(&self, depth: usize, max_wait: std::time::Duration) {
+        self.wakes.pace(depth, max_wait).await
+    }
+
     /// Whether anyone on this node is subscribed to `channel`.
     pub fn has_subscribers(&self, channel: &str) -> bool {
         self.shard(channel).contains_key(channel)
@@ -164,7 +175,9 @@ impl Broker {
         }
         sub.last = last;
         for d in sub.held.take().unwrap_or_default() {
-            sub.offer(&d)?;
+            if let Some(w) = sub.offer(&d)? {
+                w.wake();
+            }
         }
         Ok(())
     }
@@ -226,9 +239,18 @@ impl Deliver for Broker {
             Event::Lost => return,
         };
         let mut slow = Vec::new();
+        let mut wakers = Vec::with_capacity(ch.subscribers.len());
         for (id, s) in ch.subscribers.iter_mut() {
-            if Some(*id) != joiner && s.offer(&d).is_err() {
-                slow.push(*id);
+            if Some(*id) == joiner {
+                continue;
+            }
+            match s.offer(&d) {
+                Ok(Some(waker)) => wakers.push(Wake {
+                    waker,
+                    queue: s.queue.clone(),
+                }),
+                Ok(None) => {}
+                Err(SlowConsumer) => slow.push(*id),
             }
         }
         for id in slow {
@@ -237,6 +259,8 @@ impl Deliver for Broker {
         if ch.subscribers.is_empty() {
             shard.remove(channel);
         }
+        drop(shard);
+        self.wakes.wake(wakers);
     }
 }
 

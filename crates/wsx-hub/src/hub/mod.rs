@@ -21,6 +21,7 @@ pub mod queue;
 pub mod rate;
 pub mod session;
 pub(crate) mod shards;
+pub(crate) mod wakes;
 pub mod workqueue;
 
 use std::collections::HashMap;
@@ -81,6 +82,16 @@ pub struct HubConfig {
     /// have open on this node; a `connect` beyond is refused (native error 106).
     /// Default: none (no limit).
     pub max_connections_per_user: Option<usize>,
+    /// Pacing of publishers: a publication made while this node's event loops are
+    /// behind waits (before its publisher is answered) until the subscriber that has
+    /// waited longest for its turn holds fewer than this many deliveries. A publisher
+    /// faster than the node can deliver is slowed to its pace, and publications
+    /// coalesce (up to this many per subscriber write) instead of latency growing until
+    /// queues overflow. 0: publishers are never slowed. Default: 16.
+    pub pace_depth: usize,
+    /// The longest a publication waits for [`pace_depth`](Self::pace_depth).
+    /// Default: 1 s.
+    pub pace_max_wait: std::time::Duration,
 }
 
 impl Default for HubConfig {
@@ -102,6 +113,8 @@ impl Default for HubConfig {
             work_queues: workqueue::WorkQueueLimits::default(),
             commands: rate::CommandRate::default(),
             max_connections_per_user: None,
+            pace_depth: 16,
+            pace_max_wait: std::time::Duration::from_secs(1),
         }
     }
 }
@@ -718,6 +731,10 @@ impl Hub {
         let p = self.backplane.publish(ch.as_str(), &opts, payload).await?;
         self.metrics.observe_publish(start.elapsed());
         self.metrics.publications.fetch_add(1, Ordering::Relaxed);
+        let config = self.config();
+        self.broker
+            .pace(config.pace_depth, config.pace_max_wait)
+            .await;
         Ok(p)
     }
 

@@ -175,6 +175,16 @@ impl Outbound {
     /// Queue a delivery without waiting. Fails, and closes the queue for good, when the
     /// consumer is too far behind.
     pub fn push(&self, d: Delivery) -> Result<(), SlowConsumer> {
+        if let Some(w) = self.push_quiet(d)? {
+            w.wake();
+        }
+        Ok(())
+    }
+
+    /// [`push`](Self::push), but the consumer's waker (if it was waiting) is returned
+    /// instead of woken: a fan-out wakes its consumers in turns
+    /// ([`Wakes`](crate::hub::wakes::Wakes)). An overflow still wakes it at once.
+    pub(crate) fn push_quiet(&self, d: Delivery) -> Result<Option<Waker>, SlowConsumer> {
         let mut s = lock(&self.state);
         if s.overflowed || s.closed {
             return Err(SlowConsumer);
@@ -191,15 +201,23 @@ impl Outbound {
         }
         s.bytes += cost;
         s.items.push_back(d);
-        if let Some(w) = s.waker.take() {
-            w.wake();
-        }
-        Ok(())
+        Ok(s.waker.take())
     }
 
     /// The next delivery; `Err` once the queue overflowed or the server
     /// asked to disconnect; `None` after [`close`](Self::close).
     pub fn poll_next(&self, cx: &mut Context<'_>) -> Poll<Option<Result<Delivery, Disconnect>>> {
+        self.next(Some(cx.waker()))
+    }
+
+    /// [`poll_next`](Self::poll_next) without registering for a wake-up: a consumer
+    /// taking what else is queued before it writes. (A waker left here would stand for
+    /// a consumer waiting on its queue while it is busy writing.)
+    pub fn try_next(&self) -> Poll<Option<Result<Delivery, Disconnect>>> {
+        self.next(None)
+    }
+
+    fn next(&self, waker: Option<&Waker>) -> Poll<Option<Result<Delivery, Disconnect>>> {
         let mut s = lock(&self.state);
         if s.overflowed {
             return Poll::Ready(Some(Err(Disconnect::SlowConsumer)));
@@ -215,7 +233,9 @@ impl Outbound {
         if s.closed {
             return Poll::Ready(None);
         }
-        s.waker = Some(cx.waker().clone());
+        if let Some(w) = waker {
+            s.waker = Some(w.clone());
+        }
         Poll::Pending
     }
 

@@ -491,6 +491,18 @@ impl HubSession {
         next
     }
 
+    /// The next delivery if one is there now (`None` otherwise), without registering
+    /// for a wake-up: what a delivery loop takes after the first delivery of a batch.
+    pub fn try_delivery(&mut self) -> Option<Option<Result<Delivery, Disconnect>>> {
+        match self.queue.try_next() {
+            Poll::Ready(n) => {
+                self.observe(&n);
+                Some(n)
+            }
+            Poll::Pending => None,
+        }
+    }
+
     /// The next delivery (see [`poll_delivery`](Self::poll_delivery)).
     pub async fn next_delivery(&mut self) -> Option<Result<Delivery, Disconnect>> {
         std::future::poll_fn(|cx| self.poll_delivery(cx)).await

@@ -512,7 +512,7 @@ impl Session {
                         if taken == 64 {
                             break;
                         }
-                        match self.hub.next_delivery().now_or_never() {
+                        match self.hub.try_delivery() {
                             Some(d) => next = d,
                             None => break,
                         }

@@ -308,7 +308,7 @@ async fn run<W: Wire, F: std::future::Future<Output = ()>>(
                     if taken == 64 {
                         break;
                     }
-                    match session.hub().next_delivery().now_or_never() {
+                    match session.hub().try_delivery() {
                         Some(d) => next = d,
                         None => break,
                     }
