@@ -478,6 +478,10 @@ struct Inner {
     /// Surveys waiting for answers, by request id.
     surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>,
     next_survey: std::sync::atomic::AtomicU64,
+    /// Other nodes behind their deliveries, with when they last said so.
+    lagging: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// Told when a node says it is, or no longer is, behind.
+    lag_changed: tokio::sync::Notify,
     /// Publications waiting to be sent in a batch.
     batch: mpsc::Sender<Pending>,
     publish_batch: Script,
@@ -542,6 +546,8 @@ impl RedisBackplane {
             members: Mutex::new(HashMap::new()),
             surveys: Mutex::new(HashMap::new()),
             next_survey: std::sync::atomic::AtomicU64::new(1),
+            lagging: Mutex::new(HashMap::new()),
+            lag_changed: tokio::sync::Notify::new(),
             batch: batch_tx,
             publish_batch: script(PUBLISH_BATCH),
             heartbeat: script(HEARTBEAT),
@@ -563,6 +569,9 @@ impl RedisBackplane {
             .await
             .map_err(unavailable)?;
         sub.listen_everywhere(inner.queue_topic())
+            .await
+            .map_err(unavailable)?;
+        sub.listen_everywhere(inner.lag_topic())
             .await
             .map_err(unavailable)?;
         inner.heartbeat().await?;
@@ -784,6 +793,42 @@ impl Inner {
         format!("{}:survey", self.cfg.prefix)
     }
 
+    fn lag_topic(&self) -> String {
+        format!("{}:lag", self.cfg.prefix)
+    }
+
+    /// A node says it is behind its deliveries (`<node>:1`) or no longer is (`<node>:0`).
+    fn on_lag(&self, body: &[u8]) {
+        let Some((node, state)) = std::str::from_utf8(body)
+            .ok()
+            .and_then(|b| b.split_once(':'))
+        else {
+            return;
+        };
+        let Ok(node) = node.parse::<NodeId>() else {
+            return;
+        };
+        if node == self.node {
+            return;
+        }
+        let mut lagging = lock(&self.lagging);
+        if state == "1" {
+            lagging.insert(node, std::time::Instant::now());
+        } else {
+            lagging.remove(&node);
+        }
+        drop(lagging);
+        self.lag_changed.notify_waiters();
+    }
+
+    /// Whether another node said it is behind within [`LAG_FRESH`] (a node that stopped
+    /// saying so, having died say, no longer counts): until when it counts, if so.
+    fn others_lagging(&self) -> Option<std::time::Instant> {
+        let mut lagging = lock(&self.lagging);
+        lagging.retain(|_, at| at.elapsed() < LAG_FRESH);
+        lagging.values().max().map(|at| *at + LAG_FRESH)
+    }
+
     fn reply_topic(&self, node: NodeId) -> String {
         format!("{}:reply:{node}", self.cfg.prefix)
     }
@@ -977,6 +1022,10 @@ struct Pending {
 
 /// Most publications in one script call, and most calls in flight at once.
 const BATCH: usize = 512;
+
+/// How long a node's "behind" counts without being said again (it repeats it every
+/// 250 ms while it lasts).
+const LAG_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The publishing task: whatever publications are waiting (up to [`BATCH`]) go in one
@@ -1073,6 +1122,8 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
                             }
                         } else if topic == inner.survey_topic() {
                             inner.on_survey(body);
+                        } else if topic == inner.lag_topic() {
+                            inner.on_lag(body);
                         } else if topic == inner.reply_topic(inner.node) {
                             inner.on_reply(body);
                         } else {
@@ -1399,6 +1450,47 @@ impl Backplane for RedisBackplane {
                         .arg(node),
                 )
                 .await
+        })
+    }
+
+    fn shares_lag(&self) -> bool {
+        true
+    }
+
+    fn report_lag(&self, lagging: bool) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let msg = format!("{}:{}", inner.node, u8::from(lagging));
+            let sent: Result<usize, _> = redis::cmd("PUBLISH")
+                .arg(inner.lag_topic())
+                .arg(msg)
+                .query_async(&mut inner.conn.clone())
+                .await;
+            if let Err(e) = sent {
+                tracing::debug!("could not tell the other nodes this one's lag: {e}");
+            }
+        })
+    }
+
+    fn remote_pace(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            loop {
+                let changed = inner.lag_changed.notified();
+                tokio::pin!(changed);
+                changed.as_mut().enable();
+                let Some(until) = inner.others_lagging() else {
+                    return;
+                };
+                if until >= deadline.into_std() {
+                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                        return;
+                    }
+                } else {
+                    // Look again when what was said goes stale, or when more is said.
+                    let _ = tokio::time::timeout_at(until.into(), changed).await;
+                }
+            }
         })
     }
 
@@ -1831,6 +1923,71 @@ pub(crate) mod tests {
             cmd.arg(*a);
         }
         cmd.query_async(&mut c).await.unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_behind_its_deliveries_slows_publishers_on_the_others() {
+        let server = RedisServer::start(&[]).await;
+        let cfg = RedisConfig {
+            url: server.url(),
+            ..RedisConfig::default()
+        };
+        let behind = RedisBackplane::connect(cfg.clone()).await.unwrap();
+        let a = RedisBackplane::connect(cfg.clone()).await.unwrap();
+        let hub_cfg = HubConfig {
+            pace_max_wait: Duration::from_secs(30),
+            ..HubConfig::default()
+        };
+        let hub = Hub::with_backplane(hub_cfg, Arc::new(a.clone()));
+        let publish = |n: &'static str| {
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                hub.publish("room", Payload::json(n)).await.unwrap();
+                std::time::Instant::now()
+            })
+        };
+        let say = |lagging: bool| {
+            let (a, behind) = (a.clone(), behind.clone());
+            async move {
+                let heard = a.inner.lag_changed.notified();
+                tokio::pin!(heard);
+                heard.as_mut().enable();
+                behind.report_lag(lagging).await;
+                tokio::time::timeout(Duration::from_secs(5), heard)
+                    .await
+                    .expect("the other node heard it");
+            }
+        };
+        // Nobody behind: answered at once.
+        tokio::time::timeout(Duration::from_secs(5), publish("1"))
+            .await
+            .unwrap()
+            .unwrap();
+        // A node behind: the publisher waits until it says it no longer is.
+        say(true).await;
+        let waiting = publish("2");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!waiting.is_finished(), "the publisher waits");
+        let cleared = std::time::Instant::now();
+        say(false).await;
+        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(answered >= cleared);
+        // A node that said so and then went silent (died, say) counts for LAG_FRESH only,
+        // not for the whole pace_max_wait.
+        say(true).await;
+        let said = std::time::Instant::now();
+        let answered = tokio::time::timeout(Duration::from_secs(10), publish("3"))
+            .await
+            .expect("answered once the silence went stale")
+            .unwrap();
+        let waited = answered - said;
+        assert!(
+            waited >= LAG_FRESH - Duration::from_millis(100) && waited < LAG_FRESH * 3,
+            "{waited:?}"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -213,6 +213,24 @@ pub trait Backplane: Send + Sync + 'static {
         false
     }
 
+    /// Whether nodes tell each other when they are behind their deliveries
+    /// ([`report_lag`](Self::report_lag)), so that a publisher on one node is paced by
+    /// subscribers on another.
+    fn shares_lag(&self) -> bool {
+        false
+    }
+
+    /// Tell the other nodes that this node is behind its deliveries (`true`, repeated
+    /// while it is) or no longer is (`false`).
+    fn report_lag(&self, _lagging: bool) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
+    /// Wait while another node says it is behind, at most until `deadline`.
+    fn remote_pace(&self, _deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
+
     /// Append a message to the shared queue (at most `max` waiting).
     fn queue_push<'a>(
         &'a self,

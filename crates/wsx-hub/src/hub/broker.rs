@@ -138,8 +138,13 @@ impl Broker {
 
     /// Slow a publisher while this node's fan-outs are `depth` or more publications
     /// behind ([`Wakes::pace`]).
-    pub(crate) async fn pace(&self, depth: usize, max_wait: std::time::Duration) {
-        self.wakes.pace(depth, max_wait).await
+    pub(crate) async fn pace(&self, depth: usize, deadline: tokio::time::Instant) {
+        self.wakes.pace(depth, deadline).await
+    }
+
+    /// This node's fan-out wake-ups (to watch how far behind it is).
+    pub(crate) fn wakes(&self) -> Wakes {
+        self.wakes.share()
     }
 
     /// Whether anyone on this node is subscribed to `channel`.

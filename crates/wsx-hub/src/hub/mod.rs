@@ -119,6 +119,36 @@ impl Default for HubConfig {
     }
 }
 
+/// Tell the other nodes while this one is behind its deliveries (the subscriber that
+/// has waited longest for its turn holds `pace_depth` or more), so that their
+/// publishers wait as this node's do: checked at each turn of the fan-out wake-ups,
+/// repeated every 250 ms while it lasts, and once more when it ends.
+async fn lag_reports(me: std::sync::Weak<Hub>, wakes: wakes::Wakes) {
+    let mut reported: Option<Instant> = None;
+    loop {
+        let Some(hub) = me.upgrade() else {
+            return;
+        };
+        let depth = hub.config().pace_depth;
+        let lagging = depth > 0 && wakes.lag() >= depth;
+        let stale = reported.is_some_and(|t| t.elapsed() >= std::time::Duration::from_millis(250));
+        if lagging && (reported.is_none() || stale) {
+            hub.backplane.report_lag(true).await;
+            reported = Some(Instant::now());
+        } else if !lagging && reported.is_some() {
+            hub.backplane.report_lag(false).await;
+            reported = None;
+        }
+        drop(hub);
+        let max = if reported.is_some() {
+            std::time::Duration::from_millis(50)
+        } else {
+            std::time::Duration::from_secs(1)
+        };
+        wakes.turned(max).await;
+    }
+}
+
 /// Shared work queues: tell the backplane what this node settled or gave back, and
 /// take as many messages as this node's consumers have room for; then wait for a
 /// change here or a new message anywhere (at most a second).
@@ -231,6 +261,9 @@ impl Hub {
         });
         if shared_queues {
             tokio::spawn(pump(Arc::downgrade(&hub)));
+        }
+        if hub.backplane.shares_lag() {
+            tokio::spawn(lag_reports(Arc::downgrade(&hub), hub.broker.wakes()));
         }
         hub
     }
@@ -732,9 +765,11 @@ impl Hub {
         self.metrics.observe_publish(start.elapsed());
         self.metrics.publications.fetch_add(1, Ordering::Relaxed);
         let config = self.config();
-        self.broker
-            .pace(config.pace_depth, config.pace_max_wait)
-            .await;
+        if config.pace_depth > 0 {
+            let deadline = tokio::time::Instant::now() + config.pace_max_wait;
+            self.broker.pace(config.pace_depth, deadline).await;
+            self.backplane.remote_pace(deadline).await;
+        }
         Ok(p)
     }
 

@@ -52,7 +52,7 @@ struct Inner {
     /// Consumers to wake, in order, each with its queue.
     waiting: Mutex<VecDeque<Wake>>,
     helper: AtomicBool,
-    /// Told after each turn.
+    /// Told when a helper starts and after each turn.
     turned: Notify,
 }
 
@@ -75,6 +75,7 @@ impl Wakes {
         drop(waiting);
         now.into_iter().for_each(Wake::wake);
         if start {
+            self.inner.turned.notify_waiters();
             match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
                     rt.spawn(helper(Helper(self.inner.clone())));
@@ -95,11 +96,10 @@ impl Wakes {
     /// Wait while the [`lag`](Self::lag) is `depth` or more, at most `max_wait`: a
     /// publisher faster than the event loop can deliver is slowed to its pace, with
     /// up to `depth` publications coalescing in each subscriber's write.
-    pub(crate) async fn pace(&self, depth: usize, max_wait: Duration) {
+    pub(crate) async fn pace(&self, depth: usize, deadline: tokio::time::Instant) {
         if depth == 0 {
             return;
         }
-        let deadline = tokio::time::Instant::now() + max_wait;
         loop {
             let turned = self.inner.turned.notified();
             tokio::pin!(turned);
@@ -110,6 +110,18 @@ impl Wakes {
             if tokio::time::timeout_at(deadline, turned).await.is_err() {
                 return;
             }
+        }
+    }
+
+    /// Wait for the next turn (or a helper's start), at most `max`.
+    pub(crate) async fn turned(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.inner.turned.notified()).await;
+    }
+
+    /// Another handle on the same wake-ups (for a task that must not keep the broker).
+    pub(crate) fn share(&self) -> Wakes {
+        Wakes {
+            inner: self.inner.clone(),
         }
     }
 
@@ -219,6 +231,10 @@ mod tests {
         assert_eq!(c2.0.load(Ordering::Relaxed), 10);
     }
 
+    fn soon() -> tokio::time::Instant {
+        tokio::time::Instant::now() + Duration::from_secs(10)
+    }
+
     /// `n` consumers whose queues each hold `depth` deliveries.
     fn deep(n: usize, depth: usize) -> (Arc<Count>, Vec<Wake>) {
         let (c, w) = wakers(n);
@@ -248,18 +264,12 @@ mod tests {
         assert_eq!(wakes.lag(), 2);
         // Shallower than the depth, or pacing off: no wait.
         use futures_util::FutureExt;
-        assert!(wakes
-            .pace(3, Duration::from_secs(10))
-            .now_or_never()
-            .is_some());
-        assert!(wakes
-            .pace(0, Duration::from_secs(10))
-            .now_or_never()
-            .is_some());
+        assert!(wakes.pace(3, soon()).now_or_never().is_some());
+        assert!(wakes.pace(0, soon()).now_or_never().is_some());
         // As deep: it waits for the turn that wakes those 10.
         let w2 = wakes.clone();
         let paced = tokio::spawn(async move {
-            w2.pace(2, Duration::from_secs(10)).await;
+            w2.pace(2, soon()).await;
             w2.waiting()
         });
         assert_eq!(paced.await.unwrap(), 0, "returned once nobody waited");
@@ -273,7 +283,7 @@ mod tests {
         lock(&wakes.inner.waiting).extend(w);
         wakes.inner.helper.store(true, Ordering::Release);
         let start = tokio::time::Instant::now();
-        wakes.pace(4, Duration::from_millis(300)).await;
+        wakes.pace(4, start + Duration::from_millis(300)).await;
         assert_eq!(start.elapsed(), Duration::from_millis(300));
         assert_eq!(wakes.waiting(), 5);
     }
