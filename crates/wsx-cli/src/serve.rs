@@ -270,6 +270,7 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     hub_cfg.commands = settings.commands;
     hub_cfg.max_connections_per_user = settings.max_connections_per_user;
     hub_cfg.pace_depth = settings.publish_pace;
+    hub_cfg.pace_max_wait = settings.publish_pace_max_wait;
     // What `connect` replies as `ping`: the keepalive interval WebSockets really get.
     hub_cfg.ping_interval_secs = settings
         .server

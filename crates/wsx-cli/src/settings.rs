@@ -79,7 +79,8 @@ settings! {
     trusted_proxies, "WSX_TRUSTED_PROXIES", "LIST", "none", "Proxies whose X-Forwarded-For / Forwarded headers name the client for the per-address limits, comma-separated ADDR[/PREFIX] (from anyone else those headers are ignored)";
     commands_per_second, "WSX_COMMANDS_PER_SECOND", "N", "1000", "Commands per second per connection, every front-end (native commands, STOMP frames, Socket.IO events, fallback POSTs), on average; over it: native error 114, STOMP frames held back, Socket.IO ack error; after 100 refused since the connection's bucket was last full: closed (native 3010, STOMP ERROR, Socket.IO disconnect)";
     max_connections_per_user, "WSX_MAX_CONNECTIONS_PER_USER", "N|none", "none", "Connections one user (a token's subject) may have open on this node; a connect beyond gets error 106 (native), a STOMP ERROR, a Socket.IO connect_error";
-    publish_pace, "WSX_PUBLISH_PACE", "N|off", "16", "Slow publishers down while this node is behind: a publication (HTTP API, client publish) is answered only when the subscriber waiting longest for its turn holds fewer than N deliveries (at most 1 s later); up to N publications then go out in one write per subscriber. off: never wait (latency grows until subscribers' queues overflow)";
+    publish_pace, "WSX_PUBLISH_PACE", "N|off", "16", "Slow publishers down while this node is behind: a publication (HTTP API, client publish) is answered only when the subscriber waiting longest for its turn holds fewer than N deliveries (at most --publish-pace-max-wait later); up to N publications then go out in one write per subscriber. off: never wait (latency grows until subscribers' queues overflow)";
+    publish_pace_max_wait, "WSX_PUBLISH_PACE_MAX_WAIT", "DURATION", "1s", "The longest a publication waits for --publish-pace before it is answered anyway";
     command_burst, "WSX_COMMAND_BURST", "N", "1000", "Commands one connection may send at once before --commands-per-second applies";
     header_timeout, "WSX_HEADER_TIMEOUT", "DURATION", "15s", "Longest wait for a request's whole head, from the connection's start or its previous response (bounds silent, slow-header and idle keep-alive connections)";
     body_timeout, "WSX_BODY_TIMEOUT", "DURATION", "30s", "Longest time for a request's body to arrive, from the end of its head (a client announcing a body it sends slowly or never gets an error and its connection ends)";
@@ -136,6 +137,7 @@ pub const RELOADABLE: &[&str] = &[
     "command_burst",
     "max_connections_per_user",
     "publish_pace",
+    "publish_pace_max_wait",
     "api_key",
     "admin_password",
     "token_hmac_secret",
@@ -172,6 +174,8 @@ pub struct Settings {
     pub max_connections_per_user: Option<usize>,
     /// `HubConfig::pace_depth` (0: off).
     pub publish_pace: usize,
+    /// `HubConfig::pace_max_wait`.
+    pub publish_pace_max_wait: Duration,
     pub header_timeout: Duration,
     pub body_timeout: Duration,
     pub tls_handshake_timeout: Duration,
@@ -623,6 +627,10 @@ impl ServeArgs {
                 "none" | "" => None,
                 _ => Some(count("max_connections_per_user")?),
             },
+            publish_pace_max_wait: positive(
+                dur("publish_pace_max_wait")?,
+                "publish_pace_max_wait",
+            )?,
             publish_pace: match get("publish_pace").trim() {
                 "off" | "0" => 0,
                 _ => count("publish_pace")?,
@@ -734,6 +742,29 @@ mod tests {
         assert_eq!(s.max_tcp_connections, 20000);
         assert_eq!(s.header_timeout, Duration::from_secs(15));
         assert_eq!(s.tls_handshake_timeout, Duration::from_secs(10));
+        assert_eq!(s.publish_pace, 16);
+        assert_eq!(s.publish_pace_max_wait, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn publish_pacing_can_be_turned_off_or_bounded() {
+        let args = ServeArgs {
+            publish_pace: Some("off".into()),
+            publish_pace_max_wait: Some("250ms".into()),
+            ..Default::default()
+        };
+        let s = args.resolve().unwrap();
+        assert_eq!(s.publish_pace, 0);
+        assert_eq!(s.publish_pace_max_wait, Duration::from_millis(250));
+        let bad = ServeArgs {
+            publish_pace: Some("deep".into()),
+            ..Default::default()
+        };
+        assert!(bad
+            .resolve()
+            .unwrap_err()
+            .to_string()
+            .contains("publish_pace"));
     }
 
     #[test]
