@@ -1473,25 +1473,13 @@ impl Backplane for RedisBackplane {
     }
 
     fn remote_pace(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let inner = &self.inner;
-            loop {
-                let changed = inner.lag_changed.notified();
-                tokio::pin!(changed);
-                changed.as_mut().enable();
-                let Some(until) = inner.others_lagging() else {
-                    return;
-                };
-                if until >= deadline.into_std() {
-                    if tokio::time::timeout_at(deadline, changed).await.is_err() {
-                        return;
-                    }
-                } else {
-                    // Look again when what was said goes stale, or when more is said.
-                    let _ = tokio::time::timeout_at(until.into(), changed).await;
-                }
-            }
-        })
+        // Look again when more is said, or when what was said goes stale.
+        let inner = &self.inner;
+        Box::pin(crate::hub::wakes::wait_while(
+            &inner.lag_changed,
+            deadline,
+            || inner.others_lagging().map(Into::into),
+        ))
     }
 
     fn shares_queues(&self) -> bool {

@@ -366,4 +366,18 @@ mod tests {
         }
         assert_eq!(q.push(publication(3)), Err(SlowConsumer));
     }
+
+    #[test]
+    fn taking_what_is_queued_leaves_no_waker_behind() {
+        let q = Outbound::new(QueueLimits::default());
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        // A consumer waiting on its queue is handed back by the next push ...
+        assert!(q.poll_next(&mut cx).is_pending());
+        assert!(q.push_quiet(publication(1)).unwrap().is_some());
+        // ... but one that only took what was there (and went on writing) is not.
+        assert!(matches!(q.try_next(), Poll::Ready(Some(Ok(_)))));
+        assert!(q.try_next().is_pending());
+        assert!(q.push_quiet(publication(2)).unwrap().is_none());
+    }
 }

@@ -93,24 +93,17 @@ impl Wakes {
         head.map_or(0, |q| q.len())
     }
 
-    /// Wait while the [`lag`](Self::lag) is `depth` or more, at most `max_wait`: a
-    /// publisher faster than the event loop can deliver is slowed to its pace, with
+    /// Wait while the [`lag`](Self::lag) is `depth` or more, at most until `deadline`:
+    /// a publisher faster than the event loop can deliver is slowed to its pace, with
     /// up to `depth` publications coalescing in each subscriber's write.
     pub(crate) async fn pace(&self, depth: usize, deadline: tokio::time::Instant) {
         if depth == 0 {
             return;
         }
-        loop {
-            let turned = self.inner.turned.notified();
-            tokio::pin!(turned);
-            turned.as_mut().enable();
-            if self.lag() < depth {
-                return;
-            }
-            if tokio::time::timeout_at(deadline, turned).await.is_err() {
-                return;
-            }
-        }
+        wait_while(&self.inner.turned, deadline, || {
+            (self.lag() >= depth).then_some(deadline)
+        })
+        .await
     }
 
     /// Wait for the next turn (or a helper's start), at most `max`.
@@ -125,10 +118,31 @@ impl Wakes {
         }
     }
 
-    /// Consumers waiting for their turn (tests, figures).
-    #[allow(dead_code)]
+    /// Consumers waiting for their turn.
+    #[cfg(test)]
     pub(crate) fn waiting(&self) -> usize {
         lock(&self.inner.waiting).len()
+    }
+}
+
+/// Wait, at most until `deadline`, while `busy` says so: it returns when to look again
+/// (`None`: no longer busy), and it is asked again then or whenever `changed` is told.
+pub(crate) async fn wait_while(
+    changed: &Notify,
+    deadline: tokio::time::Instant,
+    mut busy: impl FnMut() -> Option<tokio::time::Instant>,
+) {
+    loop {
+        let told = changed.notified();
+        tokio::pin!(told);
+        told.as_mut().enable();
+        let Some(until) = busy() else {
+            return;
+        };
+        let until = until.min(deadline);
+        if tokio::time::timeout_at(until, told).await.is_err() && until == deadline {
+            return;
+        }
     }
 }
 
