@@ -52,7 +52,18 @@ fn opts() -> ChannelOptions {
 async fn hub(nodes: &dyn Nodes) -> Arc<Hub> {
     let cfg = HubConfig {
         default_options: opts(),
-        namespaces: vec![("news".into(), opts()), ("room".into(), opts())],
+        namespaces: vec![
+            ("news".into(), opts()),
+            ("room".into(), opts()),
+            // Long enough that a gap opened while the test subscribes is always covered.
+            (
+                "race".into(),
+                ChannelOptions {
+                    history_size: 10_000,
+                    ..opts()
+                },
+            ),
+        ],
         ..HubConfig::default()
     };
     Hub::with_backplane(cfg, nodes.node().await)
@@ -199,15 +210,20 @@ pub(crate) async fn recovery_from_another_epoch_or_beyond_history_is_refused(nod
 
 pub(crate) async fn recovery_while_publishing_has_no_gap_or_duplicate(nodes: &dyn Nodes) {
     let hub = hub(nodes).await;
-    publish_n(&hub, "race", 50).await;
-    let epoch = hub.history("race", query(0)).await.unwrap().position.epoch;
-    let ch = name("race");
-    let mut opts = hub.options(&ch);
-    opts.history_size = 10_000;
+    publish_n(&hub, "race:1", 50).await;
+    let epoch = hub
+        .history("race:1", query(0))
+        .await
+        .unwrap()
+        .position
+        .epoch;
+    let ch = name("race:1");
+    let opts = hub.options(&ch);
+    assert_eq!(opts.history_size, 10_000);
     // The publisher's own subscription keeps the node listening throughout.
     let publisher = {
         let hub = hub.clone();
-        tokio::spawn(async move { publish_n(&hub, "race", 2000).await })
+        tokio::spawn(async move { publish_n(&hub, "race:1", 2000).await })
     };
     let (info, q) = client(&hub);
     let since = StreamPosition { offset: 50, epoch };
