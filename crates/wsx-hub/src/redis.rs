@@ -191,7 +191,9 @@ return out
 ";
 
 /// Remove the members whose deadline passed (publishing their leaves), then add or
-/// renew the members given as (client, member) pairs from ARGV[5].
+/// renew the members given as (client, member) pairs from ARGV[5]. A join or a renewal
+/// gets back how many it set; only a read (no members given) gets every member: a join
+/// answered with the whole channel would cost O(members) each, O(members²) to fill it.
 const PRESENCE_SET: &str = r"
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
@@ -211,6 +213,7 @@ end
 if n > 0 then
   redis.call('EXPIRE', KEYS[1], ARGV[2])
   redis.call('EXPIRE', KEYS[2], ARGV[2])
+  return n
 end
 return redis.call('HVALS', KEYS[1])
 ";
@@ -478,10 +481,12 @@ struct Inner {
     /// Surveys waiting for answers, by request id.
     surveys: Mutex<HashMap<u64, mpsc::UnboundedSender<Vec<u8>>>>,
     next_survey: std::sync::atomic::AtomicU64,
-    /// Other nodes behind their deliveries, with when they last said so.
-    lagging: Mutex<HashMap<NodeId, std::time::Instant>>,
+    /// What other nodes said of their lag lately.
+    lagging: Mutex<HashMap<NodeId, Heard>>,
     /// Told when a node says it is, or no longer is, behind.
     lag_changed: tokio::sync::Notify,
+    /// What this node last said of its own lag.
+    lag_said: Mutex<Said>,
     /// Publications waiting to be sent in a batch.
     batch: mpsc::Sender<Pending>,
     publish_batch: Script,
@@ -548,6 +553,7 @@ impl RedisBackplane {
             next_survey: std::sync::atomic::AtomicU64::new(1),
             lagging: Mutex::new(HashMap::new()),
             lag_changed: tokio::sync::Notify::new(),
+            lag_said: Mutex::new(Said::default()),
             batch: batch_tx,
             publish_batch: script(PUBLISH_BATCH),
             heartbeat: script(HEARTBEAT),
@@ -812,21 +818,82 @@ impl Inner {
             return;
         }
         let mut lagging = lock(&self.lagging);
+        let now = std::time::Instant::now();
         if state == "1" {
-            lagging.insert(node, std::time::Instant::now());
-        } else {
-            lagging.remove(&node);
+            lagging.insert(
+                node,
+                Heard {
+                    behind: true,
+                    at: now,
+                    credit: None,
+                },
+            );
+        } else if let Some(h) = lagging.get_mut(&node) {
+            h.behind = false;
+            h.credit = None;
         }
         drop(lagging);
         self.lag_changed.notify_waiters();
     }
 
-    /// Whether another node said it is behind within [`LAG_FRESH`] (a node that stopped
-    /// saying so, having died say, no longer counts): until when it counts, if so.
-    fn others_lagging(&self) -> Option<std::time::Instant> {
+    /// Tell the other nodes whether this one is behind: a change at once, a `true` again
+    /// every [`LAG_REPEAT`] while it lasts, a `false` again every [`LAG_CLEAR_REPEAT`]
+    /// while on probation; nothing else.
+    async fn say_lag(&self, lagging: bool) {
+        {
+            let mut said = lock(&self.lag_said);
+            let now = std::time::Instant::now();
+            let probation = said.behind_at.is_some_and(|t| t.elapsed() < LAG_FRESH);
+            let due = match said.last {
+                Some((was, _)) if was != lagging => true,
+                Some((_, at)) if lagging => at.elapsed() >= LAG_REPEAT,
+                Some((_, at)) => probation && at.elapsed() >= LAG_CLEAR_REPEAT,
+                None => lagging,
+            };
+            if !due {
+                return;
+            }
+            said.last = Some((lagging, now));
+            if lagging {
+                said.behind_at = Some(now);
+            }
+        }
+        let msg = format!("{}:{}", self.node, u8::from(lagging));
+        let sent: Result<usize, _> = redis::cmd("PUBLISH")
+            .arg(self.lag_topic())
+            .arg(msg)
+            .query_async(&mut self.conn.clone())
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!("could not tell the other nodes this one's lag: {e}");
+            // Say it again next time.
+            lock(&self.lag_said).last = None;
+        }
+    }
+
+    /// Whether to hold a publisher for another node's lag: until when, if so. A node
+    /// behind holds it until it says otherwise or [`LAG_FRESH`] after it last said so (a
+    /// node that died stops counting); one that said it caught up lets `depth`
+    /// publications go, then holds the next until it speaks again.
+    fn others_lagging(&self, depth: usize) -> Option<std::time::Instant> {
         let mut lagging = lock(&self.lagging);
-        lagging.retain(|_, at| at.elapsed() < LAG_FRESH);
-        lagging.values().max().map(|at| *at + LAG_FRESH)
+        lagging.retain(|_, h| h.at.elapsed() < LAG_FRESH);
+        let mut until = None;
+        for h in lagging.values_mut() {
+            if h.behind || *h.credit.get_or_insert(depth) == 0 {
+                until = until.max(Some(h.at + LAG_FRESH));
+            }
+        }
+        until
+    }
+
+    /// A publication went: it uses a credit of every node on probation.
+    fn spend_credit(&self) {
+        for h in lock(&self.lagging).values_mut() {
+            if let Some(c) = &mut h.credit {
+                *c = c.saturating_sub(1);
+            }
+        }
     }
 
     fn reply_topic(&self, node: NodeId) -> String {
@@ -888,8 +955,8 @@ impl Inner {
         (self.cfg.presence_ttl.as_millis() as u64).max(1)
     }
 
-    /// Add or renew `members` of `channel` (after removing expired ones); the
-    /// members now present.
+    /// Add or renew `members` of `channel` (after removing expired ones); with none
+    /// given, read: the members now present.
     async fn presence_set(
         &self,
         channel: &str,
@@ -905,6 +972,10 @@ impl Inner {
             .arg(if join_leave { "1" } else { "0" });
         for (c, m) in members {
             inv.arg(c.to_string()).arg(m);
+        }
+        if !members.is_empty() {
+            let _set: u64 = self.invoke(&inv).await?;
+            return Ok(Vec::new());
         }
         let all: Vec<Vec<u8>> = self.invoke(&inv).await?;
         Ok(all
@@ -1020,12 +1091,40 @@ struct Pending {
     done: tokio::sync::oneshot::Sender<Result<u64, BackplaneError>>,
 }
 
+/// What a node heard another say of its lag.
+struct Heard {
+    /// Behind now (as last said).
+    behind: bool,
+    /// When it last said it was behind.
+    at: std::time::Instant,
+    /// Since it last said it was not: publications this node may still send before
+    /// hearing from it again (`None`: not counted yet, the first wait sets it).
+    credit: Option<usize>,
+}
+
+/// What this node said of its own lag.
+#[derive(Default)]
+struct Said {
+    /// The last thing said, and when.
+    last: Option<(bool, std::time::Instant)>,
+    /// When it last said it was behind.
+    behind_at: Option<std::time::Instant>,
+}
+
 /// Most publications in one script call, and most calls in flight at once.
 const BATCH: usize = 512;
 
 /// How long a node's "behind" counts without being said again (it repeats it every
-/// 250 ms while it lasts).
+/// [`LAG_REPEAT`] while it lasts).
 const LAG_FRESH: std::time::Duration = std::time::Duration::from_secs(1);
+const LAG_REPEAT: std::time::Duration = std::time::Duration::from_millis(250);
+/// How often a node that caught up says so again while it is still on probation
+/// ([`LAG_FRESH`] after it was last behind): each time, the others may send another
+/// `pace_depth` publications.
+const LAG_CLEAR_REPEAT: std::time::Duration = std::time::Duration::from_millis(50);
+/// Longest the delivery task waits to say it is behind (Redis slow or away: the
+/// deliveries matter more).
+const LAG_SAY_WAIT: std::time::Duration = std::time::Duration::from_millis(100);
 const BATCHES_IN_FLIGHT: usize = 4;
 
 /// The publishing task: whatever publications are waiting (up to [`BATCH`]) go in one
@@ -1128,6 +1227,12 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
                             inner.on_reply(body);
                         } else {
                             inner.on_message(topic, body);
+                            // Behind now: say so before delivering more, however busy
+                            // the event loop is (its own reports wait their turn).
+                            if inner.deliver.get().is_some_and(|d| d.behind()) {
+                                let _ =
+                                    tokio::time::timeout(LAG_SAY_WAIT, inner.say_lag(true)).await;
+                            }
                         }
                     }
                 }
@@ -1458,28 +1563,19 @@ impl Backplane for RedisBackplane {
     }
 
     fn report_lag(&self, lagging: bool) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let inner = &self.inner;
-            let msg = format!("{}:{}", inner.node, u8::from(lagging));
-            let sent: Result<usize, _> = redis::cmd("PUBLISH")
-                .arg(inner.lag_topic())
-                .arg(msg)
-                .query_async(&mut inner.conn.clone())
-                .await;
-            if let Err(e) = sent {
-                tracing::debug!("could not tell the other nodes this one's lag: {e}");
-            }
-        })
+        Box::pin(self.inner.say_lag(lagging))
     }
 
-    fn remote_pace(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+    fn remote_pace(&self, depth: usize, deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
         // Look again when more is said, or when what was said goes stale.
         let inner = &self.inner;
-        Box::pin(crate::hub::wakes::wait_while(
-            &inner.lag_changed,
-            deadline,
-            || inner.others_lagging().map(Into::into),
-        ))
+        Box::pin(async move {
+            crate::hub::wakes::wait_while(&inner.lag_changed, deadline, || {
+                inner.others_lagging(depth).map(Into::into)
+            })
+            .await;
+            inner.spend_credit();
+        })
     }
 
     fn shares_queues(&self) -> bool {
@@ -1924,6 +2020,7 @@ pub(crate) mod tests {
         let a = RedisBackplane::connect(cfg.clone()).await.unwrap();
         let hub_cfg = HubConfig {
             pace_max_wait: Duration::from_secs(30),
+            pace_depth: 2,
             ..HubConfig::default()
         };
         let hub = Hub::with_backplane(hub_cfg, Arc::new(a.clone()));
@@ -1951,18 +2048,33 @@ pub(crate) mod tests {
             .await
             .unwrap()
             .unwrap();
+        // A publisher held until the node says it caught up, and answered then.
+        let held_until_cleared = |n: &'static str, why: &'static str| {
+            let waiting = publish(n);
+            let say = &say;
+            async move {
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                assert!(!waiting.is_finished(), "{why}");
+                let cleared = std::time::Instant::now();
+                say(false).await;
+                let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert!(answered >= cleared);
+            }
+        };
         // A node behind: the publisher waits until it says it no longer is.
         say(true).await;
-        let waiting = publish("2");
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert!(!waiting.is_finished(), "the publisher waits");
-        let cleared = std::time::Instant::now();
-        say(false).await;
-        let answered = tokio::time::timeout(Duration::from_secs(5), waiting)
+        held_until_cleared("2", "the publisher waits").await;
+        // Just caught up: pace_depth (2) publications go (that one and the next), then
+        // the next waits until the node speaks again (as it does every
+        // LAG_CLEAR_REPEAT while on probation).
+        tokio::time::timeout(Duration::from_secs(5), publish("2b"))
             .await
             .unwrap()
             .unwrap();
-        assert!(answered >= cleared);
+        held_until_cleared("2c", "out of credit, the publisher waits").await;
         // A node that said so and then went silent (died, say) counts for LAG_FRESH only,
         // not for the whole pace_max_wait.
         say(true).await;
@@ -1976,6 +2088,31 @@ pub(crate) mod tests {
             waited >= LAG_FRESH - Duration::from_millis(100) && waited < LAG_FRESH * 3,
             "{waited:?}"
         );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_join_is_answered_with_a_count_and_only_a_read_with_the_members() {
+        let server = RedisServer::start(&[]).await;
+        let src = PRESENCE_SET.replace("{PUBLISH}", "PUBLISH");
+        let script = |extra: &[String]| {
+            let mut args = ["EVAL", &src, "2", "p", "x", "60000", "120", "t", "0"]
+                .map(String::from)
+                .to_vec();
+            args.extend_from_slice(extra);
+            args
+        };
+        for i in 0..200 {
+            let args = script(&[i.to_string(), format!("{{\"client\":{i}}}")]);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            // Not the 1..=200 members present so far: a join costs the same at any size.
+            assert_eq!(redis_cmd(&server, &args).await, Value::Int(1), "join {i}");
+        }
+        let args = script(&[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        match redis_cmd(&server, &args).await {
+            Value::Array(members) => assert_eq!(members.len(), 200),
+            other => panic!("a read answers the members: {other:?}"),
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,6 +77,13 @@ pub trait Deliver: Send + Sync {
     /// Hand `event` of `channel` to this node's subscribers. Must not block.
     fn deliver(&self, channel: &str, event: Event);
 
+    /// Whether this node is behind its deliveries, as deep as its publishers are paced
+    /// at: a backplane that [shares lag](Backplane::shares_lag) asks after each event it
+    /// delivers and tells the other nodes at once.
+    fn behind(&self) -> bool {
+        false
+    }
+
     /// A shared work queue has new messages ([`Backplane::shares_queues`]).
     fn queue_ready(&self, queue: &str) {
         let _ = queue;
@@ -220,14 +227,17 @@ pub trait Backplane: Send + Sync + 'static {
         false
     }
 
-    /// Tell the other nodes that this node is behind its deliveries (`true`, repeated
-    /// while it is) or no longer is (`false`).
+    /// Tell the other nodes that this node is behind its deliveries (`true`) or no
+    /// longer is (`false`). Called again and again while the state lasts: the backplane
+    /// says it when it changes and repeats a `true` often enough to stay fresh.
     fn report_lag(&self, _lagging: bool) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
 
-    /// Wait while another node says it is behind, at most until `deadline`.
-    fn remote_pace(&self, _deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
+    /// Wait while another node says it is behind, at most until `deadline`; after one
+    /// said it no longer is, at most `depth` publications go before it speaks again (a
+    /// node that just caught up is not flooded before it could say it is behind again).
+    fn remote_pace(&self, _depth: usize, _deadline: tokio::time::Instant) -> BoxFuture<'_, ()> {
         Box::pin(std::future::ready(()))
     }
 

@@ -7,7 +7,7 @@ use crate::hub::backplane::{Deliver, Event};
 use crate::hub::client::ClientId;
 use crate::hub::error::HubError;
 use crate::hub::publication::{Publication, StreamPosition};
-use crate::hub::queue::{Delivery, Disconnect, Outbound, SlowConsumer};
+use crate::hub::queue::{Backlog, Delivery, Disconnect, Outbound, SlowConsumer};
 use crate::hub::shards::{self, lock, SHARDS};
 use crate::hub::wakes::{Wake, Wakes};
 use std::collections::HashMap;
@@ -69,6 +69,61 @@ struct LocalChannel {
 pub struct Broker {
     shards: Vec<Mutex<HashMap<String, LocalChannel>>>,
     wakes: Wakes,
+    /// The depth of this node's subscriber queues.
+    backlog: Arc<Backlog>,
+    /// How late this node's event loop runs ([`watch_loop`]).
+    late: LoopLate,
+}
+
+/// How late a timer on the event loop fires: the loop's own measure of being behind,
+/// as load-shedding servers use (Fastify's under-pressure, Node's toobusy). A loop that
+/// keeps up fires a 50 ms timer within a millisecond or two.
+#[derive(Default)]
+struct LoopLate {
+    start: std::sync::OnceLock<std::time::Instant>,
+    /// Nanoseconds after `start` at which the current probe is due (0: no probe).
+    due: std::sync::atomic::AtomicU64,
+    /// How late the last probe fired, in nanoseconds.
+    last: std::sync::atomic::AtomicU64,
+}
+
+/// How often the loop is probed, and how late a probe may fire before the loop counts
+/// as behind.
+const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+const LATE: std::time::Duration = std::time::Duration::from_millis(20);
+
+impl LoopLate {
+    fn now(&self) -> u64 {
+        self.start
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_nanos() as u64
+    }
+
+    fn is_late(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let late = LATE.as_nanos() as u64;
+        let due = self.due.load(Relaxed);
+        self.last.load(Relaxed) >= late || due != 0 && self.now() > due + late
+    }
+}
+
+/// Probe how late `broker`'s event loop runs, for as long as the broker lives.
+pub(crate) async fn watch_loop(broker: std::sync::Weak<Broker>) {
+    use std::sync::atomic::Ordering::Relaxed;
+    loop {
+        let Some(b) = broker.upgrade() else {
+            return;
+        };
+        let due = b.late.now() + PROBE_EVERY.as_nanos() as u64;
+        b.late.due.store(due, Relaxed);
+        drop(b);
+        tokio::time::sleep(PROBE_EVERY).await;
+        let Some(b) = broker.upgrade() else {
+            return;
+        };
+        b.late.last.store(b.late.now().saturating_sub(due), Relaxed);
+    }
 }
 
 impl Default for Broker {
@@ -83,6 +138,8 @@ impl Broker {
         Broker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             wakes: Wakes::default(),
+            backlog: Arc::default(),
+            late: LoopLate::default(),
         }
     }
 
@@ -110,6 +167,7 @@ impl Broker {
         if ch.subscribers.contains_key(&client) {
             return Err(HubError::AlreadySubscribed);
         }
+        queue.count_in(&self.backlog);
         ch.subscribers.insert(
             client,
             Subscriber {
@@ -137,9 +195,27 @@ impl Broker {
     }
 
     /// Slow a publisher while this node's fan-outs are `depth` or more publications
-    /// behind ([`Wakes::pace`]).
+    /// behind ([`lag`](Self::lag)), at most until `deadline`.
     pub(crate) async fn pace(&self, depth: usize, deadline: tokio::time::Instant) {
-        self.wakes.pace(depth, deadline).await
+        if depth == 0 {
+            return;
+        }
+        self.wakes.pace(deadline, || self.lag() >= depth).await
+    }
+
+    /// How many publications behind this node's fan-outs are: the deliveries queued for
+    /// the subscriber that has waited longest for its turn; and while the event loop
+    /// runs late ([`watch_loop`]), those queued for the average subscriber if more (the
+    /// first sees a turn that is late, the second consumers busy writing or ready to
+    /// run, which wait for no turn). A consumer stuck while the loop keeps up is its own
+    /// problem: its queue bound drops it; it does not slow publishers.
+    pub(crate) fn lag(&self) -> usize {
+        let turn = self.wakes.lag();
+        if self.late.is_late() {
+            turn.max(self.backlog.depth())
+        } else {
+            turn
+        }
     }
 
     /// This node's fan-out wake-ups (to watch how far behind it is).
@@ -297,6 +373,73 @@ mod tests {
             user: format!("u{client}"),
             ..ClientInfo::default()
         })
+    }
+
+    #[tokio::test(flavor = "current_thread", start_paused = true)]
+    async fn a_publisher_waits_while_the_average_queue_is_that_deep() {
+        let b = Arc::new(Broker::new());
+        let queues: Vec<_> = (0..4)
+            .map(|_| Outbound::new(QueueLimits::default()))
+            .collect();
+        for (i, q) in queues.iter().enumerate() {
+            b.add("c", i as ClientId, q.clone(), false).unwrap();
+        }
+        // Consumers busy elsewhere (no waker registered, so nobody waits for a turn):
+        // only their queues say how far behind they are.
+        for o in 1..=3 {
+            b.deliver("c", publication(o));
+        }
+        assert_eq!(b.wakes.lag(), 0);
+        assert_eq!(
+            b.lag(),
+            0,
+            "the loop keeps up: those consumers are merely slow"
+        );
+        use std::sync::atomic::Ordering::Relaxed;
+        b.late.last.store(LATE.as_nanos() as u64, Relaxed);
+        assert_eq!(b.lag(), 3, "the loop runs late: the node is behind");
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(1);
+        use futures_util::FutureExt;
+        assert!(b.pace(4, deadline).now_or_never().is_some(), "not as deep");
+        assert!(b.pace(0, deadline).now_or_never().is_some(), "pacing off");
+        let start = tokio::time::Instant::now();
+        let paced = {
+            let b = b.clone();
+            tokio::spawn(async move { b.pace(3, deadline).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!paced.is_finished());
+        // Three of the four consumers write what they had: the average falls below 3.
+        for q in &queues[..3] {
+            q.drain().unwrap();
+        }
+        paced.await.unwrap();
+        let waited = start.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(20)
+                && waited < std::time::Duration::from_millis(40),
+            "{waited:?}"
+        );
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn the_loop_probe_sees_a_blocked_loop_and_a_free_one() {
+        let b = Arc::new(Broker::new());
+        tokio::spawn(watch_loop(Arc::downgrade(&b)));
+        tokio::task::yield_now().await;
+        assert!(!b.late.is_late());
+        // The loop blocked (this task does not yield) past the probe's time.
+        std::thread::sleep(PROBE_EVERY + LATE * 2);
+        assert!(b.late.is_late(), "an overdue probe counts at once");
+        // Free again: the probes fire on time (on a loaded machine, eventually).
+        let on_time = async {
+            while b.late.is_late() {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(std::time::Duration::from_secs(10), on_time)
+            .await
+            .expect("on time again");
     }
 
     #[test]

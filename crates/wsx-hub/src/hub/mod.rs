@@ -83,8 +83,9 @@ pub struct HubConfig {
     /// Default: none (no limit).
     pub max_connections_per_user: Option<usize>,
     /// Pacing of publishers: a publication made while this node's event loops are
-    /// behind waits (before its publisher is answered) until the subscriber that has
-    /// waited longest for its turn holds fewer than this many deliveries. A publisher
+    /// behind waits (before its publisher is answered) until it is fewer than this many
+    /// publications behind: the subscriber that has waited longest for its turn, and
+    /// the average subscriber queue, hold fewer deliveries. A publisher
     /// faster than the node can deliver is slowed to its pace, and publications
     /// coalesce (up to this many per subscriber write) instead of latency growing until
     /// queues overflow. 0: publishers are never slowed. Default: 16.
@@ -119,28 +120,28 @@ impl Default for HubConfig {
     }
 }
 
-/// Tell the other nodes while this one is behind its deliveries (the subscriber that
-/// has waited longest for its turn holds `pace_depth` or more), so that their
-/// publishers wait as this node's do: checked at each turn of the fan-out wake-ups,
-/// repeated every 250 ms while it lasts, and once more when it ends.
+/// Tell the other nodes while this one is behind its deliveries (by `pace_depth` or more
+/// publications: [`Broker::lag`](broker::Broker::lag)), so that their
+/// publishers wait as this node's do: checked at each turn of the fan-out wake-ups (and
+/// by the backplane after each event it delivers, which a busy event loop cannot
+/// delay); the backplane says it when it changes and repeats it while it lasts.
 async fn lag_reports(me: std::sync::Weak<Hub>, wakes: wakes::Wakes) {
-    let mut reported: Option<Instant> = None;
+    let mut last_behind: Option<Instant> = None;
     loop {
         let Some(hub) = me.upgrade() else {
             return;
         };
         let depth = hub.config().pace_depth;
-        let lagging = depth > 0 && wakes.lag() >= depth;
-        let stale = reported.is_some_and(|t| t.elapsed() >= std::time::Duration::from_millis(250));
-        if lagging && (reported.is_none() || stale) {
-            hub.backplane.report_lag(true).await;
-            reported = Some(Instant::now());
-        } else if !lagging && reported.is_some() {
-            hub.backplane.report_lag(false).await;
-            reported = None;
+        let lagging = depth > 0 && hub.broker.lag() >= depth;
+        if lagging {
+            last_behind = Some(Instant::now());
         }
+        hub.backplane.report_lag(lagging).await;
         drop(hub);
-        let max = if reported.is_some() {
+        // Look often while behind and for a while after (the backplane repeats what it
+        // said then), seldom otherwise (turns wake it anyway).
+        let recent = last_behind.is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(2));
+        let max = if recent {
             std::time::Duration::from_millis(50)
         } else {
             std::time::Duration::from_secs(1)
@@ -200,6 +201,13 @@ impl Deliver for Node {
         self.broker.deliver(channel, event);
     }
 
+    fn behind(&self) -> bool {
+        self.hub.upgrade().is_some_and(|hub| {
+            let depth = hub.config().pace_depth;
+            depth > 0 && self.broker.lag() >= depth
+        })
+    }
+
     fn queue_ready(&self, _queue: &str) {
         if let Some(hub) = self.hub.upgrade() {
             hub.queues.changed().notify_one();
@@ -253,6 +261,9 @@ impl Hub {
         let shared_queues = backplane.shares_queues();
         let hub = Arc::new_cyclic(|me| {
             let broker = Arc::new(Broker::new());
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokio::spawn(broker::watch_loop(Arc::downgrade(&broker)));
+            }
             let node = backplane.attach(Arc::new(Node {
                 broker: broker.clone(),
                 hub: me.clone(),
@@ -768,7 +779,9 @@ impl Hub {
         if config.pace_depth > 0 {
             let deadline = tokio::time::Instant::now() + config.pace_max_wait;
             self.broker.pace(config.pace_depth, deadline).await;
-            self.backplane.remote_pace(deadline).await;
+            self.backplane
+                .remote_pace(config.pace_depth, deadline)
+                .await;
         }
         Ok(p)
     }

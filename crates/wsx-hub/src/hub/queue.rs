@@ -3,6 +3,7 @@
 //! code) so the client reconnects and recovers, instead of the server's memory growing.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 
@@ -154,6 +155,45 @@ struct State {
     closed: bool,
     disconnect: Option<Disconnect>,
     waker: Option<Waker>,
+    /// Where this queue's depth counts ([`Outbound::count_in`]).
+    backlog: Option<Arc<Backlog>>,
+}
+
+impl State {
+    /// After the queue went from `before` items to what it holds now: keep its share
+    /// of the backlog it counts in.
+    fn counted(&self, before: usize) {
+        if let Some(b) = &self.backlog {
+            let (was, now) = (before.min(BACKLOG_CAP), self.items.len().min(BACKLOG_CAP));
+            if now > was {
+                b.items.fetch_add(now - was, Ordering::Relaxed);
+            } else if was > now {
+                b.items.fetch_sub(was - now, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The most one queue adds to its [`Backlog`]: a few consumers stuck with full queues
+/// must not make a whole node look behind.
+pub(crate) const BACKLOG_CAP: usize = 128;
+
+/// How deep a node's queues are on average: the deliveries waiting in them (each queue
+/// counting at most [`BACKLOG_CAP`]) over the queues. Wherever the consumers are —
+/// waiting for their turn, ready to run, or blocked on their sockets — a node whose
+/// average queue holds `n` deliveries is about `n` publications behind.
+#[derive(Debug, Default)]
+pub(crate) struct Backlog {
+    items: AtomicUsize,
+    queues: AtomicUsize,
+}
+
+impl Backlog {
+    /// The average depth (deliveries waiting per queue).
+    pub(crate) fn depth(&self) -> usize {
+        let queues = self.queues.load(Ordering::Relaxed).max(1);
+        self.items.load(Ordering::Relaxed) / queues
+    }
 }
 
 /// A bounded queue with one consumer (the connection) and many producers (publishers).
@@ -190,9 +230,11 @@ impl Outbound {
             return Err(SlowConsumer);
         }
         let cost = d.cost();
-        if s.items.len() >= self.limits.max_messages || s.bytes + cost > self.limits.max_bytes {
+        let before = s.items.len();
+        if before >= self.limits.max_messages || s.bytes + cost > self.limits.max_bytes {
             s.overflowed = true;
             s.items.clear();
+            s.counted(before);
             s.bytes = 0;
             if let Some(w) = s.waker.take() {
                 w.wake();
@@ -201,6 +243,7 @@ impl Outbound {
         }
         s.bytes += cost;
         s.items.push_back(d);
+        s.counted(before);
         Ok(s.waker.take())
     }
 
@@ -228,6 +271,7 @@ impl Outbound {
         }
         if let Some(d) = s.items.pop_front() {
             s.bytes -= d.cost();
+            s.counted(s.items.len() + 1);
             return Poll::Ready(Some(Ok(d)));
         }
         if s.closed {
@@ -246,7 +290,10 @@ impl Outbound {
             return Err(SlowConsumer);
         }
         s.bytes = 0;
-        Ok(s.items.drain(..).collect())
+        let before = s.items.len();
+        let all = s.items.drain(..).collect();
+        s.counted(before);
+        Ok(all)
     }
 
     /// The limits.
@@ -259,7 +306,9 @@ impl Outbound {
     pub fn mark_slow(&self) {
         let mut s = lock(&self.state);
         s.overflowed = true;
+        let before = s.items.len();
         s.items.clear();
+        s.counted(before);
         s.bytes = 0;
         if let Some(w) = s.waker.take() {
             w.wake();
@@ -284,6 +333,17 @@ impl Outbound {
         }
     }
 
+    /// Count this queue's depth in `backlog` from now on (the first backlog it is given
+    /// is kept).
+    pub(crate) fn count_in(&self, backlog: &Arc<Backlog>) {
+        let mut s = lock(&self.state);
+        if s.backlog.is_none() {
+            backlog.queues.fetch_add(1, Ordering::Relaxed);
+            s.backlog = Some(backlog.clone());
+            s.counted(0);
+        }
+    }
+
     /// Whether the queue overflowed (its consumer was too slow).
     pub fn overflowed(&self) -> bool {
         lock(&self.state).overflowed
@@ -297,6 +357,17 @@ impl Outbound {
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if let Some(b) = s.backlog.take() {
+            b.items
+                .fetch_sub(s.items.len().min(BACKLOG_CAP), Ordering::Relaxed);
+            b.queues.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -338,6 +409,41 @@ mod tests {
         }
         let got = q.drain().unwrap();
         assert_eq!(got, (0..10).map(publication).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_backlog_counts_every_queue_in_it_up_to_the_cap() {
+        let b = Arc::new(Backlog::default());
+        let (q1, q2) = (Outbound::new(QueueLimits::default()), Outbound::default());
+        let q2 = Arc::new(q2);
+        q1.push(publication(0)).unwrap();
+        q1.count_in(&b);
+        q1.count_in(&b);
+        assert_eq!(b.depth(), 1, "what was queued counts; counted once");
+        q2.count_in(&b);
+        for i in 0..10 {
+            q1.push(publication(i)).unwrap();
+        }
+        assert_eq!(b.depth(), 11 / 2);
+        let _ = q1.try_next();
+        assert_eq!(b.items.load(Ordering::Relaxed), 10);
+        q1.drain().unwrap();
+        assert_eq!(b.depth(), 0);
+        // A stuck consumer counts at most the cap.
+        for i in 0..BACKLOG_CAP + 50 {
+            q2.push(publication(i)).unwrap();
+        }
+        assert_eq!(b.items.load(Ordering::Relaxed), BACKLOG_CAP);
+        for _ in 0..60 {
+            let _ = q2.try_next();
+        }
+        assert_eq!(b.items.load(Ordering::Relaxed), BACKLOG_CAP - 10);
+        q2.mark_slow();
+        assert_eq!(b.items.load(Ordering::Relaxed), 0);
+        q1.push(publication(1)).unwrap();
+        drop(q1);
+        assert_eq!(b.items.load(Ordering::Relaxed), 0, "a dropped queue leaves");
+        assert_eq!(b.queues.load(Ordering::Relaxed), 1);
     }
 
     #[test]

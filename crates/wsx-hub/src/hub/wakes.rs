@@ -29,6 +29,9 @@ use crate::hub::shards::lock;
 /// Consumers woken at once; the rest one turn of the event loop later, this many a turn.
 pub const TURN: usize = 256;
 
+/// How often a paced publisher looks again between turns.
+const PACE_LOOK: Duration = Duration::from_millis(5);
+
 /// A consumer to wake, and its queue (whose depth says how far behind it is).
 pub(crate) struct Wake {
     pub(crate) waker: Waker,
@@ -93,15 +96,12 @@ impl Wakes {
         head.map_or(0, |q| q.len())
     }
 
-    /// Wait while the [`lag`](Self::lag) is `depth` or more, at most until `deadline`:
-    /// a publisher faster than the event loop can deliver is slowed to its pace, with
-    /// up to `depth` publications coalescing in each subscriber's write.
-    pub(crate) async fn pace(&self, depth: usize, deadline: tokio::time::Instant) {
-        if depth == 0 {
-            return;
-        }
+    /// Wait while `busy` says so, at most until `deadline`: a publisher faster than the
+    /// event loop can deliver is slowed to its pace. `busy` is asked again at each turn
+    /// and every [`PACE_LOOK`] (queues also shorten between turns).
+    pub(crate) async fn pace(&self, deadline: tokio::time::Instant, busy: impl Fn() -> bool) {
         wait_while(&self.inner.turned, deadline, || {
-            (self.lag() >= depth).then_some(deadline)
+            busy().then(|| (tokio::time::Instant::now() + PACE_LOOK).min(deadline))
         })
         .await
     }
@@ -278,12 +278,14 @@ mod tests {
         assert_eq!(wakes.lag(), 2);
         // Shallower than the depth, or pacing off: no wait.
         use futures_util::FutureExt;
-        assert!(wakes.pace(3, soon()).now_or_never().is_some());
-        assert!(wakes.pace(0, soon()).now_or_never().is_some());
+        assert!(wakes
+            .pace(soon(), || wakes.lag() >= 3)
+            .now_or_never()
+            .is_some());
         // As deep: it waits for the turn that wakes those 10.
         let w2 = wakes.clone();
         let paced = tokio::spawn(async move {
-            w2.pace(2, soon()).await;
+            w2.pace(soon(), || w2.lag() >= 2).await;
             w2.waiting()
         });
         assert_eq!(paced.await.unwrap(), 0, "returned once nobody waited");
@@ -297,7 +299,9 @@ mod tests {
         lock(&wakes.inner.waiting).extend(w);
         wakes.inner.helper.store(true, Ordering::Release);
         let start = tokio::time::Instant::now();
-        wakes.pace(4, start + Duration::from_millis(300)).await;
+        wakes
+            .pace(start + Duration::from_millis(300), || wakes.lag() >= 4)
+            .await;
         assert_eq!(start.elapsed(), Duration::from_millis(300));
         assert_eq!(wakes.waiting(), 5);
     }
