@@ -889,7 +889,8 @@ impl Inner {
 
     /// A publication went: it uses a credit of every node on probation.
     fn spend_credit(&self) {
-        for h in lock(&self.lagging).values_mut() {
+        let mut lagging = lock(&self.lagging);
+        for h in lagging.values_mut() {
             if let Some(c) = &mut h.credit {
                 *c = c.saturating_sub(1);
             }

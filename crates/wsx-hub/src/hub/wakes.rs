@@ -132,6 +132,11 @@ pub(crate) async fn wait_while(
     deadline: tokio::time::Instant,
     mut busy: impl FnMut() -> Option<tokio::time::Instant>,
 ) {
+    // Not busy (the common case): no registration with `changed`, whose lock every
+    // publisher would otherwise take.
+    if busy().is_none() {
+        return;
+    }
     loop {
         let told = changed.notified();
         tokio::pin!(told);
