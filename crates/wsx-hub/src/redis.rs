@@ -1206,6 +1206,17 @@ async fn send_batch(inner: &Inner, batch: Vec<Pending>) {
 
 /// The delivery task: pub/sub pushes to the broker, in order.
 async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
+    // This node's own topics, named once (not four strings per message).
+    let Some([queue, survey, lag, reply]) = inner.upgrade().map(|i| {
+        [
+            i.queue_topic(),
+            i.survey_topic(),
+            i.lag_topic(),
+            i.reply_topic(i.node),
+        ]
+    }) else {
+        return;
+    };
     while let Some(push) = rx.recv().await {
         let Some(inner) = inner.upgrade() else {
             return;
@@ -1214,17 +1225,17 @@ async fn pushes(inner: Weak<Inner>, mut rx: mpsc::UnboundedReceiver<PushInfo>) {
             PushKind::Message | PushKind::SMessage => {
                 if let [Value::BulkString(topic), Value::BulkString(body)] = push.data.as_slice() {
                     if let Ok(topic) = std::str::from_utf8(topic) {
-                        if topic == inner.queue_topic() {
+                        if topic == queue {
                             if let (Some(d), Ok(q)) =
                                 (inner.deliver.get(), std::str::from_utf8(body))
                             {
                                 d.queue_ready(q);
                             }
-                        } else if topic == inner.survey_topic() {
+                        } else if topic == survey {
                             inner.on_survey(body);
-                        } else if topic == inner.lag_topic() {
+                        } else if topic == lag {
                             inner.on_lag(body);
-                        } else if topic == inner.reply_topic(inner.node) {
+                        } else if topic == reply {
                             inner.on_reply(body);
                         } else {
                             inner.on_message(topic, body);

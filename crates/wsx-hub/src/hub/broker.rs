@@ -78,9 +78,8 @@ pub struct Broker {
 /// How late a timer on the event loop fires: the loop's own measure of being behind,
 /// as load-shedding servers use (Fastify's under-pressure, Node's toobusy). A loop that
 /// keeps up fires a 50 ms timer within a millisecond or two.
-#[derive(Default)]
 struct LoopLate {
-    start: std::sync::OnceLock<std::time::Instant>,
+    start: std::time::Instant,
     /// Nanoseconds after `start` at which the current probe is due (0: no probe).
     due: std::sync::atomic::AtomicU64,
     /// How late the last probe fired, in nanoseconds.
@@ -93,11 +92,16 @@ const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
 const LATE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl LoopLate {
+    fn new() -> LoopLate {
+        LoopLate {
+            start: std::time::Instant::now(),
+            due: Default::default(),
+            last: Default::default(),
+        }
+    }
+
     fn now(&self) -> u64 {
-        self.start
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_nanos() as u64
+        self.start.elapsed().as_nanos() as u64
     }
 
     fn is_late(&self) -> bool {
@@ -139,7 +143,7 @@ impl Broker {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             wakes: Wakes::default(),
             backlog: Arc::default(),
-            late: LoopLate::default(),
+            late: LoopLate::new(),
         }
     }
 
@@ -200,7 +204,12 @@ impl Broker {
         if depth == 0 {
             return;
         }
-        self.wakes.pace(deadline, || self.lag() >= depth).await
+        self.wakes.pace(deadline, || self.behind(depth)).await
+    }
+
+    /// Whether this node is `depth` or more publications behind (0: pacing off, never).
+    pub(crate) fn behind(&self, depth: usize) -> bool {
+        depth > 0 && self.lag() >= depth
     }
 
     /// How many publications behind this node's fan-outs are: the deliveries queued for

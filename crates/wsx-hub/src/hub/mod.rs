@@ -131,8 +131,7 @@ async fn lag_reports(me: std::sync::Weak<Hub>, wakes: wakes::Wakes) {
         let Some(hub) = me.upgrade() else {
             return;
         };
-        let depth = hub.config().pace_depth;
-        let lagging = depth > 0 && hub.broker.lag() >= depth;
+        let lagging = hub.behind();
         if lagging {
             last_behind = Some(Instant::now());
         }
@@ -202,10 +201,7 @@ impl Deliver for Node {
     }
 
     fn behind(&self) -> bool {
-        self.hub.upgrade().is_some_and(|hub| {
-            let depth = hub.config().pace_depth;
-            depth > 0 && self.broker.lag() >= depth
-        })
+        self.hub.upgrade().is_some_and(|hub| hub.behind())
     }
 
     fn queue_ready(&self, _queue: &str) {
@@ -277,6 +273,11 @@ impl Hub {
             tokio::spawn(lag_reports(Arc::downgrade(&hub), hub.broker.wakes()));
         }
         hub
+    }
+
+    /// Whether this node is `pace_depth` or more publications behind its deliveries.
+    fn behind(&self) -> bool {
+        self.broker.behind(self.config().pace_depth)
     }
 
     /// Put a message on the work queue `queue` (the cluster's, where the backplane
