@@ -820,7 +820,7 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
     let info = |req: &Request<Body>| RequestInfo {
         peer,
         query: query_string.clone(),
-        headers: req.headers().clone(),
+        headers: crate::transport::owned_headers(req.headers()),
     };
     match (q.sid, transport) {
         (None, _) if q.eio != Some("4") => EioError::UnsupportedVersion.response(),
@@ -839,14 +839,16 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
             let request = info(&req);
             let ws_cfg = engine.inner.gate.config().clone();
             let ws_cfg = limit_ws(ws_cfg, cfg.max_payload);
-            engine
-                .inner
-                .gate
-                .upgrade(peer, &mut req, Some(&ws_cfg), move |ws, _, _| async move {
+            engine.inner.gate.upgrade(
+                peer,
+                &mut req,
+                Some(&ws_cfg),
+                move |mut ws, _, _| async move {
                     let (shared, open) = e.open(Carrier::WebSocket, request, None);
                     shared.push(Frame::new(&Packet::Open(open)));
-                    run_websocket(shared, ws).await;
-                })
+                    run_websocket(shared, &mut ws).await;
+                },
+            )
         }
         (Some(sid), carrier) => {
             let Some(shared) = engine.session(sid) else {
@@ -887,7 +889,7 @@ async fn route(engine: &Engine, peer: SocketAddr, mut req: Request<Body>) -> Res
                         move |mut ws, _, _| async move {
                             let _guard = guard;
                             if probing {
-                                upgrade(s, ws, timeout).await;
+                                upgrade(s, &mut ws, timeout).await;
                             } else {
                                 let _ = ws
                                     .close(CloseCode::POLICY, "no upgrade for this session")
@@ -1072,7 +1074,7 @@ async fn post(shared: &Arc<Shared>, body: Body, cfg: &EngineConfig) -> Response 
 /// then the WebSocket carries the session. The session is `Probing` already.
 async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
-    mut ws: WebSocket<S>,
+    ws: &mut WebSocket<S>,
     timeout: Duration,
 ) {
     let probe = async {
@@ -1133,17 +1135,19 @@ async fn upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     run_websocket(shared, ws).await;
 }
 
-/// Carry a session over a WebSocket until either side closes it.
+/// Carry a session over a WebSocket until either side closes it. The WebSocket is
+/// borrowed: the connection's task keeps it once (an `async fn` keeps what it is given
+/// twice, once as passed and once bound, in the future an open connection holds).
 async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
     shared: Arc<Shared>,
-    mut ws: WebSocket<S>,
+    ws: &mut WebSocket<S>,
 ) {
     let reason = loop {
         let notified = shared.readable.notified();
         tokio::pin!(notified);
         notified.as_mut().enable();
         if let Some(frames) = shared.take_ready().await {
-            if !write_frames(&mut ws, &frames, shared.write_timeout).await {
+            if !write_frames(ws, &frames, shared.write_timeout).await {
                 break CloseReason::TransportError;
             }
             continue;
@@ -1154,7 +1158,7 @@ async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
         tokio::select! {
             _ = notified => {}
             frames = std::future::poll_fn(|cx| shared.poll_sources(cx)) => {
-                if !write_frames(&mut ws, &frames, shared.write_timeout).await {
+                if !write_frames(ws, &frames, shared.write_timeout).await {
                     break CloseReason::TransportError;
                 }
             }
@@ -1189,7 +1193,7 @@ async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
         reason,
         CloseReason::TransportClose | CloseReason::TransportError
     ) {
-        let _ = ws.close(code, why).await;
+        let _ = Box::pin(ws.close(code, why)).await;
     }
 }
 

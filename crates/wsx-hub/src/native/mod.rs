@@ -419,110 +419,147 @@ impl Session {
 
     /// [`run`](Self::run); when `stop` resolves (shutdown, or this session's turn in a
     /// drain), a `disconnect` push with `reconnect: true`, then close 1001.
-    pub async fn run_until<S, F>(mut self, mut ws: WebSocket<S>, stop: F)
+    // Not an `async fn`: an `async fn` keeps its arguments twice in its future (once
+    // as passed, once bound), and every open connection holds this future.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run_until<S, F>(
+        mut self,
+        mut ws: WebSocket<S>,
+        stop: F,
+    ) -> impl std::future::Future<Output = ()>
     where
         S: AsyncRead + AsyncWrite + Unpin,
         F: std::future::Future<Output = ()>,
     {
-        tokio::pin!(stop);
-        let write_timeout = self.hub.hub().config().write_timeout;
-        loop {
-            tokio::select! {
-                _ = &mut stop => {
-                    // Shutdown or drain: tell the client to reconnect (to another node).
-                    let d = Disconnect::Shutdown;
-                    let (code, reason) = close_for(&d);
-                    let push = codec::disconnect_push(code, reason, d.reconnect());
-                    let _ = ws.feed(Message::text(push)).await;
-                    let _ = ws.close(CloseCode(code), reason).await;
-                    break;
-                }
-                msg = ws.next() => {
-                    let outcome = match msg {
-                        // Boxed: a command's future (a subscription with recovery, a
-                        // history query through the backplane) is large and short-lived;
-                        // inline, every open connection would keep its room.
-                        Some(Ok(Message::Text(t))) => Box::pin(self.handle(t.as_str())).await,
-                        Some(Ok(Message::Binary(_))) if !self.hub.is_connected() => {
-                            Outcome::Close(close::NOT_CONNECTED, "connect first")
-                        }
-                        Some(Ok(Message::Binary(_))) => self.bad(None, ReplyError {
-                            code: codes::BAD_REQUEST,
-                            message: "binary frames are not commands".into(),
-                        }),
-                        Some(Ok(_)) => continue,
-                        Some(Err(_)) => {
-                            // The close frame is on its way: keep reading until the
-                            // peer's EOF or the close timeout (a lingering close).
-                            while ws.next().await.is_some() {}
-                            break;
-                        }
-                        None => break,
-                    };
-                    match outcome {
-                        Outcome::Reply(r) => {
-                            self.hub.metrics().count_out(r.len());
-                            let write = tokio::time::timeout(write_timeout, ws.feed(Message::text(r)));
-                            if !matches!(write.await, Ok(Ok(()))) {
+        async move {
+            tokio::pin!(stop);
+            let write_timeout = self.hub.hub().config().write_timeout;
+            loop {
+                tokio::select! {
+                    _ = &mut stop => {
+                        // Shutdown or drain: tell the client to reconnect (to another node).
+                        let d = Disconnect::Shutdown;
+                        let (code, reason) = close_for(&d);
+                        let push = codec::disconnect_push(code, reason, d.reconnect());
+                        say_and_close(&mut ws, push, code, reason).await;
+                        break;
+                    }
+                    msg = ws.next() => {
+                        let outcome = match msg {
+                            // Boxed: a command's future (a subscription with recovery, a
+                            // history query through the backplane) is large and short-lived;
+                            // inline, every open connection would keep its room.
+                            Some(Ok(Message::Text(t))) => Box::pin(self.handle(t.as_str())).await,
+                            Some(Ok(Message::Binary(_))) if !self.hub.is_connected() => {
+                                Outcome::Close(close::NOT_CONNECTED, "connect first")
+                            }
+                            Some(Ok(Message::Binary(_))) => self.bad(None, ReplyError {
+                                code: codes::BAD_REQUEST,
+                                message: "binary frames are not commands".into(),
+                            }),
+                            Some(Ok(_)) => continue,
+                            Some(Err(_)) => {
+                                // The close frame is on its way: keep reading until the
+                                // peer's EOF or the close timeout (a lingering close).
+                                Box::pin(async { while ws.next().await.is_some() {} }).await;
+                                break;
+                            }
+                            None => break,
+                        };
+                        match outcome {
+                            Outcome::Reply(r) => {
+                                self.hub.metrics().count_out(r.len());
+                                let write = tokio::time::timeout(write_timeout, ws.feed(Message::text(r)));
+                                if !matches!(Box::pin(write).await, Ok(Ok(()))) {
+                                    break;
+                                }
+                            }
+                            Outcome::Close(code, reason) => {
+                                let _ = Box::pin(ws.close(CloseCode(code), reason)).await;
                                 break;
                             }
                         }
-                        Outcome::Close(code, reason) => {
-                            let _ = ws.close(CloseCode(code), reason).await;
-                            break;
-                        }
                     }
-                }
-                d = self.hub.next_delivery() => {
-                    // This delivery and what else is queued now (up to a batch): the
-                    // frames go out in one write when the loop next polls the socket.
-                    let mut next = d;
-                    let mut go_on = true;
-                    for taken in 1..=64 {
-                        match next {
-                            Some(Ok(d)) => {
-                                let frame = Self::frame_for(&d);
-                                self.hub.metrics().count_out(frame.payload_len());
-                                // No timer unless the write buffer is full.
-                                let sent = match ws.send_shared(&frame).now_or_never() {
-                                    Some(r) => r.is_ok(),
-                                    None => matches!(
-                                        tokio::time::timeout(write_timeout, ws.send_shared(&frame)).await,
-                                        Ok(Ok(()))
-                                    ),
-                                };
-                                if !sent {
+                    d = self.hub.next_delivery() => {
+                        // This delivery and what else is queued now (up to a batch): the
+                        // frames go out in one write when the loop next polls the socket.
+                        let mut next = d;
+                        let mut go_on = true;
+                        for taken in 1..=64 {
+                            match next {
+                                Some(Ok(d)) => {
+                                    let frame = Self::frame_for(&d);
+                                    self.hub.metrics().count_out(frame.payload_len());
+                                    // No timer unless the write buffer is full.
+                                    let sent = match ws.send_shared(&frame).now_or_never() {
+                                        Some(r) => r.is_ok(),
+                                        None => matches!(
+                                            Box::pin(tokio::time::timeout(write_timeout, ws.send_shared(&frame))).await,
+                                            Ok(Ok(()))
+                                        ),
+                                    };
+                                    if !sent {
+                                        go_on = false;
+                                        break;
+                                    }
+                                }
+                                Some(Err(d)) => {
+                                    let (code, reason) = close_for(&d);
+                                    let push = codec::disconnect_push(code, reason, d.reconnect());
+                                    say_and_close(&mut ws, push, code, reason).await;
+                                    go_on = false;
+                                    break;
+                                }
+                                None => {
                                     go_on = false;
                                     break;
                                 }
                             }
-                            Some(Err(d)) => {
-                                let (code, reason) = close_for(&d);
-                                let push = codec::disconnect_push(code, reason, d.reconnect());
-                                let _ = ws.feed(Message::text(push)).await;
-                                let _ = ws.close(CloseCode(code), reason).await;
-                                go_on = false;
+                            if taken == 64 {
                                 break;
                             }
-                            None => {
-                                go_on = false;
-                                break;
+                            match self.hub.try_delivery() {
+                                Some(d) => next = d,
+                                None => break,
                             }
                         }
-                        if taken == 64 {
+                        if !go_on {
                             break;
                         }
-                        match self.hub.try_delivery() {
-                            Some(d) => next = d,
-                            None => break,
-                        }
-                    }
-                    if !go_on {
-                        break;
                     }
                 }
             }
+            Box::pin(self.hub.close()).await;
         }
-        self.hub.close().await;
+    }
+}
+
+/// Send a last text message (a `disconnect` push), then close with `code`: boxed, as
+/// every path a connection takes once is, so that an open connection's future keeps
+/// only the room of its waiting state (see `a_waiting_connection_holds_a_small_future`).
+async fn say_and_close<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocket<S>,
+    push: String,
+    code: u16,
+    reason: &str,
+) {
+    Box::pin(async move {
+        let _ = ws.feed(Message::text(push)).await;
+        let _ = ws.close(CloseCode(code), reason).await;
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every open connection holds this future for its life.
+    #[tokio::test]
+    async fn a_waiting_connection_holds_a_small_future() {
+        let hub = crate::Hub::new(crate::HubConfig::default());
+        let (ws, _peer) = crate::transport::tests::websocket();
+        let session = super::Session::new(hub, String::new());
+        let held = std::mem::size_of_val(&ws) + std::mem::size_of_val(&session);
+        let future = session.run_until(ws, std::future::pending::<()>());
+        crate::transport::tests::assert_small_session_future(held, std::mem::size_of_val(&future));
     }
 }

@@ -798,7 +798,7 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
         let msg = if ever_connected {
             eio.recv().await
         } else {
-            match tokio::time::timeout_at(deadline, eio.recv()).await {
+            match Box::pin(tokio::time::timeout_at(deadline, eio.recv())).await {
                 Ok(m) => m,
                 Err(_) => {
                     debug!(sid = handle.sid(), "no namespace connection in time");
@@ -869,7 +869,9 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
                     auth: p.data,
                     request: eio.request.clone(),
                 };
-                match connect(&io, &ns, &handle, hs).await {
+                // Boxed: a namespace connection (auth, recovery) is large and
+                // happens once; inline, the connection's future would keep its room.
+                match Box::pin(connect(&io, &ns, &handle, hs)).await {
                     Ok(s) => {
                         ever_connected = true;
                         sockets.insert(p.nsp, s);
@@ -905,7 +907,11 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
                         }
                         // The client closes the session on its namespaces' DISCONNECT;
                         // closing it here at once could cut those packets off.
-                        let _ = tokio::time::timeout(Duration::from_secs(1), handle.closed()).await;
+                        let _ = Box::pin(tokio::time::timeout(
+                            Duration::from_secs(1),
+                            handle.closed(),
+                        ))
+                        .await;
                         handle.close(CloseReason::ServerClose);
                         break;
                     }

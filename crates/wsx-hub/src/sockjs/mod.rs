@@ -639,7 +639,7 @@ impl SockJs {
             handle: handle.clone(),
             rx,
             peer,
-            headers,
+            headers: crate::transport::owned_headers(&headers),
             transport,
         });
         let stop = self.inner.gate.stopped();
@@ -1277,18 +1277,21 @@ async fn websocket(
     js.inner
         .gate
         .clone()
-        .upgrade(peer, req, Some(&cfg), move |ws, _, _| async move {
+        .upgrade(peer, req, Some(&cfg), move |mut ws, _, _| async move {
             let (s, rx) = Session::new(id.unwrap_or_default(), &js.inner.cfg, None);
             let transport = if raw { "raw-websocket" } else { "websocket" };
             js.start(&s, rx, peer, headers, transport);
-            run_websocket(&js, s, ws, raw).await;
+            run_websocket(&js, s, &mut ws, raw).await;
         })
 }
 
+/// Carry a session over a WebSocket until either side closes it. The WebSocket is
+/// borrowed: the connection's task keeps it once (an `async fn` keeps what it is given
+/// twice, once as passed and once bound, in the future an open connection holds).
 async fn run_websocket<S: AsyncRead + AsyncWrite + Unpin>(
     js: &SockJs,
     s: Arc<Session>,
-    mut ws: WebSocket<S>,
+    ws: &mut WebSocket<S>,
     raw: bool,
 ) {
     let heartbeat = js.inner.cfg.heartbeat;

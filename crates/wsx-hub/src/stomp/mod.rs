@@ -233,7 +233,7 @@ async fn drain_output<W: Wire>(
                 }
                 Output::Close => {
                     if wire.flush().await {
-                        wire.close().await;
+                        Box::pin(wire.close()).await;
                     }
                     return false;
                 }
@@ -245,86 +245,109 @@ async fn drain_output<W: Wire>(
     tokio::pin!(work);
     match (&mut work).now_or_never() {
         Some(done) => done,
-        None => matches!(tokio::time::timeout(write_timeout, work).await, Ok(true)),
+        None => matches!(
+            Box::pin(tokio::time::timeout(write_timeout, work)).await,
+            Ok(true)
+        ),
     }
 }
 
-async fn run<W: Wire, F: std::future::Future<Output = ()>>(
+// Not an `async fn`, which would keep its arguments twice in the future every open
+// connection holds; the paths a connection takes now and then (input, a slow write,
+// the end) are boxed for the same reason (`a_waiting_connection_holds_a_small_future`).
+#[allow(clippy::manual_async_fn)]
+fn run<W: Wire, F: std::future::Future<Output = ()>>(
     mut session: StompSession,
     mut wire: W,
     stop: F,
-) {
-    tokio::pin!(stop);
-    let write_timeout = session.hub().hub().config().write_timeout;
-    let mut stopping = false;
-    // One timer, moved when the session's deadline moves (not one per loop).
-    let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
-    let sleep = tokio::time::sleep_until(far());
-    tokio::pin!(sleep);
-    let mut armed: Option<Instant> = None;
-    let mut closed = false;
-    loop {
-        // Move the timer only when the deadline comes earlier: a later one (the
-        // heart-beat's, pushed back by each frame sent) is looked at when it fires.
-        let deadline = session.deadline();
-        let earlier = match (deadline, armed) {
-            (Some(d), Some(a)) => d < a,
-            (Some(_), None) => true,
-            (None, _) => false,
-        };
-        if earlier {
-            armed = deadline;
-            let at = deadline.map_or_else(far, tokio::time::Instant::from_std);
-            sleep.as_mut().reset(at);
-        }
-        let connected = session.is_connected();
-        tokio::select! {
-            _ = &mut stop, if !stopping => {
-                stopping = true;
-                session.on_disconnect(&crate::hub::queue::Disconnect::Shutdown);
+) -> impl std::future::Future<Output = ()> {
+    async move {
+        tokio::pin!(stop);
+        let write_timeout = session.hub().hub().config().write_timeout;
+        let mut stopping = false;
+        // One timer, moved when the session's deadline moves (not one per loop).
+        let far = || tokio::time::Instant::now() + std::time::Duration::from_secs(86_400 * 365);
+        let sleep = tokio::time::sleep_until(far());
+        tokio::pin!(sleep);
+        let mut armed: Option<Instant> = None;
+        let mut closed = false;
+        loop {
+            // Move the timer only when the deadline comes earlier: a later one (the
+            // heart-beat's, pushed back by each frame sent) is looked at when it fires.
+            let deadline = session.deadline();
+            let earlier = match (deadline, armed) {
+                (Some(d), Some(a)) => d < a,
+                (Some(_), None) => true,
+                (None, _) => false,
+            };
+            if earlier {
+                armed = deadline;
+                let at = deadline.map_or_else(far, tokio::time::Instant::from_std);
+                sleep.as_mut().reset(at);
             }
-            input = wire.recv() => match input {
-                Some(bytes) => session.on_input(&bytes, Instant::now()).await,
-                None => break,
-            },
-            d = session.hub().next_delivery(), if connected => {
-                let now = Instant::now();
-                let mut next = d;
-                let mut taken = 0;
-                // Take what else is queued now (up to a batch), then write it at once.
-                loop {
-                    match next {
-                        Some(Ok(d)) => session.on_delivery(d, now),
-                        Some(Err(why)) => {
-                            session.on_disconnect(&why);
-                            break;
-                        }
-                        None => {
-                            closed = true;
-                            break;
-                        }
-                    }
-                    taken += 1;
-                    if taken == 64 {
-                        break;
-                    }
-                    match session.hub().try_delivery() {
-                        Some(d) => next = d,
-                        None => break,
-                    }
+            let connected = session.is_connected();
+            tokio::select! {
+                _ = &mut stop, if !stopping => {
+                    stopping = true;
+                    session.on_disconnect(&crate::hub::queue::Disconnect::Shutdown);
                 }
-            },
-            _ = &mut sleep, if armed.is_some() => {
-                armed = None;
-                session.on_time(Instant::now());
+                input = wire.recv() => match input {
+                    Some(bytes) => Box::pin(session.on_input(&bytes, Instant::now())).await,
+                    None => break,
+                },
+                d = session.hub().next_delivery(), if connected => {
+                    let now = Instant::now();
+                    let mut next = d;
+                    let mut taken = 0;
+                    // Take what else is queued now (up to a batch), then write it at once.
+                    loop {
+                        match next {
+                            Some(Ok(d)) => session.on_delivery(d, now),
+                            Some(Err(why)) => {
+                                session.on_disconnect(&why);
+                                break;
+                            }
+                            None => {
+                                closed = true;
+                                break;
+                            }
+                        }
+                        taken += 1;
+                        if taken == 64 {
+                            break;
+                        }
+                        match session.hub().try_delivery() {
+                            Some(d) => next = d,
+                            None => break,
+                        }
+                    }
+                },
+                _ = &mut sleep, if armed.is_some() => {
+                    armed = None;
+                    session.on_time(Instant::now());
+                }
+            }
+            if !drain_output(&mut session, &mut wire, write_timeout).await
+                || session.is_closing()
+                || closed
+            {
+                break;
             }
         }
-        if !drain_output(&mut session, &mut wire, write_timeout).await
-            || session.is_closing()
-            || closed
-        {
-            break;
-        }
+        Box::pin(session.close()).await;
     }
-    session.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every open connection holds this future for its life.
+    #[tokio::test]
+    async fn a_waiting_connection_holds_a_small_future() {
+        let hub = crate::Hub::new(crate::HubConfig::default());
+        let (ws, _peer) = crate::transport::tests::websocket();
+        let session = super::new_session(hub, Default::default(), "websocket");
+        let held = std::mem::size_of_val(&ws) + std::mem::size_of_val(&session);
+        let future = super::run(session, super::WsWire(ws), std::future::pending::<()>());
+        crate::transport::tests::assert_small_session_future(held, std::mem::size_of_val(&future));
+    }
 }

@@ -212,6 +212,21 @@ pub async fn recv_or_closed<T>(
     }
 }
 
+/// A copy of `headers` that owns its bytes. hyper parses a request's header values as
+/// slices of its read buffer: a session that keeps them (an Engine.IO or SockJS
+/// session's request headers) would keep that whole buffer (8 KiB) for its life.
+pub fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
+    let mut owned = http::HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let name = http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
+        let mut copy =
+            http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+        copy.set_sensitive(value.is_sensitive());
+        owned.append(name, copy);
+    }
+    owned
+}
+
 /// Resolves once `rx` says the server is shutting down.
 pub async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|s| *s).await;
@@ -316,21 +331,32 @@ impl Gate {
     /// A future that resolves when the session it is given to should end: when the
     /// server shuts down, or at the session's point of a drain's window.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
-        let shutdown = self.shutdown.clone();
+        let mut shutdown = self.shutdown.clone();
+        let mut drain_rx = self.drain.state.subscribe();
         let drain = self.drain.clone();
-        let begun = self.drain_begun();
+        // Every open connection holds this future while it waits: the wait for a drain
+        // to begin is all it keeps (two watch waits); the departure's timer and second
+        // wait are boxed only once a drain has begun.
         async move {
             let d = tokio::select! {
-                _ = stopped(shutdown.clone()) => return,
-                d = begun => d,
+                _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
+                d = async { drain_rx.wait_for(Option::is_some).await.map(|d| *d) } => match d {
+                    Ok(Some(d)) => d,
+                    // The gate is gone: no drain will begin.
+                    _ => return stopped(shutdown).await,
+                },
             };
+            drop(drain_rx);
             let k = drain
                 .told
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tokio::select! {
-                _ = stopped(shutdown) => {}
-                _ = tokio::time::sleep_until(d.departure(k)) => {}
-            }
+            Box::pin(async move {
+                tokio::select! {
+                    _ = stopped(shutdown) => {}
+                    _ = tokio::time::sleep_until(d.departure(k)) => {}
+                }
+            })
+            .await
         }
     }
 
@@ -440,12 +466,99 @@ impl Gate {
         let session = Box::new(session);
         self.tasks.spawn(async move {
             let _slot = (slot, ip_slot);
-            match handover.await {
-                Ok(Ok((ws, accepted))) => Box::pin(session(ws, accepted, stop)).await,
-                Ok(Err(e)) => debug!(%peer, error = %e, "upgrade failed"),
-                Err(_) => debug!(%peer, "upgrade timed out"),
-            }
+            // The session future is made in a statement of its own: a `match` on the
+            // hand-over's result across the session's `.await` would keep the room of
+            // that result (a whole WebSocket) in this task for the connection's life.
+            let session = match handover.await {
+                Ok(Ok((ws, accepted))) => Box::pin(session(ws, accepted, stop)),
+                Ok(Err(e)) => return debug!(%peer, error = %e, "upgrade failed"),
+                Err(_) => return debug!(%peer, "upgrade timed out"),
+            };
+            session.await
         });
         response.into_response()
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::HubConfig;
+
+    /// A connection's future keeps its WebSocket and session once (not twice, as an
+    /// `async fn` given them would) and little beside: the paths a connection takes now
+    /// and then are boxed.
+    pub(crate) fn assert_small_session_future(held: usize, future: usize) {
+        assert!(
+            future <= held + 768,
+            "the session future is {future} bytes for {held} of WebSocket and session"
+        );
+    }
+
+    /// A server WebSocket over an in-memory pipe, and the pipe's other end.
+    pub(crate) fn websocket() -> (WebSocket<tokio::io::DuplexStream>, tokio::io::DuplexStream) {
+        let (io, peer) = tokio::io::duplex(64);
+        let conn = wsx::wsx_proto::Connection::new(
+            wsx::wsx_proto::Role::Server,
+            Default::default(),
+            std::time::Instant::now(),
+        );
+        (
+            WebSocket::from_connection(io, conn, Default::default()),
+            peer,
+        )
+    }
+
+    fn new_gate() -> (Gate, watch::Sender<bool>) {
+        let (tx, rx) = watch::channel(false);
+        let hub = Hub::new(HubConfig::default());
+        let gate = Gate::new(hub, ServerConfig::default(), 10, rx, TaskTracker::new());
+        (gate, tx)
+    }
+
+    #[test]
+    fn owned_headers_share_no_bytes_with_the_request() {
+        let buffer = bytes::Bytes::from(b"x-custom: kept\r\n".repeat(512));
+        let value = http::HeaderValue::from_maybe_shared(buffer.slice(10..14)).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-custom", value);
+        headers.append("x-custom", http::HeaderValue::from_static("second"));
+        let owned = owned_headers(&headers);
+        assert_eq!(owned, headers);
+        let within = |p: *const u8| buffer.as_ptr_range().contains(&p);
+        assert!(within(headers["x-custom"].as_bytes().as_ptr()));
+        assert!(!within(owned["x-custom"].as_bytes().as_ptr()));
+    }
+
+    /// Every open connection holds [`Gate::stopped`]'s future (boxed) for its life.
+    #[tokio::test]
+    async fn the_future_a_connection_waits_for_shutdown_on_is_small() {
+        let (gate, _tx) = new_gate();
+        let size = std::mem::size_of_val(&gate.stopped());
+        eprintln!("stopped future: {size} bytes");
+        assert!(size <= 400, "Gate::stopped's future is {size} bytes");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn stopped_resolves_at_shutdown_and_at_a_drains_departure() {
+        let (gate, tx) = new_gate();
+        let waiting = tokio::spawn(gate.stopped());
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        tx.send(true).unwrap();
+        waiting.await.unwrap();
+
+        let (gate, _tx) = new_gate();
+        let _open = (gate.admit().unwrap(), gate.admit().unwrap());
+        let (first, second) = (tokio::spawn(gate.stopped()), tokio::spawn(gate.stopped()));
+        tokio::task::yield_now().await;
+        let began = tokio::time::Instant::now();
+        gate.drain(Duration::from_secs(10));
+        first.await.unwrap();
+        second.await.unwrap();
+        // Two sessions open, spread over the window: the second leaves half-way.
+        assert_eq!(began.elapsed(), Duration::from_secs(5));
     }
 }
