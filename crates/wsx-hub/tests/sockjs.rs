@@ -195,9 +195,10 @@ async fn a_streaming_client_that_stops_reading_is_closed_not_buffered() {
         }
     }
     assert_eq!(statuses.last(), Some(&404), "{} posts", statuses.len());
-    // Far more than the 64 KiB buffer went out first (over 1 MB into the socket, until
-    // the unread socket was full).
-    assert!(statuses.len() > 64, "{} posts", statuses.len());
+    // Far more than the 64 KiB buffer went out first: the socket took what it could
+    // (about 1 MB on an idle machine, 63 posts of 16 KB seen under a loaded CI run)
+    // before the buffer filled; 16 posts is four times the buffer.
+    assert!(statuses.len() > 16, "{} posts", statuses.len());
     assert!(statuses[..statuses.len() - 1].iter().all(|&s| s == 204));
     drop(tcp);
 }
