@@ -215,16 +215,22 @@ pub async fn recv_or_closed<T>(
 /// A copy of `headers` that owns its bytes. hyper parses a request's header values as
 /// slices of its read buffer: a session that keeps them (an Engine.IO or SockJS
 /// session's request headers) would keep that whole buffer (8 KiB) for its life.
+/// (Names need no copy: `HeaderName::from_bytes`, which hyper uses, copies a custom
+/// name, and a standard one is static.)
 pub fn owned_headers(headers: &http::HeaderMap) -> http::HeaderMap {
     let mut owned = http::HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
-        let name = http::HeaderName::from_bytes(name.as_str().as_bytes()).unwrap_or(name.clone());
         let mut copy =
             http::HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
         copy.set_sensitive(value.is_sensitive());
-        owned.append(name, copy);
+        owned.append(name.clone(), copy);
     }
     owned
+}
+
+/// The drain, once `rx` says one has begun; `None` if its gate is gone first.
+async fn drain_begins(rx: &mut watch::Receiver<Option<Draining>>) -> Option<Draining> {
+    rx.wait_for(Option::is_some).await.ok().and_then(|d| *d)
 }
 
 /// Resolves once `rx` says the server is shutting down.
@@ -297,11 +303,10 @@ impl Gate {
     pub fn drain_begun(&self) -> impl Future<Output = Draining> + Send + 'static {
         let mut rx = self.drain.state.subscribe();
         async move {
-            let begun = rx.wait_for(Option::is_some).await.map(|d| *d);
-            match begun {
-                Ok(Some(d)) => d,
+            match drain_begins(&mut rx).await {
+                Some(d) => d,
                 // The gate is gone: no drain will begin.
-                _ => std::future::pending().await,
+                None => std::future::pending().await,
             }
         }
     }
@@ -340,13 +345,12 @@ impl Gate {
         async move {
             let d = tokio::select! {
                 _ = async { drop(shutdown.wait_for(|s| *s).await) } => return,
-                d = async { drain_rx.wait_for(Option::is_some).await.map(|d| *d) } => match d {
-                    Ok(Some(d)) => d,
+                d = drain_begins(&mut drain_rx) => match d {
+                    Some(d) => d,
                     // The gate is gone: no drain will begin.
-                    _ => return stopped(shutdown).await,
+                    None => return stopped(shutdown).await,
                 },
             };
-            drop(drain_rx);
             let k = drain
                 .told
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -537,7 +541,6 @@ pub(crate) mod tests {
     async fn the_future_a_connection_waits_for_shutdown_on_is_small() {
         let (gate, _tx) = new_gate();
         let size = std::mem::size_of_val(&gate.stopped());
-        eprintln!("stopped future: {size} bytes");
         assert!(size <= 400, "Gate::stopped's future is {size} bytes");
     }
 
