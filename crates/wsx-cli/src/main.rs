@@ -5,6 +5,7 @@ mod admin;
 mod bench;
 mod connect;
 mod demo;
+mod echo;
 mod serve;
 mod settings;
 mod units;

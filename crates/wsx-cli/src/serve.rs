@@ -12,7 +12,6 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use futures_util::StreamExt;
 use http::{header, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -20,7 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
-use wsx::CloseCode;
 use wsx_hub::api::ApiConfig;
 use wsx_hub::live::Live;
 use wsx_hub::transport::limits::{IpSlot, Limiter};
@@ -138,7 +136,17 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         drain_window: settings.drain_window,
     };
     tasks.spawn(reload_on_hangup(reloader, gate.stopped()));
-    let router = routes(&gate, &settings, addr, api, control).merge(admin.router());
+    // `/echo` over plain TCP: its connections on event loops of their own, one per worker.
+    let echo_loops = match tls {
+        None => Some(crate::echo::EchoLoops::start(
+            workers.count(),
+            &settings.server.io,
+            &gate,
+            &tasks,
+        )?),
+        Some(_) => None,
+    };
+    let router = routes(&gate, &settings, addr, api, control, echo_loops).merge(admin.router());
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
         tls_handshake_timeout: settings.tls_handshake_timeout,
@@ -308,6 +316,7 @@ fn routes(
     addr: SocketAddr,
     api: Live<ApiConfig>,
     control: Control,
+    echo_loops: Option<Arc<crate::echo::EchoLoops>>,
 ) -> Router {
     let hub = gate.hub().clone();
     let demo = match &settings.demo {
@@ -321,7 +330,10 @@ fn routes(
     };
     Router::new()
         // The echo endpoint: any message back (plain WebSocket, no hub).
-        .route("/echo", get(echo))
+        .route(
+            "/echo",
+            get(crate::echo::echo).layer(axum::Extension(echo_loops)),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         // The pages and /wsx.js, embedded.
@@ -811,39 +823,4 @@ async fn metrics(State(gate): State<Gate>) -> Response {
     let hub = gate.hub();
     let text = hub.metrics().render(hub.channels().len());
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
-}
-
-async fn echo(
-    State(gate): State<Gate>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    mut req: Request<Body>,
-) -> Response {
-    gate.upgrade(peer, &mut req, None, move |mut ws, accepted, stop| async move {
-        debug!(%peer, path = %accepted.path, subprotocol = ?accepted.subprotocol, deflate = accepted.deflate.is_some(), "WebSocket open");
-        // The request's headers are not needed any more: not kept for the connection's life.
-        drop(accepted);
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                msg = ws.next() => match msg {
-                    Some(Ok(m)) if m.is_data() => {
-                        if let Err(e) = ws.feed(m).await {
-                            debug!(%peer, error = %e, "send failed");
-                            break;
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    Some(Err(e)) => {
-                        debug!(%peer, error = %e, close_code = ?e.close_code(), "WebSocket error");
-                    }
-                    None => break,
-                },
-                _ = &mut stop => {
-                    let _ = ws.close(CloseCode::GOING_AWAY, "server shutting down").await;
-                    break;
-                }
-            }
-        }
-        debug!(%peer, "WebSocket closed");
-    })
 }

@@ -760,3 +760,13 @@ async fn demo_presence_and_history_answer_for_public_channels_only() {
         assert!(r.starts_with("HTTP/1.1 403"), "{path}: {r}");
     }
 }
+
+/// `/echo` over plain TCP runs on `wsx::event_loop`: Node `ws` clients (from the
+/// registry) with and without permessage-deflate, every length class, fragments, a
+/// ping, 200 clients at once, and the close handshake.
+#[tokio::test]
+async fn node_ws_clients_get_everything_echoed_by_the_event_loop() {
+    let (_server, addr) = serve(&[]).await;
+    let out = common::node_script("echo/echo_ws.mjs", &[&addr], "OK passed").await;
+    println!("{out}");
+}

@@ -526,6 +526,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> WebSocket<S> {
         (self.inner.io, pending)
     }
 
+    /// The transport, the protocol core (with any bytes read and not yet processed in
+    /// its input buffer, and its deflate state) and the server's hold on a deflate
+    /// context, for a caller that drives the connection itself (the
+    /// [`event_loop`](crate::event_loop)).
+    pub fn into_parts(self) -> (S, Connection, Option<impl Send + 'static>) {
+        let Inner {
+            io,
+            conn,
+            deflate_slot,
+            ..
+        } = self.inner;
+        (io, conn, deflate_slot)
+    }
+
     /// Split into a reader and a writer that can be used from two tasks.
     pub fn split(self) -> (crate::split::WsReader<S>, crate::split::WsWriter<S>) {
         crate::split::split(self.inner)

@@ -7,7 +7,8 @@
 //!              [--warmup SECS] [--depth N] [--idle N] [--sizes 20,1024] [--conns 10,100]
 //!              [--uws DIR] [--servers wsx,wsx-serve,...]
 //!
-//! Servers: `wsx` (the library's echo in `echo-peer`), `wsx-serve` (`wsx serve`'s `/echo`,
+//! Servers: `wsx` (the library's echo in `echo-peer`), `wsx-loop` (the same echo on
+//! `wsx::event_loop`: the handshake on tokio, the connection a slot of the loop), `wsx-serve` (`wsx serve`'s `/echo`,
 //! through its HTTP stack and limits), `fastwebsockets`, `tungstenite`, `raw` (TCP echo),
 //! and `uws` (uWebSockets' `EchoServer` example, `DIR/uws-echo` as `bench/uws/build.sh`
 //! makes it) when `--uws` is given.
@@ -18,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-const SERVERS: [&str; 6] = [
+const SERVERS: [&str; 7] = [
     "wsx",
+    "wsx-loop",
     "wsx-serve",
     "fastwebsockets",
     "tungstenite",
@@ -28,7 +30,9 @@ const SERVERS: [&str; 6] = [
 ];
 
 /// The pairs whose per-repetition ratios are printed (first / second).
-const PAIRS: [(&str, &str); 5] = [
+const PAIRS: [(&str, &str); 7] = [
+    ("wsx-loop", "uws"),
+    ("wsx-loop", "wsx"),
     ("wsx", "fastwebsockets"),
     ("wsx", "tungstenite"),
     ("wsx", "uws"),

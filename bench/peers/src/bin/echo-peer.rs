@@ -1,5 +1,8 @@
 //! `echo-peer SERVER PORT`: an echo server built the way its crate's docs show, on a
-//! multi-threaded tokio runtime. SERVER: wsx | tungstenite | fastwebsockets | raw.
+//! multi-threaded tokio runtime. SERVER: wsx | wsx-loop | tungstenite | fastwebsockets | raw.
+//!
+//! `wsx-loop`: the handshake on tokio, then the connection on a `wsx::event_loop` (one
+//! thread, a slab of connection states, no task per connection).
 
 use std::net::SocketAddr;
 
@@ -12,11 +15,22 @@ async fn main() -> std::io::Result<()> {
     let port: u16 = args.next().and_then(|p| p.parse().ok()).unwrap_or(9100);
     let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await?;
     println!("listening {}", listener.local_addr()?.port());
+    let event_loop = (server == "wsx-loop")
+        .then(|| wsx::event_loop::EventLoop::start(wsx::IoConfig::default(), LoopEcho))
+        .transpose()?;
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
         match server.as_str() {
             "wsx" => tokio::spawn(wsx_echo(tcp)),
+            "wsx-loop" => {
+                let handle = event_loop.as_ref().map(|l| l.handle());
+                tokio::spawn(async move {
+                    if let (Ok((ws, _)), Some(h)) = (wsx::accept(tcp, &wsx_config()).await, handle) {
+                        let _ = h.adopt_websocket(ws);
+                    }
+                })
+            }
             "tungstenite" => tokio::spawn(tungstenite_echo(tcp)),
             "fastwebsockets" => tokio::spawn(fastwebsockets_echo(tcp)),
             "raw" => tokio::spawn(raw_echo(tcp)),
@@ -25,17 +39,29 @@ async fn main() -> std::io::Result<()> {
     }
 }
 
-/// wsx: accept, then feed every data message back (written when the reader would wait).
-async fn wsx_echo(tcp: TcpStream) {
-    use futures_util::StreamExt;
-    let cfg = wsx::ServerConfig::default()
+fn wsx_config() -> wsx::ServerConfig {
+    wsx::ServerConfig::default()
         .origin(wsx::OriginPolicy::Any)
         .protocol(
             wsx::Config::default()
                 .max_message_size(64 << 20)
                 .max_frame_size(64 << 20),
-        );
-    let Ok((mut ws, _)) = wsx::accept(tcp, &cfg).await else {
+        )
+}
+
+/// The event loop's echo: every data message back, written when the handler returns.
+struct LoopEcho;
+
+impl wsx::event_loop::Handler for LoopEcho {
+    fn on_message(&mut self, conn: &mut wsx::event_loop::Conn<'_>, msg: wsx::Message) {
+        let _ = conn.send(msg);
+    }
+}
+
+/// wsx: accept, then feed every data message back (written when the reader would wait).
+async fn wsx_echo(tcp: TcpStream) {
+    use futures_util::StreamExt;
+    let Ok((mut ws, _)) = wsx::accept(tcp, &wsx_config()).await else {
         return;
     };
     while let Some(Ok(msg)) = ws.next().await {

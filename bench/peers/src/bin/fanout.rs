@@ -899,12 +899,13 @@ async fn main() {
         "\nfan-out{what}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
         rss / 1024
     );
-    println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms | server CPU µs/delivery |");
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let server_pid = server.id();
     for rate in rates {
         let first = published.len() as u64;
         let cpu0 = cpu_time(server_pid);
+        let client0 = cpu_time(std::process::id());
         let count = (rate * seconds).round() as usize;
         let period = Duration::from_secs_f64(1.0 / rate);
         let start = Instant::now();
@@ -966,12 +967,13 @@ async fn main() {
             }
         }
         let cpu = cpu_time(server_pid).saturating_sub(cpu0);
+        let client_cpu = cpu_time(std::process::id()).saturating_sub(client0);
         let span = match (first_receipt, last_seen) {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
             _ => 1.0,
         };
         println!(
-            "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             delivered as f64 / span,
             n * count,
             pct(&mut per_delivery, 0.5),
@@ -979,6 +981,7 @@ async fn main() {
             pct(&mut last_receipt, 0.5),
             pct(&mut last_receipt, 0.99),
             cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+            client_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
         );
     }
     let _ = server.kill();

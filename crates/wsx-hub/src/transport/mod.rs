@@ -159,6 +159,13 @@ where
 /// Resolves when the server starts shutting down (handed to each session).
 pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// A WebSocket's places, taken when its upgrade was admitted: its slot among the
+/// gate's open sessions and its place in its address's count. Given back on drop.
+pub struct Held {
+    _slot: OwnedSemaphorePermit,
+    _ip: Option<Arc<IpSlot>>,
+}
+
 /// Admission and lifetime shared by every WebSocket endpoint of a server.
 #[derive(Clone)]
 pub struct Gate {
@@ -436,6 +443,30 @@ impl Gate {
         F: FnOnce(WebSocket<UpgradedIo>, Accepted, Stopped) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.upgrade_holding(peer, req, cfg, move |ws, accepted, stop, held| {
+            let session = session(ws, accepted, stop);
+            async move {
+                let _held = held;
+                session.await
+            }
+        })
+    }
+
+    /// As [`upgrade`](Self::upgrade), but the session is given the connection's places
+    /// ([`Held`]: its slot among the open sessions and in its address's count) to keep
+    /// for as long as the connection is open: a session that hands its connection on
+    /// (to a [`wsx::event_loop`], say) and ends gives them with it.
+    pub fn upgrade_holding<F, Fut>(
+        &self,
+        peer: SocketAddr,
+        req: &mut Request<Body>,
+        cfg: Option<&ServerConfig>,
+        session: F,
+    ) -> Response
+    where
+        F: FnOnce(WebSocket<UpgradedIo>, Accepted, Stopped, Held) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         if !wsx::upgrade::is_upgrade_request(req) {
             // A browser or curl opening the URL: say what the endpoint is.
             let path = req.uri().path().to_string();
@@ -469,12 +500,15 @@ impl Gate {
         let stop: Stopped = Box::pin(self.stopped());
         let session = Box::new(session);
         self.tasks.spawn(async move {
-            let _slot = (slot, ip_slot);
+            let held = Held {
+                _slot: slot,
+                _ip: ip_slot,
+            };
             // The session future is made in a statement of its own: a `match` on the
             // hand-over's result across the session's `.await` would keep the room of
             // that result (a whole WebSocket) in this task for the connection's life.
             let session = match handover.await {
-                Ok(Ok((ws, accepted))) => Box::pin(session(ws, accepted, stop)),
+                Ok(Ok((ws, accepted))) => Box::pin(session(ws, accepted, stop, held)),
                 Ok(Err(e)) => return debug!(%peer, error = %e, "upgrade failed"),
                 Err(_) => return debug!(%peer, "upgrade timed out"),
             };

@@ -1,0 +1,300 @@
+//! `wsx::event_loop`: connections accepted on tokio, run on the loop's thread, talked
+//! to by wsx's client and by a raw TCP peer.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use wsx::event_loop::{Conn, ConnId, EventLoop, Handler, LoopHandle};
+use wsx::{ClientConfig, CloseCode, CloseFrame, Config, IoConfig, Message, ServerConfig};
+
+/// Echoes every message; counts the connections it saw end and the most output any
+/// connection had queued when a message arrived.
+#[derive(Clone, Default)]
+struct Echo {
+    closed: Arc<Mutex<Vec<ConnId>>>,
+    most_buffered: Arc<AtomicUsize>,
+}
+
+impl Handler for Echo {
+    fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message) {
+        self.most_buffered
+            .fetch_max(conn.buffered_amount(), Ordering::Relaxed);
+        let _ = conn.send(msg);
+    }
+    fn on_close(&mut self, id: ConnId) {
+        self.closed.lock().unwrap().push(id);
+    }
+}
+
+/// A listener whose connections are accepted on tokio with `cfg` and handed to `ev`.
+async fn serve(ev: LoopHandle, cfg: ServerConfig) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (ev, cfg) = (ev.clone(), cfg.clone());
+            tokio::spawn(async move {
+                tcp.set_nodelay(true).unwrap();
+                let (ws, _) = wsx::accept(tcp, &cfg).await.unwrap();
+                ev.adopt_websocket(ws).unwrap();
+            });
+        }
+    });
+    port
+}
+
+async fn client(port: u16) -> wsx::WebSocket<wsx::MaybeTlsStream> {
+    wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
+        .await
+        .unwrap()
+        .0
+}
+
+/// Wait (bounded) until `f` holds: the loop runs on its own thread.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let until = Instant::now() + Duration::from_secs(10);
+    while !f() {
+        assert!(Instant::now() < until, "never: {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test]
+async fn messages_of_every_size_are_echoed_and_a_close_ends_the_connection() {
+    let echo = Echo::default();
+    let ev = EventLoop::start(IoConfig::default(), echo.clone()).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut ws = client(port).await;
+    // Under the default 1 MiB message limit, over many reads.
+    let big: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    for msg in [
+        Message::text("hello"),
+        Message::binary(vec![1u8, 2, 3]),
+        Message::text("é".repeat(70_000)),
+        Message::binary(big),
+        Message::text(""),
+    ] {
+        ws.send(msg.clone()).await.unwrap();
+        let back = ws.next().await.unwrap().unwrap();
+        assert!(
+            back == msg,
+            "{} bytes sent, {} back",
+            msg.payload().len(),
+            back.payload().len()
+        );
+    }
+    // A ping is answered by the core (the client sees the pong).
+    ws.send(Message::Ping(bytes::Bytes::from_static(b"p")))
+        .await
+        .unwrap();
+    assert_eq!(
+        ws.next().await.unwrap().unwrap(),
+        Message::Pong(bytes::Bytes::from_static(b"p"))
+    );
+    assert_eq!(ev.handle().open(), 1);
+    ws.send(Message::Close(Some(CloseFrame::new(
+        CloseCode::NORMAL,
+        "bye",
+    ))))
+    .await
+    .unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(f.code, CloseCode::NORMAL),
+        other => panic!("expected the close reply, got {other:?}"),
+    }
+    assert!(
+        ws.next().await.is_none(),
+        "the server closes the TCP connection"
+    );
+    eventually("the loop let the connection go", || ev.handle().open() == 0).await;
+    assert_eq!(echo.closed.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_protocol_error_gets_its_close_code() {
+    let ev = EventLoop::start(IoConfig::default(), Echo::default()).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let (ws, _) = wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
+        .await
+        .unwrap();
+    // Invalid UTF-8 in a text frame, written raw (the client would refuse to send it).
+    let (mut tcp, _) = ws.into_inner();
+    tcp.write_all(&[0x81, 0x82, 0, 0, 0, 0, 0xc3, 0x28])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got[0], 0x88, "a close frame, then EOF: {got:?}");
+    assert_eq!(&got[2..4], &1007u16.to_be_bytes());
+    eventually("the loop let it go", || ev.handle().open() == 0).await;
+}
+
+#[tokio::test]
+async fn a_silent_peer_is_pinged_then_closed_when_it_never_answers() {
+    let ev = EventLoop::start(IoConfig::default(), Echo::default()).unwrap();
+    let cfg = ServerConfig::default().protocol(
+        Config::default()
+            .ping_interval(Some(Duration::from_millis(100)))
+            .pong_timeout(Duration::from_millis(200)),
+    );
+    let port = serve(ev.handle(), cfg).await;
+    let (ws, _) = wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let (mut tcp, _) = ws.into_inner();
+    let start = Instant::now();
+    let mut got = Vec::new();
+    tcp.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got[0], 0x89, "a ping first: {got:?}");
+    let close = got.iter().position(|&b| b == 0x88).expect("then a close");
+    assert_eq!(&got[close + 2..close + 4], &1011u16.to_be_bytes());
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    eventually("the loop let it go", || ev.handle().open() == 0).await;
+}
+
+#[tokio::test]
+async fn a_peer_that_does_not_read_is_not_read_either() {
+    let echo = Echo::default();
+    let mut io = IoConfig::default();
+    io.write_buffer_size = 64 * 1024;
+    let ev = EventLoop::start(io, echo.clone()).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let (ws, _) = wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let (tcp, _) = ws.into_inner();
+    let (mut rd, mut wr) = tokio::io::split(tcp);
+    // 64 MiB of 16 KiB messages, and nothing read until the writes stall (the kernel's
+    // buffers hold a few MiB each way; without backpressure the server would queue
+    // the rest).
+    let frame = {
+        let payload = vec![7u8; 16 * 1024];
+        let mut f = vec![0x82, 0xfe, 0x40, 0x00, 0, 0, 0, 0];
+        f.extend_from_slice(&payload);
+        f
+    };
+    // Written a piece at a time (a write cut by the timeout must not lose its place).
+    let total = 4096 * frame.len();
+    let mut at = 0usize;
+    let stalled = loop {
+        if at == total {
+            break false;
+        }
+        let off = at % frame.len();
+        match tokio::time::timeout(Duration::from_millis(500), wr.write(&frame[off..])).await {
+            Ok(n) => at += n.unwrap(),
+            Err(_) => break true,
+        }
+    };
+    assert!(
+        stalled,
+        "64 MiB went in without the server ever stopping to read"
+    );
+    // At most the write buffer and what one read brought (64 KiB of messages).
+    let most = echo.most_buffered.load(Ordering::Relaxed);
+    assert!(
+        most <= 2 * 64 * 1024 + frame.len(),
+        "a connection queued {most} bytes with a 64 KiB write buffer"
+    );
+    // Reading now lets everything through: no message was dropped.
+    let reader = tokio::spawn(async move {
+        let mut n = 0usize;
+        let mut buf = vec![0u8; 1 << 16];
+        while n < 4096 * (16 * 1024 + 4) {
+            let k = rd.read(&mut buf).await.unwrap();
+            assert!(k > 0);
+            n += k;
+        }
+        n
+    });
+    while at < total {
+        let off = at % frame.len();
+        at += wr.write(&frame[off..]).await.unwrap();
+    }
+    assert_eq!(reader.await.unwrap(), 4096 * (16 * 1024 + 4));
+}
+
+#[tokio::test]
+async fn shutdown_closes_every_connection_with_1001_and_ends_the_loop() {
+    let ev = EventLoop::start(IoConfig::default(), Echo::default()).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut a = client(port).await;
+    let mut b = client(port).await;
+    for ws in [&mut a, &mut b] {
+        ws.send(Message::text("x")).await.unwrap();
+        ws.next().await.unwrap().unwrap();
+    }
+    let handle = ev.handle();
+    handle.shutdown(CloseCode::GOING_AWAY, "server shutting down");
+    for ws in [&mut a, &mut b] {
+        match ws.next().await {
+            Some(Ok(Message::Close(Some(f)))) => {
+                assert_eq!(f.code, CloseCode::GOING_AWAY);
+                assert_eq!(f.reason, "server shutting down");
+            }
+            other => panic!("expected a close, got {other:?}"),
+        }
+        assert!(ws.next().await.is_none());
+    }
+    tokio::task::spawn_blocking(move || ev.join())
+        .await
+        .unwrap();
+    assert_eq!(handle.open(), 0);
+    // Stopped: a new connection is refused.
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let conn = wsx::wsx_proto::Connection::new(
+        wsx::wsx_proto::Role::Server,
+        Config::default(),
+        Instant::now(),
+    );
+    assert!(handle.adopt(tcp, conn, None).is_err());
+    drop(TcpStream::connect(("127.0.0.1", port)).await);
+}
+
+#[tokio::test]
+async fn a_peer_that_never_reads_is_let_go_at_the_close_timeout() {
+    let mut io = IoConfig::default();
+    io.write_buffer_size = 16 * 1024;
+    let ev = EventLoop::start(io, Echo::default()).unwrap();
+    let cfg = ServerConfig::default()
+        .protocol(Config::default().close_timeout(Duration::from_millis(300)));
+    let port = serve(ev.handle(), cfg).await;
+    let (ws, _) = wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
+        .await
+        .unwrap();
+    let (tcp, _) = ws.into_inner();
+    let (_rd, mut wr) = tokio::io::split(tcp);
+    // Echoes pile up unread until the server's output (its socket buffer, then its
+    // write buffer) is full and it stops reading.
+    let mut frame = vec![0x82, 0xfe, 0x40, 0x00, 0, 0, 0, 0];
+    frame.extend_from_slice(&[1u8; 16 * 1024]);
+    let mut at = 0usize;
+    while let Ok(n) = tokio::time::timeout(
+        Duration::from_millis(500),
+        wr.write(&frame[at % frame.len()..]),
+    )
+    .await
+    {
+        at += n.unwrap();
+    }
+    // Its close frame cannot go out either: the connection is dropped at the close
+    // timeout and the loop ends.
+    let handle = ev.handle();
+    handle.shutdown(CloseCode::GOING_AWAY, "server shutting down");
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || ev.join()),
+    )
+    .await;
+    assert!(
+        joined.is_ok(),
+        "the loop still holds a peer that never reads"
+    );
+    assert_eq!(handle.open(), 0);
+}
