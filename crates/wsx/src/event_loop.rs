@@ -160,6 +160,7 @@ impl EventLoop {
             again: Vec::new(),
             spare: BytesMut::new(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
+            closing: None,
         };
         let thread = std::thread::Builder::new()
             .name("wsx-loop".into())
@@ -281,6 +282,8 @@ struct Runner<H> {
     /// The read buffer lent to a connection for a read, taken back when it is empty.
     spare: BytesMut,
     scratch: Box<[u8]>,
+    /// Set by a shutdown: the close every connection gets, adopted later ones too.
+    closing: Option<(CloseCode, String)>,
 }
 
 enum Step {
@@ -292,7 +295,6 @@ impl<H: Handler> Runner<H> {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut again = Vec::new();
-        let mut shutdown: Option<(CloseCode, String)> = None;
         loop {
             let timeout = if self.again.is_empty() {
                 self.timers
@@ -319,13 +321,14 @@ impl<H: Handler> Runner<H> {
                             Command::Adopt(tcp, conn, guard) => self.insert(tcp, conn, guard, now),
                             Command::Shutdown(code, reason) => {
                                 self.close_all(code, &reason, now);
-                                shutdown = Some((code, reason));
+                                self.closing = Some((code, reason));
                             }
                         }
                     }
                     continue;
                 }
-                // Edge-triggered: a readable edge means read until `WouldBlock`.
+                // Edge-triggered: a readable edge means read until `WouldBlock` (or a
+                // short read, see `read`).
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 self.drive(ev.token().0, now, readable);
             }
@@ -352,7 +355,7 @@ impl<H: Handler> Runner<H> {
                     self.drive(i, now, false);
                 }
             }
-            if shutdown.is_some() && self.shared.open.load(Ordering::Acquire) == 0 {
+            if self.closing.is_some() && self.shared.open.load(Ordering::Acquire) == 0 {
                 // A connection adopted after the close went out: closed too.
                 if self
                     .shared
@@ -379,12 +382,14 @@ impl<H: Handler> Runner<H> {
             self.slots.len() - 1
         });
         let mut io = TcpStream::from_std(tcp);
-        if let Err(e) = self.poll.registry().register(
-            &mut io,
-            Token(i),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            drop(e); // the connection is dropped: its peer sees the TCP close
+        let interest = Interest::READABLE | Interest::WRITABLE;
+        if self
+            .poll
+            .registry()
+            .register(&mut io, Token(i), interest)
+            .is_err()
+        {
+            // Dropped: its peer sees the TCP connection close.
             self.free.push(i);
             self.shared.open.fetch_sub(1, Ordering::AcqRel);
             return;
@@ -398,16 +403,9 @@ impl<H: Handler> Runner<H> {
             scheduled: None,
             _guard: guard,
         });
-        if self.shared.stopping.load(Ordering::Acquire) {
-            if let Some(Some(s)) = self.slots.get_mut(i) {
-                let _ = s.conn.close(
-                    now,
-                    Some(CloseFrame::new(
-                        CloseCode::GOING_AWAY,
-                        "server shutting down",
-                    )),
-                );
-            }
+        if let (Some((code, reason)), Some(Some(s))) = (&self.closing, self.slots.get_mut(i)) {
+            // Adopted after the shutdown: closed as the others were.
+            let _ = s.conn.close(now, Some(CloseFrame::new(*code, reason)));
         }
         self.drive(i, now, false);
     }
