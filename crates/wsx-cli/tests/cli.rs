@@ -770,3 +770,35 @@ async fn node_ws_clients_get_everything_echoed_by_the_event_loop() {
     let out = common::node_script("echo/echo_ws.mjs", &[&addr], "OK passed").await;
     println!("{out}");
 }
+
+/// A frame sent right behind the upgrade request (read by hyper with the request) is
+/// handed to the event loop with the connection, not lost.
+#[tokio::test]
+async fn a_frame_sent_with_the_upgrade_request_is_echoed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_server, addr) = serve(&[]).await;
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let mut bytes = format!(
+        "GET /echo HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    .into_bytes();
+    // "early", masked with a zero key, in the same write as the request.
+    bytes.extend_from_slice(&[0x81, 0x85, 0, 0, 0, 0]);
+    bytes.extend_from_slice(b"early");
+    tcp.write_all(&bytes).await.unwrap();
+    let mut got = Vec::new();
+    let want: &[u8] = &[0x81, 0x05, b'e', b'a', b'r', b'l', b'y'];
+    let read = async {
+        let mut buf = [0u8; 1024];
+        while !got.windows(want.len()).any(|w| w == want) {
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "EOF before the echo: {got:?}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .expect("the early frame was never echoed");
+    assert!(got.starts_with(b"HTTP/1.1 101"));
+}

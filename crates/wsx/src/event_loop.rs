@@ -109,7 +109,7 @@ impl Conn<'_> {
 /// A running loop: its thread and a handle to give it connections.
 pub struct EventLoop {
     handle: LoopHandle,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 /// Gives connections to a loop and stops it; cheap to clone, usable from any thread.
@@ -167,7 +167,7 @@ impl EventLoop {
             .spawn(move || run.run())?;
         Ok(EventLoop {
             handle: LoopHandle { shared },
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -178,10 +178,8 @@ impl EventLoop {
 
     /// Wait until the loop has ended (after [`LoopHandle::shutdown`], once every
     /// connection has finished its close handshake or its close timeout has passed).
-    pub fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+    pub fn join(self) {
+        let _ = self.thread.join();
     }
 }
 
@@ -355,17 +353,10 @@ impl<H: Handler> Runner<H> {
                     self.drive(i, now, false);
                 }
             }
+            // `open` counts an adopted connection from before its command is sent, so
+            // none is still on its way when it reaches 0.
             if self.closing.is_some() && self.shared.open.load(Ordering::Acquire) == 0 {
-                // A connection adopted after the close went out: closed too.
-                if self
-                    .shared
-                    .inbox
-                    .lock()
-                    .map(|i| i.is_empty())
-                    .unwrap_or(true)
-                {
-                    break;
-                }
+                break;
             }
         }
     }
@@ -544,7 +535,6 @@ impl<H: Handler> Runner<H> {
             let buf = s.conn.input_buffer();
             if buf.is_empty() {
                 if self.spare.capacity() == 0 {
-                    buf.clear();
                     std::mem::swap(buf, &mut self.spare);
                 } else {
                     *buf = BytesMut::new();
