@@ -12,8 +12,6 @@ use axum::extract::{ConnectInfo, Extension, State};
 use axum::response::Response;
 use futures_util::StreamExt;
 use http::Request;
-use hyper_util::rt::TokioIo;
-use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::debug;
 use wsx::event_loop::{Conn, EventLoop, Handler, LoopHandle};
@@ -64,19 +62,7 @@ impl EchoLoops {
 
     /// Hand `ws` (upgraded over plain TCP) to the next loop with its places held.
     fn adopt(&self, ws: WebSocket<UpgradedIo>, held: Held) -> std::io::Result<()> {
-        let (io, mut conn, deflate) = ws.into_parts();
-        let parts = io
-            .into_inner()
-            .downcast::<TokioIo<TcpStream>>()
-            .map_err(|_| std::io::Error::other("not a plain TCP connection"))?;
-        if !parts.read_buf.is_empty() {
-            // What the client sent right behind its request comes first.
-            let buf = conn.input_buffer();
-            let later = buf.split();
-            buf.extend_from_slice(&parts.read_buf);
-            buf.extend_from_slice(&later);
-        }
-        let tcp = parts.io.into_inner().into_std()?;
+        let (tcp, conn, deflate) = wsx_hub::transport::loop_parts(ws)?;
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.loops.len();
         self.loops[i].adopt(tcp, conn, Some(Box::new((held, deflate))))
     }

@@ -146,7 +146,23 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         )?),
         Some(_) => None,
     };
-    let router = routes(&gate, &settings, addr, api, control, echo_loops).merge(admin.router());
+    // The native protocol over plain TCP: its WebSockets on event loops too.
+    let native_loops = match tls {
+        None => Some(wsx_hub::native::NativeLoops::start(
+            workers.count(),
+            wsx::event_loop::LoopConfig::default()
+                .io(settings.server.io.clone())
+                .write_timeout(gate.hub().config().write_timeout),
+            &gate,
+            &tasks,
+        )?),
+        Some(_) => None,
+    };
+    let loops = Loops {
+        echo: echo_loops,
+        native: native_loops,
+    };
+    let router = routes(&gate, &settings, addr, api, control, loops).merge(admin.router());
     let limits = ConnLimits {
         header_timeout: settings.header_timeout,
         tls_handshake_timeout: settings.tls_handshake_timeout,
@@ -308,6 +324,12 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
     hub_cfg
 }
 
+/// The event loops of the WebSocket endpoints that run on them (over plain TCP).
+struct Loops {
+    echo: Option<Arc<crate::echo::EchoLoops>>,
+    native: Option<Arc<wsx_hub::native::NativeLoops>>,
+}
+
 /// The routing table: every path `wsx serve` answers, and what answers it (the README's
 /// "Endpoints" table says the same).
 fn routes(
@@ -316,7 +338,7 @@ fn routes(
     addr: SocketAddr,
     api: Live<ApiConfig>,
     control: Control,
-    echo_loops: Option<Arc<crate::echo::EchoLoops>>,
+    loops: Loops,
 ) -> Router {
     let hub = gate.hub().clone();
     let demo = match &settings.demo {
@@ -332,7 +354,7 @@ fn routes(
         // The echo endpoint: any message back (plain WebSocket, no hub).
         .route(
             "/echo",
-            get(crate::echo::echo).layer(axum::Extension(echo_loops)),
+            get(crate::echo::echo).layer(axum::Extension(loops.echo)),
         )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -340,7 +362,7 @@ fn routes(
         .fallback(get(static_file))
         .with_state(gate.clone())
         // The native protocol: GET /connection/websocket.
-        .merge(wsx_hub::native::router(gate))
+        .merge(wsx_hub::native::router_on(gate, loops.native))
         // The native protocol over SockJS (every sockjs-client transport): /connection/sockjs.
         .merge(wsx_hub::native::sockjs_router(
             gate,

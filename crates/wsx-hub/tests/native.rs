@@ -21,18 +21,66 @@ fn with_namespaces(mut cfg: HubConfig) -> HubConfig {
     cfg
 }
 
+/// Where the server runs its sessions: a task each, or slots of an event loop.
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Tasks,
+    Loop,
+}
+
+tokio::task_local! {
+    static MODE: Mode;
+}
+
+/// Run the test `$name` twice: its sessions on tasks, then on an event loop.
+macro_rules! on_tasks_and_loop {
+    ($name:ident $(, $args:tt)?) => {
+        mod $name {
+            #[tokio::test $($args)?]
+            async fn on_tasks() {
+                super::MODE.scope(super::Mode::Tasks, super::$name()).await
+            }
+            #[tokio::test $($args)?]
+            async fn on_an_event_loop() {
+                super::MODE.scope(super::Mode::Loop, super::$name()).await
+            }
+        }
+    };
+}
+
 async fn server(cfg: HubConfig) -> String {
     let hub = Hub::new(with_namespaces(cfg));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let loops = match MODE.try_with(|m| *m).unwrap_or(Mode::Tasks) {
+        Mode::Tasks => None,
+        Mode::Loop => {
+            let (stop_tx, stop) = tokio::sync::watch::channel(false);
+            std::mem::forget(stop_tx);
+            let tasks = tokio_util::task::TaskTracker::new();
+            let gate = wsx_hub::Gate::new(
+                hub.clone(),
+                wsx::ServerConfig::default(),
+                100_000,
+                stop,
+                tasks.clone(),
+            );
+            let cfg = wsx::event_loop::LoopConfig::default();
+            Some(wsx_hub::native::NativeLoops::start(1, cfg, &gate, &tasks).unwrap())
+        }
+    };
     tokio::spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
-            let hub = hub.clone();
+            let (hub, loops) = (hub.clone(), loops.clone());
             tokio::spawn(async move {
                 let Ok((ws, _)) = wsx::accept(tcp, &wsx::ServerConfig::default()).await else {
                     return;
                 };
-                wsx_hub::Session::new(hub, String::new()).run(ws).await;
+                let session = wsx_hub::Session::new(hub, String::new());
+                match loops {
+                    Some(loops) => loops.adopt_websocket(ws, session).unwrap(),
+                    None => session.run(ws).await,
+                }
             });
         }
     });
@@ -94,7 +142,6 @@ impl Client {
     }
 }
 
-#[tokio::test]
 async fn publish_reaches_every_subscriber_in_order() {
     let url = server(HubConfig::default()).await;
     let mut a = Client::connected(&url).await;
@@ -124,7 +171,6 @@ async fn publish_reaches_every_subscriber_in_order() {
     }
 }
 
-#[tokio::test]
 async fn recovery_after_reconnect_gets_exactly_the_missed_ten() {
     let url = server(HubConfig::default()).await;
     let mut sub = Client::connected(&url).await;
@@ -179,7 +225,6 @@ async fn recovery_after_reconnect_gets_exactly_the_missed_ten() {
     assert_eq!(r["subscribe"]["recovered"], false);
 }
 
-#[tokio::test]
 async fn presence_history_and_join_leave() {
     let mut cfg = HubConfig::default();
     let mut room = wsx_hub::ChannelOptions::default();
@@ -238,7 +283,6 @@ async fn presence_history_and_join_leave() {
     }
 }
 
-#[tokio::test]
 async fn errors_have_codes_and_abuse_closes() {
     let url = server(HubConfig::default()).await;
     // A command before connect closes the connection.
@@ -288,7 +332,6 @@ async fn errors_have_codes_and_abuse_closes() {
     }
 }
 
-#[tokio::test]
 async fn slow_consumer_is_disconnected_while_others_receive_everything() {
     let mut cfg = HubConfig::default();
     cfg.queue = {
@@ -364,7 +407,6 @@ fn token(secret: &str, sub: &str, exp_in: i64, channels: &[&str]) -> String {
     .unwrap()
 }
 
-#[tokio::test]
 async fn jwt_connect_tokens() {
     let mut cfg = HubConfig::default();
     cfg.auth.hmac_secret = Some("hub-secret".into());
@@ -441,7 +483,6 @@ fn channel_token(secret: &str, sub: &str, channel: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test]
 async fn namespace_permissions_user_limited_and_private_channels() {
     let mut cfg = HubConfig::default();
     cfg.auth.hmac_secret = Some("hub-secret".into());
@@ -529,7 +570,6 @@ async fn namespace_permissions_user_limited_and_private_channels() {
 
 /// Many publishers and subscribers on shared channels: every subscriber receives every
 /// message of every channel it is in, in per-channel order. Bounded in count and time.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrency_stress_every_message_in_per_channel_order() {
     const CHANNELS: usize = 4;
     const PUBLISHERS: usize = 8;
@@ -619,7 +659,6 @@ async fn concurrency_stress_every_message_in_per_channel_order() {
 
 /// RS256: the hub holds only the public key. The key pair is a throwaway made for this
 /// test (tests/keys), never used anywhere else.
-#[tokio::test]
 async fn jwt_rs256_connect_tokens() {
     let private = include_str!("keys/test-rsa-private.pem");
     let public = include_str!("keys/test-rsa-public.pem");
@@ -726,7 +765,6 @@ async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
     );
 }
 
-#[tokio::test]
 async fn subscriptions_per_connection_are_limited() {
     let mut cfg = HubConfig::default();
     cfg.max_subscriptions = 2;
@@ -744,7 +782,6 @@ async fn subscriptions_per_connection_are_limited() {
     assert!(r["error"].is_null(), "{r}");
 }
 
-#[tokio::test]
 async fn connections_per_user_are_limited_and_given_back() {
     let mut cfg = HubConfig::default();
     cfg.auth.hmac_secret = Some("hub-secret".into());
@@ -785,3 +822,18 @@ async fn connections_per_user_are_limited_and_given_back() {
         tokio::task::yield_now().await;
     }
 }
+
+on_tasks_and_loop!(publish_reaches_every_subscriber_in_order);
+on_tasks_and_loop!(recovery_after_reconnect_gets_exactly_the_missed_ten);
+on_tasks_and_loop!(presence_history_and_join_leave);
+on_tasks_and_loop!(errors_have_codes_and_abuse_closes);
+on_tasks_and_loop!(slow_consumer_is_disconnected_while_others_receive_everything);
+on_tasks_and_loop!(jwt_connect_tokens);
+on_tasks_and_loop!(namespace_permissions_user_limited_and_private_channels);
+on_tasks_and_loop!(
+    concurrency_stress_every_message_in_per_channel_order,
+    (flavor = "multi_thread", worker_threads = 2)
+);
+on_tasks_and_loop!(jwt_rs256_connect_tokens);
+on_tasks_and_loop!(subscriptions_per_connection_are_limited);
+on_tasks_and_loop!(connections_per_user_are_limited_and_given_back);

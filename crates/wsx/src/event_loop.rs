@@ -48,15 +48,16 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::io::{self, IoSlice, Read, Write};
 use std::net::Shutdown;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::Waker;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
 use mio::net::TcpStream;
-use mio::{Events, Interest, Poll, Token, Waker};
-use wsx_proto::{CloseCode, CloseFrame, Connection, Event, Message, Role, State};
+use mio::{Events, Interest, Poll, Token};
+use wsx_proto::{CloseCode, CloseFrame, Connection, Event, Message, Role, SharedFrame, State};
 
 use crate::config::IoConfig;
 use crate::error::{Error, Result};
@@ -64,8 +65,24 @@ use crate::error::{Error, Result};
 /// What a loop does with its connections' messages. Runs on the loop's thread: it must
 /// not block (hand slow work to another thread or runtime).
 pub trait Handler: Send + 'static {
+    /// `conn` was adopted with `guard` ([`LoopHandle::adopt`]); what this returns is
+    /// what the connection holds until it ends (the guard itself, by default). A
+    /// handler keeping state of its own per connection takes it from the guard here.
+    fn on_open(
+        &mut self,
+        _conn: &mut Conn<'_>,
+        guard: Option<Box<dyn Any + Send>>,
+    ) -> Option<Box<dyn Any + Send>> {
+        guard
+    }
     /// A whole text or binary message arrived on `conn`.
     fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message);
+    /// `conn`'s [`waker`](Conn::waker) was woken (or its output drained after
+    /// [`Conn::wake_when_writable`]); a waker may be woken more than once, and a stale
+    /// one may wake a connection that took its slot: each must be harmless.
+    fn on_wake(&mut self, _conn: &mut Conn<'_>) {}
+    /// [`LoopHandle::notify`] was called (once or more since the last time).
+    fn on_notify(&mut self, _conns: &mut Conns<'_>) {}
     /// `id` is gone (closed, failed, or the peer went away); its id may be reused.
     fn on_close(&mut self, _id: ConnId) {}
 }
@@ -77,7 +94,8 @@ pub struct ConnId(pub usize);
 /// The connection a message came on, to answer it.
 pub struct Conn<'a> {
     id: ConnId,
-    conn: &'a mut Connection,
+    slot: &'a mut Slot,
+    shared: &'a Arc<Shared>,
     now: Instant,
 }
 
@@ -90,19 +108,122 @@ impl Conn<'_> {
     /// Queue a message; it is written when the handler returns (with whatever else was
     /// queued meanwhile, in one write).
     pub fn send(&mut self, msg: Message) -> Result<()> {
-        self.conn.send(msg).map_err(Error::from)
+        self.slot.conn.send(msg).map_err(Error::from)
+    }
+
+    /// Queue a pre-encoded frame, shared with every other connection it is sent to
+    /// (compressed once for all that reset their deflate context).
+    pub fn send_shared(&mut self, frame: &SharedFrame) -> Result<()> {
+        self.slot.conn.send_shared(frame).map_err(Error::from)
     }
 
     /// Start the close handshake.
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
-        self.conn
+        self.slot
+            .conn
             .close(self.now, Some(CloseFrame::new(code, reason)))
             .map_err(Error::from)
     }
 
     /// Bytes queued and not yet written (the peer is slow when this grows).
     pub fn buffered_amount(&self) -> usize {
-        self.conn.output_len()
+        self.slot.conn.output_len()
+    }
+
+    /// Whether the output has reached the write buffer's size (the loop's
+    /// `write_buffer_size`): the peer is not keeping up.
+    pub fn is_full(&self, io: &IoConfig) -> bool {
+        self.slot.conn.output_len() >= io.write_buffer_size
+    }
+
+    /// A waker that has [`Handler::on_wake`] called for this connection on the loop's
+    /// thread: for work done elsewhere (a queue filled by another thread, a future
+    /// polled by the handler). A new one each call (an allocation): keep it.
+    pub fn waker(&self) -> Waker {
+        Waker::from(Arc::new(ConnWake {
+            shared: self.shared.clone(),
+            slot: self.id.0,
+        }))
+    }
+
+    /// Stop handing this connection's messages to the handler (and reading it) until
+    /// [`resume`](Self::resume): a handler waiting on something before the next message.
+    pub fn pause(&mut self) {
+        self.slot.paused = true;
+    }
+
+    /// Hand messages over again after [`pause`](Self::pause).
+    pub fn resume(&mut self) {
+        self.slot.paused = false;
+    }
+
+    /// Have [`Handler::on_wake`] called once the output falls below the write buffer's
+    /// size (for a handler that stopped sending because it was full).
+    pub fn wake_when_writable(&mut self) {
+        self.slot.wake_writable = true;
+    }
+}
+
+/// Every connection of a loop, for [`Handler::on_notify`].
+pub struct Conns<'a> {
+    slots: &'a mut Vec<Option<Slot>>,
+    again: &'a mut Vec<usize>,
+    shared: &'a Arc<Shared>,
+    now: Instant,
+}
+
+impl Conns<'_> {
+    /// The connection `id`, if it is open (what is sent is written on the loop's next
+    /// turn).
+    pub fn get(&mut self, id: ConnId) -> Option<Conn<'_>> {
+        let slot = self.slots.get_mut(id.0)?.as_mut()?;
+        if slot.finish != Finish::Running {
+            return None;
+        }
+        self.again.push(id.0);
+        Some(Conn {
+            id,
+            slot,
+            shared: self.shared,
+            now: self.now,
+        })
+    }
+
+    /// The ids of the open connections.
+    pub fn ids(&self) -> Vec<ConnId> {
+        (self.slots.iter().enumerate())
+            .filter(|(_, s)| s.as_ref().is_some_and(|s| s.finish == Finish::Running))
+            .map(|(i, _)| ConnId(i))
+            .collect()
+    }
+
+    /// A handle on this loop (to notify it later, from a task of the handler's).
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+/// What a connection's waker holds: its loop and its slot.
+struct ConnWake {
+    shared: Arc<Shared>,
+    slot: usize,
+}
+
+impl std::task::Wake for ConnWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut ready = self.shared.ready.lock().unwrap_or_else(|e| e.into_inner());
+        ready.push(self.slot);
+        // The first since the loop took the list wakes it; the others find it woken.
+        if ready.len() == 1 {
+            drop(ready);
+            let _ = self.shared.waker.wake();
+        }
     }
 }
 
@@ -120,9 +241,16 @@ pub struct LoopHandle {
 
 struct Shared {
     inbox: Mutex<Vec<Command>>,
-    waker: Waker,
+    /// Connections whose wakers were woken since the loop last looked.
+    ready: Mutex<Vec<usize>>,
+    notified: AtomicBool,
+    waker: mio::Waker,
     open: AtomicUsize,
     stopping: AtomicBool,
+    /// When the loop's current turn began, in nanoseconds after `base`, plus one (0:
+    /// waiting for events).
+    turn_began: AtomicU64,
+    base: Instant,
 }
 
 // Commands live only in the inbox until the loop's next turn; boxing the connection
@@ -136,35 +264,86 @@ enum Command {
 // (`usize::MAX` is taken: mio keeps it for itself.)
 const WAKER: Token = Token(usize::MAX - 1);
 
-impl EventLoop {
-    /// Start a loop on a thread of its own, with `handler` for its messages. `io_cfg`:
-    /// a connection whose unwritten output reaches `write_buffer_size` is not read
+/// A loop's settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LoopConfig {
+    /// A connection whose unwritten output reaches `write_buffer_size` is not read
     /// until it falls below (the peer is not reading; TCP slows it down in turn).
+    pub io: IoConfig,
+    /// A connection whose output makes no progress for this long (its peer stopped
+    /// reading) is dropped. Default: 30 s.
+    pub write_timeout: Duration,
+}
+
+impl Default for LoopConfig {
+    fn default() -> Self {
+        LoopConfig {
+            io: IoConfig::default(),
+            write_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl LoopConfig {
+    /// Settings with these buffers.
+    pub fn io(mut self, io: IoConfig) -> Self {
+        self.io = io;
+        self
+    }
+
+    /// Set [`write_timeout`](Self::write_timeout).
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.write_timeout = t;
+        self
+    }
+}
+
+impl EventLoop {
+    /// Start a loop on a thread of its own, with `handler` for its messages and the
+    /// default [`LoopConfig`] but these buffers.
     pub fn start<H: Handler>(io_cfg: IoConfig, handler: H) -> io::Result<EventLoop> {
+        Self::start_with(LoopConfig::default().io(io_cfg), handler)
+    }
+
+    /// Start a loop on a thread of its own. Started inside a tokio runtime, the loop's
+    /// thread enters it: the handler may spawn tasks on it and poll futures that use
+    /// its timers.
+    pub fn start_with<H: Handler>(cfg: LoopConfig, handler: H) -> io::Result<EventLoop> {
         let poll = Poll::new()?;
-        let waker = Waker::new(poll.registry(), WAKER)?;
+        let waker = mio::Waker::new(poll.registry(), WAKER)?;
         let shared = Arc::new(Shared {
             inbox: Mutex::new(Vec::new()),
+            ready: Mutex::new(Vec::new()),
+            notified: AtomicBool::new(false),
             waker,
             open: AtomicUsize::new(0),
             stopping: AtomicBool::new(false),
+            turn_began: AtomicU64::new(0),
+            base: Instant::now(),
         });
         let run = Runner {
             poll,
             shared: shared.clone(),
             handler,
-            io_cfg,
+            io_cfg: cfg.io,
+            write_timeout: cfg.write_timeout,
             slots: Vec::new(),
             free: Vec::new(),
             timers: BinaryHeap::new(),
             again: Vec::new(),
+            woken: Vec::new(),
             spare: BytesMut::new(),
             scratch: vec![0; SCRATCH].into_boxed_slice(),
             closing: None,
         };
+        let rt = tokio::runtime::Handle::try_current().ok();
         let thread = std::thread::Builder::new()
             .name("wsx-loop".into())
-            .spawn(move || run.run())?;
+            .spawn(move || {
+                let _entered = rt.as_ref().map(tokio::runtime::Handle::enter);
+                run.run()
+            })?;
         Ok(EventLoop {
             handle: LoopHandle { shared },
             thread,
@@ -223,6 +402,27 @@ impl LoopHandle {
         let _ = self.send(Command::Shutdown(code, reason.to_string()));
     }
 
+    /// Have [`Handler::on_notify`] called on the loop's thread (once for any number
+    /// of calls made before it runs).
+    pub fn notify(&self) {
+        if !self.shared.notified.swap(true, Ordering::AcqRel) {
+            let _ = self.shared.waker.wake();
+        }
+    }
+
+    /// How long the loop has been busy with its current turn (zero while it waits for
+    /// events): a loop that is behind its work has long turns, as a fan-out to many
+    /// connections at more than they take does.
+    pub fn busy_for(&self) -> Duration {
+        match self.shared.turn_began.load(Ordering::Relaxed) {
+            0 => Duration::ZERO,
+            began => {
+                let now = self.shared.base.elapsed().as_nanos() as u64;
+                Duration::from_nanos(now.saturating_sub(began - 1))
+            }
+        }
+    }
+
     /// Connections given to the loop and not yet ended.
     pub fn open(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)
@@ -264,6 +464,12 @@ struct Slot {
     read_more: bool,
     /// The deadline this slot has in the timer heap (at most one live entry).
     scheduled: Option<Instant>,
+    /// Messages are not handed over ([`Conn::pause`]).
+    paused: bool,
+    /// Call `on_wake` when the output falls below the write buffer's size.
+    wake_writable: bool,
+    /// Since when output has waited with no progress (a peer that does not read).
+    stalled: Option<Instant>,
     _guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -272,11 +478,14 @@ struct Runner<H> {
     shared: Arc<Shared>,
     handler: H,
     io_cfg: IoConfig,
+    write_timeout: Duration,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     /// Slots to drive again next turn without waiting for an event.
     again: Vec<usize>,
+    /// Slots whose handler is to be woken next turn (their output drained).
+    woken: Vec<usize>,
     /// The read buffer lent to a connection for a read, taken back when it is empty.
     spare: BytesMut,
     scratch: Box<[u8]>,
@@ -293,14 +502,16 @@ impl<H: Handler> Runner<H> {
     fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut again = Vec::new();
+        let mut ready = Vec::new();
         loop {
-            let timeout = if self.again.is_empty() {
+            let timeout = if self.again.is_empty() && self.woken.is_empty() {
                 self.timers
                     .peek()
                     .map(|Reverse((at, _))| at.saturating_duration_since(Instant::now()))
             } else {
                 Some(std::time::Duration::ZERO)
             };
+            self.shared.turn_began.store(0, Ordering::Relaxed);
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -309,8 +520,27 @@ impl<H: Handler> Runner<H> {
                 break;
             }
             let now = Instant::now();
+            let began = now.saturating_duration_since(self.shared.base).as_nanos() as u64;
+            self.shared.turn_began.store(began + 1, Ordering::Relaxed);
             for ev in events.iter() {
                 if ev.token() == WAKER {
+                    if self.shared.notified.swap(false, Ordering::AcqRel) {
+                        let mut conns = Conns {
+                            slots: &mut self.slots,
+                            again: &mut self.again,
+                            shared: &self.shared,
+                            now,
+                        };
+                        self.handler.on_notify(&mut conns);
+                    }
+                    std::mem::swap(
+                        &mut ready,
+                        &mut *self.shared.ready.lock().unwrap_or_else(|e| e.into_inner()),
+                    );
+                    ready.append(&mut self.woken);
+                    for i in ready.drain(..) {
+                        self.wake(i, now);
+                    }
                     let cmds = std::mem::take(
                         &mut *self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()),
                     );
@@ -329,6 +559,11 @@ impl<H: Handler> Runner<H> {
                 // short read, see `read`).
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 self.drive(ev.token().0, now, readable);
+            }
+            // Woken by a drained output only (no event from the waker).
+            ready.append(&mut self.woken);
+            for i in ready.drain(..) {
+                self.wake(i, now);
             }
             std::mem::swap(&mut again, &mut self.again);
             for i in again.drain(..) {
@@ -392,13 +627,42 @@ impl<H: Handler> Runner<H> {
             // Bytes may have come with the handshake, or before the registration.
             read_more: true,
             scheduled: None,
-            _guard: guard,
+            paused: false,
+            wake_writable: false,
+            stalled: None,
+            _guard: None,
         });
-        if let (Some((code, reason)), Some(Some(s))) = (&self.closing, self.slots.get_mut(i)) {
-            // Adopted after the shutdown: closed as the others were.
-            let _ = s.conn.close(now, Some(CloseFrame::new(*code, reason)));
+        if let Some(Some(s)) = self.slots.get_mut(i) {
+            let mut conn = Conn {
+                id: ConnId(i),
+                slot: s,
+                shared: &self.shared,
+                now,
+            };
+            conn.slot._guard = self.handler.on_open(&mut conn, guard);
+            if let Some((code, reason)) = &self.closing {
+                // Adopted after the shutdown: closed as the others were.
+                let _ = s.conn.close(now, Some(CloseFrame::new(*code, reason)));
+            }
         }
         self.drive(i, now, false);
+    }
+
+    /// Slot `i`'s waker was woken: its handler's turn, then whatever it can do.
+    fn wake(&mut self, i: usize, now: Instant) {
+        if let Some(Some(s)) = self.slots.get_mut(i) {
+            if s.finish != Finish::Running {
+                return;
+            }
+            let mut conn = Conn {
+                id: ConnId(i),
+                slot: s,
+                shared: &self.shared,
+                now,
+            };
+            self.handler.on_wake(&mut conn);
+            self.drive(i, now, false);
+        }
     }
 
     fn close_all(&mut self, code: CloseCode, reason: &str, now: Instant) {
@@ -424,7 +688,13 @@ impl<H: Handler> Runner<H> {
         match step {
             Step::Keep => {
                 let want = match slot.finish {
-                    Finish::Running => slot.conn.poll_timeout(),
+                    Finish::Running => {
+                        let stall = slot.stalled.map(|t| t + self.write_timeout);
+                        match (slot.conn.poll_timeout(), stall) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        }
+                    }
                     Finish::Flushing(at) | Finish::AwaitEof(at) => Some(at),
                 };
                 if let Some(at) = want {
@@ -448,17 +718,33 @@ impl<H: Handler> Runner<H> {
     fn step(&mut self, i: usize, s: &mut Slot, now: Instant) -> Step {
         if s.finish == Finish::Running {
             self.handle_events(i, s, now);
-            if s.read_more && s.conn.state() != State::Closed {
+            if s.read_more && !s.paused && s.conn.state() != State::Closed {
                 // `Ok(false)`: EOF before a close (abnormal); `Err`: the socket failed.
                 if !matches!(self.read(i, s, now), Ok(true)) {
                     return Step::Remove;
                 }
             }
+            let before = s.conn.output_len();
             if write_out(s).is_err() {
                 return Step::Remove;
             }
+            let left = s.conn.output_len();
+            if left == 0 || left < before {
+                s.stalled = (left > 0).then_some(now);
+            } else if s.stalled.is_none() {
+                s.stalled = Some(now);
+            }
+            if s.stalled.is_some_and(|t| now >= t + self.write_timeout) {
+                // The peer has read nothing for the write timeout.
+                return Step::Remove;
+            }
+            if s.wake_writable && left < self.io_cfg.write_buffer_size {
+                s.wake_writable = false;
+                self.woken.push(i);
+            }
             if s.read_more
-                && s.conn.output_len() < self.io_cfg.write_buffer_size
+                && !s.paused
+                && left < self.io_cfg.write_buffer_size
                 && s.conn.state() != State::Closed
             {
                 // The output drained (or the turn's reads ran out): read on next turn.
@@ -540,7 +826,8 @@ impl<H: Handler> Runner<H> {
                     *buf = BytesMut::new();
                 }
             }
-            if s.conn.state() == State::Closed {
+            if s.conn.state() == State::Closed || s.paused {
+                // Paused: `read_more` kept, the rest is read once resumed.
                 return Ok(true);
             }
             if n < self.scratch.len() {
@@ -556,12 +843,13 @@ impl<H: Handler> Runner<H> {
     /// Hand the core's events to the handler. Errors (a protocol violation, a limit, a
     /// timeout) have queued their close frame: the slot goes on to finish.
     fn handle_events(&mut self, i: usize, s: &mut Slot, now: Instant) {
-        loop {
+        while !s.paused {
             match s.conn.poll_event() {
                 Ok(Some(Event::Message(m))) if m.is_data() => {
                     let mut conn = Conn {
                         id: ConnId(i),
-                        conn: &mut s.conn,
+                        slot: s,
+                        shared: &self.shared,
                         now,
                     };
                     self.handler.on_message(&mut conn, m);
@@ -602,13 +890,13 @@ mod tests {
 
     /// What an open connection holds on the loop, besides its timer heap entry (24
     /// bytes) and a read buffer only while a frame is partly read: its slot, the
-    /// protocol core and at most 80 bytes (socket, stage, deadline, guard).
+    /// protocol core and at most 96 bytes (socket, stage, deadline, stall, flags, guard).
     #[test]
     fn a_slot_is_the_socket_and_the_core_and_little_else() {
         let slot = std::mem::size_of::<Option<Slot>>();
         let core = std::mem::size_of::<Connection>();
         assert!(
-            slot <= core + 80,
+            slot <= core + 96,
             "a slot is {slot} bytes for a {core}-byte protocol core"
         );
     }

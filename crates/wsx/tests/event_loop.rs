@@ -298,3 +298,120 @@ async fn a_peer_that_never_reads_is_let_go_at_the_close_timeout() {
     );
     assert_eq!(handle.open(), 0);
 }
+
+/// A peer that reads nothing while the server has output for it: dropped at the loop's
+/// write timeout (with no keepalive to end it otherwise).
+#[tokio::test]
+async fn a_peer_that_reads_nothing_is_dropped_at_the_write_timeout() {
+    struct Flood(Arc<Mutex<Vec<ConnId>>>);
+    impl Handler for Flood {
+        fn on_message(&mut self, conn: &mut Conn<'_>, _: Message) {
+            for _ in 0..16 {
+                let _ = conn.send(Message::binary(vec![7u8; 2 << 20]));
+            }
+        }
+        fn on_close(&mut self, id: ConnId) {
+            self.0.lock().unwrap().push(id);
+        }
+    }
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let cfg = wsx::event_loop::LoopConfig::default().write_timeout(Duration::from_millis(300));
+    let ev = EventLoop::start_with(cfg, Flood(closed.clone())).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut ws = client(port).await;
+    ws.send(Message::text("flood")).await.unwrap();
+    let began = Instant::now();
+    // Never read: 32 MB is more than both sockets' buffers hold.
+    eventually("the stalled peer is dropped", || {
+        !closed.lock().unwrap().is_empty()
+    })
+    .await;
+    assert!(began.elapsed() >= Duration::from_millis(300));
+    assert_eq!(ev.handle().open(), 0);
+}
+
+/// A handler's waker runs `on_wake` on the loop; a paused connection's next message
+/// waits for `resume`; `notify` reaches `on_notify` with every connection.
+#[tokio::test]
+async fn wakers_pause_and_notify_reach_the_handler_on_the_loop() {
+    struct Waiting(Arc<Mutex<Vec<std::task::Waker>>>);
+    impl Handler for Waiting {
+        fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message) {
+            if msg == Message::text("wait") {
+                // Nothing more from this connection until its waker is woken.
+                conn.pause();
+                self.0.lock().unwrap().push(conn.waker());
+            } else {
+                let _ = conn.send(msg);
+            }
+        }
+        fn on_wake(&mut self, conn: &mut Conn<'_>) {
+            conn.resume();
+            let _ = conn.send(Message::text("woken"));
+        }
+        fn on_notify(&mut self, conns: &mut wsx::event_loop::Conns<'_>) {
+            for id in conns.ids() {
+                let mut conn = conns.get(id).unwrap();
+                let _ = conn.send(Message::text(format!("notified {}", id.0)));
+            }
+        }
+    }
+    let wakers = Arc::new(Mutex::new(Vec::new()));
+    let ev = EventLoop::start(IoConfig::default(), Waiting(wakers.clone())).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut a = client(port).await;
+    let mut b = client(port).await;
+    a.send(Message::text("wait")).await.unwrap();
+    a.send(Message::text("after")).await.unwrap();
+    eventually("the handler holds a's waker", || {
+        wakers.lock().unwrap().len() == 1
+    })
+    .await;
+    // b is not held up by a.
+    b.send(Message::text("b")).await.unwrap();
+    assert_eq!(b.next().await.unwrap().unwrap(), Message::text("b"));
+    let waker = wakers.lock().unwrap().pop().unwrap();
+    // Woken from another thread.
+    std::thread::spawn(move || waker.wake()).join().unwrap();
+    assert_eq!(a.next().await.unwrap().unwrap(), Message::text("woken"));
+    assert_eq!(
+        a.next().await.unwrap().unwrap(),
+        Message::text("after"),
+        "a paused connection's message comes after its resume"
+    );
+    ev.handle().notify();
+    for ws in [&mut a, &mut b] {
+        let Message::Text(t) = ws.next().await.unwrap().unwrap() else {
+            panic!("a text message")
+        };
+        assert!(t.as_str().starts_with("notified "), "{}", t.as_str());
+    }
+}
+
+/// `busy_for` is how long the current turn has run: long while a handler holds the
+/// loop, zero once it waits for events again.
+#[tokio::test]
+async fn busy_for_measures_the_turn_under_way() {
+    struct Hold(std::sync::mpsc::Receiver<()>);
+    impl Handler for Hold {
+        fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message) {
+            // The loop's thread is held here until the test lets it go.
+            let _ = self.0.recv();
+            let _ = conn.send(msg);
+        }
+    }
+    let (go, held) = std::sync::mpsc::channel();
+    let ev = EventLoop::start(IoConfig::default(), Hold(held)).unwrap();
+    let handle = ev.handle();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut ws = client(port).await;
+    eventually("waiting for events", || handle.busy_for() == Duration::ZERO).await;
+    ws.send(Message::text("hold")).await.unwrap();
+    eventually("a long turn", || {
+        handle.busy_for() >= Duration::from_millis(50)
+    })
+    .await;
+    go.send(()).unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hold"));
+    eventually("the turn ended", || handle.busy_for() == Duration::ZERO).await;
+}

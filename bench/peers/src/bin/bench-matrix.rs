@@ -5,8 +5,10 @@
 //!
 //! bench-matrix WSX_BIN PEER_BIN OUT_DIR [--quick] [--reps N] [--duration SECS]
 //!              [--warmup SECS] [--depth N] [--idle N] [--sizes 20,1024] [--conns 10,100]
-//!              [--uws DIR] [--servers wsx,wsx-serve,...]
+//!              [--uws DIR] [--servers wsx,wsx-serve,...] [--idle-paths /connection/websocket,...]
 //!
+//! `--idle-paths`: idle memory of `wsx serve`'s other WebSocket endpoints too (the hub's
+//! front-ends: `/connection/websocket`, `/stomp`, ...), measured as `/echo` is.
 //! Servers: `wsx` (the library's echo in `echo-peer`), `wsx-loop` (the same echo on
 //! `wsx::event_loop`: the handshake on tokio, the connection a slot of the loop), `wsx-serve` (`wsx serve`'s `/echo`,
 //! through its HTTP stack and limits), `fastwebsockets`, `tungstenite`, `raw` (TCP echo),
@@ -345,9 +347,13 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
-/// Open `n` idle WebSockets to the server and measure its RSS growth.
-fn idle_memory(bins: &Bins, server: &str, n: usize) -> Idle {
-    let s = start_server(bins, server);
+/// Open `n` idle WebSockets to the server (at `path` instead of its own, if given) and
+/// measure its RSS growth.
+fn idle_memory(bins: &Bins, server: &str, n: usize, at: Option<&str>) -> Idle {
+    let mut s = start_server(bins, server);
+    if let Some(p) = at {
+        s.path = Box::leak(p.to_string().into_boxed_str());
+    }
     let pid = s.child.id();
     std::thread::sleep(Duration::from_millis(300));
     let before = proc_rss_kib(pid);
@@ -392,7 +398,10 @@ fn idle_memory(bins: &Bins, server: &str, n: usize) -> Idle {
     drop(held);
     drop(rt);
     Idle {
-        server: server.to_string(),
+        server: match at {
+            Some(p) => format!("{server} {p}"),
+            None => server.to_string(),
+        },
         connections: count,
         rss_before_kib: before,
         rss_after_kib: after,
@@ -598,11 +607,14 @@ fn main() {
             }
         }
     }
-    let idle: Vec<Idle> = servers
+    let mut idle: Vec<Idle> = servers
         .iter()
         .filter(|s| **s != "raw")
-        .map(|s| idle_memory(&bins, s, idle_n))
+        .map(|s| idle_memory(&bins, s, idle_n, None))
         .collect();
+    for path in text("--idle-paths").iter().flat_map(|v| v.split(',')) {
+        idle.push(idle_memory(&bins, "wsx-serve", idle_n, Some(path)));
+    }
 
     // The tables.
     let get = |s: &str, size: usize, c: usize| {

@@ -73,7 +73,13 @@ pub struct Broker {
     backlog: Arc<Backlog>,
     /// How late this node's event loop runs ([`watch_loop`]).
     late: LoopLate,
+    /// Whether other loops delivering this broker's fan-outs are behind
+    /// ([`Broker::watch_late`]).
+    late_probes: Mutex<Vec<LateProbe>>,
 }
+
+/// Says whether a loop delivering fan-outs is behind.
+type LateProbe = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// How late a timer on the event loop fires: the loop's own measure of being behind,
 /// as load-shedding servers use (Fastify's under-pressure, Node's toobusy). A loop that
@@ -89,7 +95,7 @@ struct LoopLate {
 /// How often the loop is probed, and how late a probe may fire before the loop counts
 /// as behind.
 const PROBE_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
-const LATE: std::time::Duration = std::time::Duration::from_millis(20);
+pub(crate) const LATE: std::time::Duration = std::time::Duration::from_millis(20);
 
 impl LoopLate {
     fn new() -> LoopLate {
@@ -144,7 +150,19 @@ impl Broker {
             wakes: Wakes::default(),
             backlog: Arc::default(),
             late: LoopLate::new(),
+            late_probes: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Count `probe` among the loops whose lateness says this node is behind its
+    /// deliveries (an event loop of connections' own, beside the runtime's:
+    /// [`NativeLoops`](crate::native::NativeLoops) adds each of its loops).
+    pub fn watch_late(&self, probe: impl Fn() -> bool + Send + Sync + 'static) {
+        lock(&self.late_probes).push(Box::new(probe));
+    }
+
+    fn is_late(&self) -> bool {
+        self.late.is_late() || lock(&self.late_probes).iter().any(|p| p())
     }
 
     fn shard(&self, channel: &str) -> MutexGuard<'_, HashMap<String, LocalChannel>> {
@@ -220,7 +238,7 @@ impl Broker {
     /// problem: its queue bound drops it; it does not slow publishers.
     pub(crate) fn lag(&self) -> usize {
         let turn = self.wakes.lag();
-        if self.late.is_late() {
+        if self.is_late() {
             turn.max(self.backlog.depth())
         } else {
             turn
@@ -428,6 +446,26 @@ mod tests {
             waited >= std::time::Duration::from_millis(20)
                 && waited < std::time::Duration::from_millis(40),
             "{waited:?}"
+        );
+    }
+
+    #[test]
+    fn a_late_loop_of_connections_counts_as_the_runtime_would() {
+        let b = Broker::new();
+        let q = Outbound::new(QueueLimits::default());
+        b.add("c", 1, q.clone(), false).unwrap();
+        for o in 1..=3 {
+            b.deliver("c", publication(o));
+        }
+        let late = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let probe = late.clone();
+        b.watch_late(move || probe.load(std::sync::atomic::Ordering::Relaxed));
+        assert_eq!(b.lag(), 0, "every loop keeps up");
+        late.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            b.lag(),
+            3,
+            "a loop of connections runs late: the node is behind"
         );
     }
 

@@ -6,6 +6,9 @@
 //! one table), and drains the session's deliveries into WebSocket frames.
 
 pub mod codec;
+mod on_loop;
+
+pub use on_loop::NativeLoops;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -104,24 +107,42 @@ pub fn close_for(d: &Disconnect) -> (u16, &str) {
 /// The native front-end's routes: `GET /connection/websocket`. The server must give
 /// each request its peer address (`ConnectInfo<SocketAddr>`).
 pub fn router(gate: &Gate) -> Router {
+    router_on(gate, None)
+}
+
+/// [`router`], its WebSockets run on `loops` ([`NativeLoops`], for a server on plain
+/// TCP: over TLS, pass `None` and each runs on a task).
+pub fn router_on(gate: &Gate, loops: Option<Arc<NativeLoops>>) -> Router {
     Router::new()
         .route(PATH, get(endpoint))
-        .with_state(gate.clone())
+        .with_state((gate.clone(), loops))
 }
 
 /// Where [`router`] mounts the native protocol.
 pub const PATH: &str = "/connection/websocket";
 
 async fn endpoint(
-    State(gate): State<Gate>,
+    State((gate, loops)): State<(Gate, Option<Arc<NativeLoops>>)>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     mut req: Request<Body>,
 ) -> Response {
     let hub = gate.hub().clone();
-    gate.upgrade(peer, &mut req, None, move |ws, _, stop| {
-        Session::new(hub, String::new())
-            .via("websocket")
-            .run_until(ws, stop)
+    gate.upgrade_holding(peer, &mut req, None, move |ws, _, stop, held| {
+        let session = Session::new(hub, String::new()).via("websocket");
+        async move {
+            match loops {
+                Some(loops) => {
+                    drop(stop);
+                    if let Err(e) = loops.adopt(ws, held, session) {
+                        tracing::debug!(%peer, error = %e, "native: not handed to an event loop");
+                    }
+                }
+                None => {
+                    let _held = held;
+                    session.run_until(ws, stop).await
+                }
+            }
+        }
     })
 }
 

@@ -156,6 +156,35 @@ where
     }
 }
 
+/// A socket, its protocol core and what it holds: see [`loop_parts`].
+pub type LoopParts = (
+    std::net::TcpStream,
+    wsx::wsx_proto::Connection,
+    Option<Box<dyn std::any::Any + Send>>,
+);
+
+/// What an [`event_loop`](wsx::event_loop) adopts of a WebSocket upgraded over plain
+/// TCP: the socket, the protocol core (with the bytes hyper read behind the upgrade
+/// request put first in its input) and its hold on a deflate context. Fails for any
+/// other transport (TLS).
+pub fn loop_parts(ws: WebSocket<UpgradedIo>) -> std::io::Result<LoopParts> {
+    let (io, mut conn, deflate) = ws.into_parts();
+    let parts = io
+        .into_inner()
+        .downcast::<hyper_util::rt::TokioIo<tokio::net::TcpStream>>()
+        .map_err(|_| std::io::Error::other("not a plain TCP connection"))?;
+    if !parts.read_buf.is_empty() {
+        // What the client sent right behind its request comes first.
+        let buf = conn.input_buffer();
+        let later = buf.split();
+        buf.extend_from_slice(&parts.read_buf);
+        buf.extend_from_slice(&later);
+    }
+    let tcp = parts.io.into_inner().into_std()?;
+    let deflate = deflate.map(|d| Box::new(d) as Box<dyn std::any::Any + Send>);
+    Ok((tcp, conn, deflate))
+}
+
 /// Resolves when the server starts shutting down (handed to each session).
 pub type Stopped = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -196,6 +225,14 @@ struct DrainState {
     state: watch::Sender<Option<Draining>>,
     /// Sessions told so far: the next one's place in the window.
     told: std::sync::atomic::AtomicUsize,
+}
+
+impl DrainState {
+    /// Claim the next session's point in `drain`'s window.
+    fn departure(&self, drain: &Draining) -> tokio::time::Instant {
+        let k = self.told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        drain.departure(k)
+    }
 }
 
 impl Draining {
@@ -340,6 +377,16 @@ impl Gate {
         *self.shutdown.borrow()
     }
 
+    /// Resolves when the server starts shutting down.
+    pub fn shutting_down(&self) -> impl Future<Output = ()> + Send + 'static {
+        stopped(self.shutdown.clone())
+    }
+
+    /// Claim the next session's point in `drain`'s window: when it is to go.
+    pub fn departure(&self, drain: &Draining) -> tokio::time::Instant {
+        self.drain.departure(drain)
+    }
+
     /// A future that resolves when the session it is given to should end: when the
     /// server shuts down, or at the session's point of a drain's window.
     pub fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
@@ -358,13 +405,11 @@ impl Gate {
                     None => return stopped(shutdown).await,
                 },
             };
-            let k = drain
-                .told
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let at = drain.departure(&d);
             Box::pin(async move {
                 tokio::select! {
                     _ = stopped(shutdown) => {}
-                    _ = tokio::time::sleep_until(d.departure(k)) => {}
+                    _ = tokio::time::sleep_until(at) => {}
                 }
             })
             .await
