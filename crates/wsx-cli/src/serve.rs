@@ -146,21 +146,31 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
         )?),
         Some(_) => None,
     };
-    // The native protocol over plain TCP: its WebSockets on event loops too.
-    let native_loops = match tls {
-        None => Some(wsx_hub::native::NativeLoops::start(
-            workers.count(),
-            wsx::event_loop::LoopConfig::default()
-                .io(settings.server.io.clone())
-                .write_timeout(gate.hub().config().write_timeout),
-            &gate,
-            &tasks,
-        )?),
-        Some(_) => None,
+    // The native protocol and STOMP over plain TCP: their WebSockets on event loops too.
+    let loop_cfg = wsx::event_loop::LoopConfig::default()
+        .io(settings.server.io.clone())
+        .write_timeout(gate.hub().config().write_timeout);
+    let (native_loops, stomp_loops) = match tls {
+        None => (
+            Some(wsx_hub::native::NativeLoops::start(
+                workers.count(),
+                loop_cfg.clone(),
+                &gate,
+                &tasks,
+            )?),
+            Some(wsx_hub::stomp::StompLoops::start(
+                workers.count(),
+                loop_cfg,
+                &gate,
+                &tasks,
+            )?),
+        ),
+        Some(_) => (None, None),
     };
     let loops = Loops {
         echo: echo_loops,
         native: native_loops,
+        stomp: stomp_loops,
     };
     let router = routes(&gate, &settings, addr, api, control, loops).merge(admin.router());
     let limits = ConnLimits {
@@ -328,6 +338,7 @@ fn hub_config(settings: &Settings) -> wsx_hub::HubConfig {
 struct Loops {
     echo: Option<Arc<crate::echo::EchoLoops>>,
     native: Option<Arc<wsx_hub::native::NativeLoops>>,
+    stomp: Option<Arc<wsx_hub::stomp::StompLoops>>,
 }
 
 /// The routing table: every path `wsx serve` answers, and what answers it (the README's
@@ -369,7 +380,11 @@ fn routes(
             wsx_hub::sockjs::SockJsConfig::default().sockjs_url("/vendor/sockjs.min.js"),
         ))
         // STOMP 1.0-1.2 over WebSocket: GET /stomp (STOMP over TCP: --stomp-listen).
-        .merge(wsx_hub::stomp::router(gate, settings.stomp.clone()))
+        .merge(wsx_hub::stomp::router_on(
+            gate,
+            settings.stomp.clone(),
+            loops.stomp,
+        ))
         // Socket.IO v4 clients (Engine.IO polling, WebSocket, upgrade): /socket.io/.
         .merge(socketio(gate, settings))
         // The HTTP server API: POST /api/{method}.

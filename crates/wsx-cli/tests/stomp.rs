@@ -57,23 +57,39 @@ async fn server() -> (tokio::process::Child, String, String) {
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
-/// A raw STOMP client over TCP (or TLS), decoding with the front-end's own codec (the
-/// third-party clients are in the interop tests above).
+/// A raw STOMP client over TCP (or TLS), or over a WebSocket when its address is a
+/// `ws://` URL, decoding with the front-end's own codec (the third-party clients are
+/// in the interop tests above).
 struct Raw {
-    tcp: Box<dyn Io>,
+    wire: Wire,
     decoder: Decoder,
+}
+
+enum Wire {
+    Tcp(Box<dyn Io>),
+    Ws(Box<wsx::WebSocket<wsx::MaybeTlsStream>>),
 }
 
 impl Raw {
     async fn open(addr: &str) -> Raw {
+        if addr.starts_with("ws://") {
+            let (ws, _) = wsx::connect(addr, &wsx::ClientConfig::default())
+                .await
+                .unwrap();
+            return Raw::with(Wire::Ws(Box::new(ws)));
+        }
         Raw::over(Box::new(TcpStream::connect(addr).await.unwrap()))
     }
 
     fn over(tcp: Box<dyn Io>) -> Raw {
+        Raw::with(Wire::Tcp(tcp))
+    }
+
+    fn with(wire: Wire) -> Raw {
         let mut limits = Limits::default();
         limits.max_body = 64 << 20;
         Raw {
-            tcp,
+            wire,
             decoder: Decoder::new(limits),
         }
     }
@@ -94,7 +110,16 @@ impl Raw {
     }
 
     async fn send_bytes(&mut self, b: &[u8]) {
-        self.tcp.write_all(b).await.unwrap();
+        match &mut self.wire {
+            Wire::Tcp(tcp) => tcp.write_all(b).await.unwrap(),
+            Wire::Ws(ws) => {
+                let msg = match std::str::from_utf8(b) {
+                    Ok(t) => wsx::Message::text(t),
+                    Err(_) => wsx::Message::binary(b.to_vec()),
+                };
+                ws.send(msg).await.unwrap()
+            }
+        }
     }
 
     /// The next frame (heart-beats skipped), within 5 s.
@@ -112,10 +137,20 @@ impl Raw {
                     return Some(f);
                 }
             }
-            let mut buf = [0u8; 8192];
-            match tokio::time::timeout_at(deadline, self.tcp.read(&mut buf)).await {
-                Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
-                Ok(Ok(n)) => self.decoder.push(&buf[..n]),
+            match &mut self.wire {
+                Wire::Tcp(tcp) => {
+                    let mut buf = [0u8; 8192];
+                    match tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return None,
+                        Ok(Ok(n)) => self.decoder.push(&buf[..n]),
+                    }
+                }
+                Wire::Ws(ws) => match tokio::time::timeout_at(deadline, ws.next()).await {
+                    Ok(Some(Ok(wsx::Message::Text(t)))) => self.decoder.push(t.as_bytes()),
+                    Ok(Some(Ok(wsx::Message::Binary(b)))) => self.decoder.push(&b),
+                    Ok(Some(Ok(_))) => {}
+                    Ok(Some(Err(_)) | None) | Err(_) => return None,
+                },
             }
         }
     }
@@ -486,7 +521,17 @@ async fn a_subscription_with_wsx_presence_gets_join_and_leave_messages() {
 
 #[tokio::test]
 async fn bad_input_gets_an_error_frame_and_the_server_serves_others() {
-    let (_server, _addr, stomp) = serve_stomp(&[
+    bad_input(false).await
+}
+
+/// The same over WebSocket (`/stomp`, whose sessions run on the server's event loops).
+#[tokio::test]
+async fn bad_input_over_websocket_gets_an_error_frame_and_the_server_serves_others() {
+    bad_input(true).await
+}
+
+async fn bad_input(over_ws: bool) {
+    let (_server, addr, stomp) = serve_stomp(&[
         "--stomp-users",
         "guest:guest",
         "--stomp-max-header-bytes",
@@ -499,6 +544,11 @@ async fn bad_input_gets_an_error_frame_and_the_server_serves_others() {
         "200,200",
     ])
     .await;
+    let stomp = if over_ws {
+        format!("ws://{addr}/stomp")
+    } else {
+        stomp
+    };
     let mut witness = Raw::connected(&stomp, "").await;
     witness.subscribe("1", "/topic/w", "").await;
 

@@ -78,7 +78,7 @@ async fn server(cfg: HubConfig) -> String {
                 };
                 let session = wsx_hub::Session::new(hub, String::new());
                 match loops {
-                    Some(loops) => loops.adopt_websocket(ws, session).unwrap(),
+                    Some(loops) => loops.adopt_websocket(ws, session.on_loop()).unwrap(),
                     None => session.run(ws).await,
                 }
             });

@@ -130,10 +130,16 @@ impl Conn<'_> {
         self.slot.conn.output_len()
     }
 
-    /// Whether the output has reached the write buffer's size (the loop's
-    /// `write_buffer_size`): the peer is not keeping up.
-    pub fn is_full(&self, io: &IoConfig) -> bool {
-        self.slot.conn.output_len() >= io.write_buffer_size
+    /// Whether the output has reached the loop's `write_buffer_size`: the peer is not
+    /// keeping up (see [`wake_when_writable`](Self::wake_when_writable)).
+    pub fn is_full(&self) -> bool {
+        self.slot.conn.output_len() >= self.shared.write_buffer_size
+    }
+
+    /// Have [`Handler::on_wake`] called at `at` (a deadline of the handler's own, such
+    /// as a heart-beat's; `None`: none). One per connection: a later call replaces it.
+    pub fn wake_at(&mut self, at: Option<Instant>) {
+        self.slot.wake_at = at;
     }
 
     /// A waker that has [`Handler::on_wake`] called for this connection on the loop's
@@ -251,6 +257,7 @@ struct Shared {
     /// waiting for events).
     turn_began: AtomicU64,
     base: Instant,
+    write_buffer_size: usize,
 }
 
 // Commands live only in the inbox until the loop's next turn; boxing the connection
@@ -321,6 +328,7 @@ impl EventLoop {
             stopping: AtomicBool::new(false),
             turn_began: AtomicU64::new(0),
             base: Instant::now(),
+            write_buffer_size: cfg.io.write_buffer_size,
         });
         let run = Runner {
             poll,
@@ -470,6 +478,8 @@ struct Slot {
     wake_writable: bool,
     /// Since when output has waited with no progress (a peer that does not read).
     stalled: Option<Instant>,
+    /// The handler's own deadline ([`Conn::wake_at`]).
+    wake_at: Option<Instant>,
     _guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -574,17 +584,24 @@ impl<H: Handler> Runner<H> {
                     break;
                 }
                 self.timers.pop();
-                let live = match self.slots.get_mut(i) {
+                let (live, due) = match self.slots.get_mut(i) {
                     Some(Some(s)) if s.scheduled == Some(at) => {
                         s.scheduled = None;
-                        if s.finish == Finish::Running {
+                        let running = s.finish == Finish::Running;
+                        if running {
                             s.conn.handle_timeout(now);
                         }
-                        true
+                        let due = running && s.wake_at.is_some_and(|t| t <= now);
+                        if due {
+                            s.wake_at = None;
+                        }
+                        (true, due)
                     }
-                    _ => false,
+                    _ => (false, false),
                 };
-                if live {
+                if due {
+                    self.wake(i, now);
+                } else if live {
                     self.drive(i, now, false);
                 }
             }
@@ -594,6 +611,8 @@ impl<H: Handler> Runner<H> {
                 break;
             }
         }
+        // Ended: not busy (a probe of `busy_for` may outlive the loop).
+        self.shared.turn_began.store(0, Ordering::Relaxed);
     }
 
     fn insert(
@@ -630,6 +649,7 @@ impl<H: Handler> Runner<H> {
             paused: false,
             wake_writable: false,
             stalled: None,
+            wake_at: None,
             _guard: None,
         });
         if let Some(Some(s)) = self.slots.get_mut(i) {
@@ -690,10 +710,10 @@ impl<H: Handler> Runner<H> {
                 let want = match slot.finish {
                     Finish::Running => {
                         let stall = slot.stalled.map(|t| t + self.write_timeout);
-                        match (slot.conn.poll_timeout(), stall) {
-                            (Some(a), Some(b)) => Some(a.min(b)),
-                            (a, b) => a.or(b),
-                        }
+                        [slot.conn.poll_timeout(), stall, slot.wake_at]
+                            .into_iter()
+                            .flatten()
+                            .min()
                     }
                     Finish::Flushing(at) | Finish::AwaitEof(at) => Some(at),
                 };
@@ -890,13 +910,13 @@ mod tests {
 
     /// What an open connection holds on the loop, besides its timer heap entry (24
     /// bytes) and a read buffer only while a frame is partly read: its slot, the
-    /// protocol core and at most 96 bytes (socket, stage, deadline, stall, flags, guard).
+    /// protocol core and at most 112 bytes (socket, stage, deadlines, stall, flags, guard).
     #[test]
     fn a_slot_is_the_socket_and_the_core_and_little_else() {
         let slot = std::mem::size_of::<Option<Slot>>();
         let core = std::mem::size_of::<Connection>();
         assert!(
-            slot <= core + 96,
+            slot <= core + 112,
             "a slot is {slot} bytes for a {core}-byte protocol core"
         );
     }

@@ -8,7 +8,7 @@
 pub mod codec;
 mod on_loop;
 
-pub use on_loop::NativeLoops;
+pub use on_loop::{NativeLoops, OnLoop};
 
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
@@ -133,7 +133,7 @@ async fn endpoint(
             match loops {
                 Some(loops) => {
                     drop(stop);
-                    if let Err(e) = loops.adopt(ws, held, session) {
+                    if let Err(e) = loops.adopt(ws, held, session.on_loop()) {
                         tracing::debug!(%peer, error = %e, "native: not handed to an event loop");
                     }
                 }

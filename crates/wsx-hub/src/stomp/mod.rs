@@ -9,7 +9,10 @@
 
 pub mod frame;
 pub mod heartbeat;
+mod on_loop;
 pub mod session;
+
+pub use self::on_loop::{OnLoop, StompLoops};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,11 +45,18 @@ struct Endpoint {
     gate: Gate,
     ws: Arc<wsx::ServerConfig>,
     cfg: Arc<StompConfig>,
+    loops: Option<Arc<StompLoops>>,
 }
 
 /// The STOMP front-end's routes: `GET /stomp` (WebSocket). The server must give each
 /// request its peer address (`ConnectInfo<SocketAddr>`).
 pub fn router(gate: &Gate, cfg: StompConfig) -> Router {
+    router_on(gate, cfg, None)
+}
+
+/// [`router`], its WebSockets run on `loops` ([`StompLoops`], for a server on plain
+/// TCP: over TLS, pass `None` and each runs on a task).
+pub fn router_on(gate: &Gate, cfg: StompConfig, loops: Option<Arc<StompLoops>>) -> Router {
     let ws = gate.config().clone().subprotocols(
         SUBPROTOCOLS
             .iter()
@@ -59,6 +69,7 @@ pub fn router(gate: &Gate, cfg: StompConfig) -> Router {
             gate: gate.clone(),
             ws: Arc::new(ws),
             cfg: Arc::new(cfg),
+            loops,
         })
 }
 
@@ -68,10 +79,24 @@ async fn endpoint(
     mut req: Request<Body>,
 ) -> Response {
     let hub = ep.gate.hub().clone();
-    let cfg = ep.cfg.clone();
+    let (cfg, loops) = (ep.cfg.clone(), ep.loops.clone());
     ep.gate
-        .upgrade(peer, &mut req, Some(&ep.ws), move |ws, _, stop| {
-            run(new_session(hub, cfg, "websocket"), WsWire(ws), stop)
+        .upgrade_holding(peer, &mut req, Some(&ep.ws), move |ws, _, stop, held| {
+            let session = new_session(hub, cfg, "websocket");
+            async move {
+                match loops {
+                    Some(loops) => {
+                        drop(stop);
+                        if let Err(e) = loops.adopt(ws, held, OnLoop::new(session)) {
+                            tracing::debug!(%peer, error = %e, "stomp: not handed to an event loop");
+                        }
+                    }
+                    None => {
+                        let _held = held;
+                        run(session, WsWire(ws), stop).await
+                    }
+                }
+            }
         })
 }
 
@@ -137,15 +162,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire for WsWire<S> {
     }
 
     async fn send(&mut self, bytes: Bytes, binary: bool) -> bool {
-        let msg = if binary {
-            Message::Binary(bytes)
-        } else {
-            match wsx::Text::try_from_bytes(bytes) {
-                Ok(t) => Message::Text(t),
-                Err(b) => Message::Binary(b),
-            }
-        };
-        self.0.feed(msg).await.is_ok()
+        self.0.feed(on_loop::message(bytes, binary)).await.is_ok()
     }
 
     async fn send_shared(&mut self, m: &SharedMessage) -> bool {

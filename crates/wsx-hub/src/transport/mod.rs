@@ -19,6 +19,7 @@ use wsx::{Accepted, Refusal, ServerConfig, WebSocket};
 use crate::hub::Hub;
 
 pub mod limits;
+pub mod loops;
 
 use limits::{IpSlot, Limiter};
 
