@@ -9,6 +9,8 @@ use tokio::net::TcpListener;
 use wsx::{ClientConfig, CloseCode, MaybeTlsStream, Message, WebSocket};
 use wsx_hub::{Hub, HubConfig, QueueLimits};
 
+mod common;
+
 /// The namespaces these tests use, with the default namespace's options where a test
 /// did not configure them (a channel `ns:name` needs its namespace configured).
 fn with_namespaces(mut cfg: HubConfig) -> HubConfig {
@@ -55,16 +57,8 @@ async fn server(cfg: HubConfig) -> String {
     let loops = match MODE.try_with(|m| *m).unwrap_or(Mode::Tasks) {
         Mode::Tasks => None,
         Mode::Loop => {
-            let (stop_tx, stop) = tokio::sync::watch::channel(false);
-            std::mem::forget(stop_tx);
+            let gate = common::gate(hub.clone(), 100_000);
             let tasks = tokio_util::task::TaskTracker::new();
-            let gate = wsx_hub::Gate::new(
-                hub.clone(),
-                wsx::ServerConfig::default(),
-                100_000,
-                stop,
-                tasks.clone(),
-            );
             let cfg = wsx::event_loop::LoopConfig::default();
             Some(wsx_hub::native::NativeLoops::start(1, cfg, &gate, &tasks).unwrap())
         }

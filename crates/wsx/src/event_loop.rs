@@ -334,7 +334,6 @@ impl EventLoop {
             poll,
             shared: shared.clone(),
             handler,
-            io_cfg: cfg.io,
             write_timeout: cfg.write_timeout,
             slots: Vec::new(),
             free: Vec::new(),
@@ -487,7 +486,6 @@ struct Runner<H> {
     poll: Poll,
     shared: Arc<Shared>,
     handler: H,
-    io_cfg: IoConfig,
     write_timeout: Duration,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
@@ -532,6 +530,8 @@ impl<H: Handler> Runner<H> {
             let now = Instant::now();
             let began = now.saturating_duration_since(self.shared.base).as_nanos() as u64;
             self.shared.turn_began.store(began + 1, Ordering::Relaxed);
+            // The waker's event: wakers were woken (or a notify, or the inbox).
+            let mut woke = false;
             for ev in events.iter() {
                 if ev.token() == WAKER {
                     if self.shared.notified.swap(false, Ordering::AcqRel) {
@@ -543,14 +543,7 @@ impl<H: Handler> Runner<H> {
                         };
                         self.handler.on_notify(&mut conns);
                     }
-                    std::mem::swap(
-                        &mut ready,
-                        &mut *self.shared.ready.lock().unwrap_or_else(|e| e.into_inner()),
-                    );
-                    ready.append(&mut self.woken);
-                    for i in ready.drain(..) {
-                        self.wake(i, now);
-                    }
+                    woke = true;
                     let cmds = std::mem::take(
                         &mut *self.shared.inbox.lock().unwrap_or_else(|e| e.into_inner()),
                     );
@@ -570,7 +563,12 @@ impl<H: Handler> Runner<H> {
                 let readable = ev.is_readable() || ev.is_read_closed() || ev.is_error();
                 self.drive(ev.token().0, now, readable);
             }
-            // Woken by a drained output only (no event from the waker).
+            if woke {
+                std::mem::swap(
+                    &mut ready,
+                    &mut *self.shared.ready.lock().unwrap_or_else(|e| e.into_inner()),
+                );
+            }
             ready.append(&mut self.woken);
             for i in ready.drain(..) {
                 self.wake(i, now);
@@ -758,13 +756,13 @@ impl<H: Handler> Runner<H> {
                 // The peer has read nothing for the write timeout.
                 return Step::Remove;
             }
-            if s.wake_writable && left < self.io_cfg.write_buffer_size {
+            if s.wake_writable && left < self.shared.write_buffer_size {
                 s.wake_writable = false;
                 self.woken.push(i);
             }
             if s.read_more
                 && !s.paused
-                && left < self.io_cfg.write_buffer_size
+                && left < self.shared.write_buffer_size
                 && s.conn.state() != State::Closed
             {
                 // The output drained (or the turn's reads ran out): read on next turn.
@@ -807,7 +805,7 @@ impl<H: Handler> Runner<H> {
     fn read(&mut self, i: usize, s: &mut Slot, now: Instant) -> io::Result<bool> {
         let mut reads = 0;
         loop {
-            if s.conn.output_len() >= self.io_cfg.write_buffer_size || reads == READS_PER_TURN {
+            if s.conn.output_len() >= self.shared.write_buffer_size || reads == READS_PER_TURN {
                 // Keep `read_more`: resumed when the output drains (or next turn).
                 return Ok(true);
             }

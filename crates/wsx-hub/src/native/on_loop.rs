@@ -196,15 +196,4 @@ impl LoopSession for OnLoop {
             self.part(conn, &Disconnect::Shutdown);
         }
     }
-
-    fn on_close(self) {
-        // A command still running is dropped, and its session with it (the session's
-        // drop cleans up on a task, as `close` does).
-        if let Some(session) = self.session {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn(session.hub.close())),
-                Err(_) => drop(session),
-            }
-        }
-    }
 }

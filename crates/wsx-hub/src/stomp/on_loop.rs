@@ -193,15 +193,4 @@ impl LoopSession for OnLoop {
             self.done = true;
         }
     }
-
-    fn on_close(self) {
-        // Input still being handled is dropped, and its session with it (the hub
-        // session's drop cleans up on a task, as `close` does).
-        if let Some(session) = self.session {
-            match tokio::runtime::Handle::try_current() {
-                Ok(rt) => drop(rt.spawn(session.close())),
-                Err(_) => drop(session),
-            }
-        }
-    }
 }

@@ -33,9 +33,11 @@ pub trait LoopSession: Send + 'static {
     fn on_wake(&mut self, conn: &mut Conn<'_>);
     /// Shutdown or a drain's departure: tell the client to reconnect and close.
     fn stop(&mut self, conn: &mut Conn<'_>);
-    /// The connection is gone: end the session (its cleanup may run on a task).
-    fn on_close(self);
 }
+
+// A session whose connection is gone is dropped, a command still under way with it:
+// its `HubSession`'s drop leaves the hub (subscriptions, presence through the
+// backplane) on a task of the runtime the loop's thread entered, as `close` would.
 
 /// The event loops a front-end's WebSockets over plain TCP are handed to, in turn.
 pub struct FrontLoops<S> {
@@ -165,11 +167,6 @@ impl<S: LoopSession> Sessions<S> {
     /// Time each session's departure in `drain`'s window, on a task.
     fn plan_drain(&mut self, conns: &mut Conns<'_>, d: Draining) {
         let handle = conns.handle();
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            // No runtime to time the departures on: all go now.
-            let _ = self.tell.send(Ctl::StopAll);
-            return handle.notify();
-        };
         let mut plan: Vec<_> = conns
             .ids()
             .into_iter()
@@ -180,7 +177,8 @@ impl<S: LoopSession> Sessions<S> {
             .collect();
         plan.sort_by_key(|p| p.0);
         let tell = self.tell.clone();
-        rt.spawn(async move {
+        // On the runtime `start` was called in: the loop's thread entered it.
+        tokio::spawn(async move {
             for (at, id, client) in plan {
                 tokio::time::sleep_until(at).await;
                 if tell.send(Ctl::Stop(id, client)).is_err() {
@@ -244,8 +242,8 @@ impl<S: LoopSession> Handler for Sessions<S> {
     }
 
     fn on_close(&mut self, id: ConnId) {
-        if let Some(s) = self.conns.get_mut(id.0).and_then(Option::take) {
-            s.on_close();
+        if let Some(slot) = self.conns.get_mut(id.0) {
+            *slot = None;
         }
     }
 }
