@@ -277,6 +277,10 @@ const WAKER: Token = Token(usize::MAX - 1);
 pub struct LoopConfig {
     /// A connection whose unwritten output reaches `write_buffer_size` is not read
     /// until it falls below (the peer is not reading; TCP slows it down in turn).
+    /// A read is given room for what the frame in progress still needs, or between
+    /// messages for as much as the last run of messages took, plus `read_size`, at most
+    /// `max_read_size` (in a buffer the loop lends an idle connection and takes back
+    /// once its messages are handled).
     pub io: IoConfig,
     /// A connection whose output makes no progress for this long (its peer stopped
     /// reading) is dropped. Default: 30 s.
@@ -335,6 +339,9 @@ impl EventLoop {
             shared: shared.clone(),
             handler,
             write_timeout: cfg.write_timeout,
+            read_size: cfg.io.read_size,
+            max_read_size: cfg.io.max_read_size.max(cfg.io.read_size),
+            read_hint: 0,
             slots: Vec::new(),
             free: Vec::new(),
             timers: BinaryHeap::new(),
@@ -445,8 +452,8 @@ impl LoopHandle {
     }
 }
 
-/// Bytes read at once (onto the loop's scratch buffer, then into the lent buffer).
-const SCRATCH: usize = 64 * 1024;
+/// What a closed connection's reader discards at once.
+const SCRATCH: usize = 4 * 1024;
 /// Reads a connection gets per turn of the loop before the others have theirs.
 const READS_PER_TURN: usize = 16;
 
@@ -487,6 +494,12 @@ struct Runner<H> {
     shared: Arc<Shared>,
     handler: H,
     write_timeout: Duration,
+    /// [`IoConfig`]'s read sizes.
+    read_size: usize,
+    max_read_size: usize,
+    /// What the last read that emptied a connection's buffer had buffered: the size
+    /// of the last run of messages.
+    read_hint: usize,
     slots: Vec<Option<Slot>>,
     free: Vec<usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
@@ -813,9 +826,51 @@ impl<H: Handler> Runner<H> {
                 s.read_more = false;
                 return Ok(true);
             }
-            let n = match (&s.io).read(&mut self.scratch) {
-                Ok(0) => return Ok(false),
-                Ok(n) => n,
+            let want = if s.conn.input_buffer().is_empty() {
+                // Between messages: room for as much as the last run of messages
+                // brought (one read for a large message), but no large buffer for a
+                // run of small ones.
+                self.read_hint
+                    .saturating_add(self.read_size)
+                    .min(self.max_read_size)
+            } else {
+                // Within a frame: the read that completes it comes back short.
+                let wanted = s.conn.input_wanted().saturating_add(self.read_size);
+                wanted.min(self.max_read_size)
+            };
+            let buf = s.conn.input_buffer();
+            if buf.capacity() == 0 {
+                // Idle until now: lend the loop's buffer for this read.
+                std::mem::swap(buf, &mut self.spare);
+            }
+            let read = crate::recv::recv_into(&s.io, buf, want);
+            let mut run = 0;
+            if let Ok((n, _)) = read {
+                if n > 0 {
+                    reads += 1;
+                    run = s.conn.input_buffer().len();
+                    if s.conn.tracks_input_time() {
+                        s.conn.input_received(now);
+                    }
+                    self.handle_events(i, s, now);
+                }
+            }
+            // Every complete frame is handled: give the buffer back unless a partial
+            // frame is left in it.
+            let buf = s.conn.input_buffer();
+            if buf.is_empty() {
+                if run > 0 {
+                    self.read_hint = run;
+                }
+                if self.spare.capacity() == 0 {
+                    std::mem::swap(buf, &mut self.spare);
+                } else {
+                    *buf = BytesMut::new();
+                }
+            }
+            let filled = match read {
+                Ok((0, _)) => return Ok(false),
+                Ok((_, filled)) => filled,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     s.read_more = false;
                     return Ok(true);
@@ -823,32 +878,11 @@ impl<H: Handler> Runner<H> {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             };
-            reads += 1;
-            let buf = s.conn.input_buffer();
-            if buf.capacity() == 0 {
-                // Idle until now: lend the loop's buffer for this read.
-                std::mem::swap(buf, &mut self.spare);
-            }
-            buf.extend_from_slice(&self.scratch[..n]);
-            if s.conn.tracks_input_time() {
-                s.conn.input_received(now);
-            }
-            self.handle_events(i, s, now);
-            // Every complete frame is handled: give the buffer back unless a partial
-            // frame is left in it.
-            let buf = s.conn.input_buffer();
-            if buf.is_empty() {
-                if self.spare.capacity() == 0 {
-                    std::mem::swap(buf, &mut self.spare);
-                } else {
-                    *buf = BytesMut::new();
-                }
-            }
             if s.conn.state() == State::Closed || s.paused {
                 // Paused: `read_more` kept, the rest is read once resumed.
                 return Ok(true);
             }
-            if n < self.scratch.len() {
+            if !filled {
                 // A short read emptied the socket: on Linux a new edge comes with the
                 // next bytes (as tokio assumes too), so no `recv` that would only
                 // return `EAGAIN` — one `recv` per message instead of two.

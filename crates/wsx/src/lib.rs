@@ -42,7 +42,7 @@
 //! Features: `tls` (default) for `wss://` with rustls; `hyper` to upgrade a hyper 1
 //! request; `axum` for an axum extractor.
 
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod accept;
@@ -50,6 +50,7 @@ mod config;
 mod connect;
 mod error;
 pub mod event_loop;
+mod recv;
 mod split;
 mod stream;
 #[cfg(feature = "tls")]

@@ -163,6 +163,7 @@ async fn a_peer_that_does_not_read_is_not_read_either() {
     let echo = Echo::default();
     let mut io = IoConfig::default();
     io.write_buffer_size = 64 * 1024;
+    io.max_read_size = 64 * 1024;
     let ev = EventLoop::start(io, echo.clone()).unwrap();
     let port = serve(ev.handle(), ServerConfig::default()).await;
     let (ws, _) = wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
