@@ -1,5 +1,7 @@
 //! The connection state machine: bytes and time in, events and bytes out.
 
+use std::cell::RefCell;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -36,13 +38,56 @@ pub enum State {
     Closed,
 }
 
+/// One copy of the settings for the connections made with equal ones: the last
+/// settings a connection was made with on this thread are kept and shared (a server
+/// makes all of its connections with the same), so a connection holds a pointer
+/// instead of its own 112 bytes.
+fn shared_config(cfg: Config) -> Arc<Config> {
+    thread_local! {
+        static LAST: RefCell<Option<Arc<Config>>> = const { RefCell::new(None) };
+    }
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        match &*last {
+            Some(shared) if **shared == cfg => shared.clone(),
+            _ => {
+                let shared = Arc::new(cfg);
+                *last = Some(shared.clone());
+                shared
+            }
+        }
+    })
+}
+
 /// A message being reassembled.
 #[derive(Debug)]
 struct InMessage {
     kind: DataKind,
-    compressed: bool,
-    plain: BytesMut,
-    inflated: Vec<u8>,
+    body: Body,
+}
+
+/// What a message being reassembled has so far.
+#[derive(Debug)]
+enum Body {
+    /// Its payload as received.
+    Plain(BytesMut),
+    /// Compressed (RSV1): its payload inflated.
+    Inflated(Vec<u8>),
+}
+
+impl InMessage {
+    fn new(kind: DataKind, compressed: bool) -> InMessage {
+        let body = if compressed {
+            Body::Inflated(Vec::new())
+        } else {
+            Body::Plain(BytesMut::new())
+        };
+        InMessage { kind, body }
+    }
+
+    fn compressed(&self) -> bool {
+        matches!(self.body, Body::Inflated(_))
+    }
 }
 
 /// A WebSocket connection after the handshake, with no I/O of its own.
@@ -69,7 +114,8 @@ struct InMessage {
 #[derive(Debug)]
 pub struct Connection {
     role: Role,
-    cfg: Config,
+    /// Shared by the connections made with equal settings ([`shared_config`]).
+    cfg: Arc<Config>,
     input: Deframer,
     output: OutBuffer,
     utf8: Utf8Validator,
@@ -82,7 +128,8 @@ pub struct Connection {
     sent_close: bool,
     recv_close: bool,
     closed: bool,
-    pending_error: Option<Error>,
+    /// A timeout that closed the connection, returned by the next `poll_event`.
+    pending_timeout: Option<TimeoutKind>,
     /// The latest time passed in.
     now: Instant,
     last_recv: Instant,
@@ -97,7 +144,7 @@ impl Connection {
     pub fn new(role: Role, cfg: Config, now: Instant) -> Connection {
         Connection {
             role,
-            cfg,
+            cfg: shared_config(cfg),
             input: Deframer::default(),
             output: OutBuffer::default(),
             utf8: Utf8Validator::new(),
@@ -108,7 +155,7 @@ impl Connection {
             sent_close: false,
             recv_close: false,
             closed: false,
-            pending_error: None,
+            pending_timeout: None,
             now,
             last_recv: now,
             last_ping: None,
@@ -201,8 +248,8 @@ impl Connection {
     /// An `Err` is returned once, for a protocol violation, a limit, or a timeout; the
     /// matching close frame is already queued and the state is [`State::Closed`].
     pub fn poll_event(&mut self) -> Result<Option<Event>, Error> {
-        if let Some(e) = self.pending_error.take() {
-            return Err(e);
+        if let Some(kind) = self.pending_timeout.take() {
+            return Err(Error::Timeout(kind));
         }
         if !self.wants_input() {
             return Ok(None);
@@ -265,7 +312,7 @@ impl Connection {
         if self.cfg.frame_mode {
             let first = h.opcode != OpCode::Continuation;
             let (kind, compressed) = match (&self.msg, h.opcode) {
-                (Some(m), _) => (m.kind, m.compressed),
+                (Some(m), _) => (m.kind, m.compressed()),
                 (None, op) => (kind_of(op), h.rsv1),
             };
             let data = if compressed {
@@ -284,12 +331,7 @@ impl Connection {
                 self.finish_text(kind)?;
                 self.msg = None;
             } else if first {
-                self.msg = Some(InMessage {
-                    kind,
-                    compressed,
-                    plain: BytesMut::new(),
-                    inflated: Vec::new(),
-                });
+                self.msg = Some(InMessage::new(kind, compressed));
             }
             return Ok(Some(Event::Frame(DataFrame {
                 kind,
@@ -305,36 +347,30 @@ impl Connection {
                 self.finish_text(kind)?;
                 return Ok(Some(Event::Message(data_message(kind, payload.freeze()))));
             }
-            None => InMessage {
-                kind: kind_of(h.opcode),
-                compressed: h.rsv1,
-                plain: BytesMut::new(),
-                inflated: Vec::new(),
-            },
+            None => InMessage::new(kind_of(h.opcode), h.rsv1),
             Some(m) => m,
         };
-        if m.compressed {
-            let before = m.inflated.len();
-            self.inflate(&payload, h.fin, &mut m.inflated, limit)?;
-            if m.kind == DataKind::Text {
-                self.utf8
-                    .feed(&m.inflated[before..])
-                    .map_err(|_| ProtocolError::InvalidUtf8)?;
+        match &mut m.body {
+            Body::Inflated(inflated) => {
+                let before = inflated.len();
+                self.inflate(&payload, h.fin, inflated, limit)?;
+                if m.kind == DataKind::Text {
+                    self.utf8
+                        .feed(&inflated[before..])
+                        .map_err(|_| ProtocolError::InvalidUtf8)?;
+                }
             }
-        } else if m.plain.is_empty() {
-            m.plain = payload;
-        } else {
-            m.plain.extend_from_slice(&payload);
+            Body::Plain(plain) if plain.is_empty() => *plain = payload,
+            Body::Plain(plain) => plain.extend_from_slice(&payload),
         }
         if !h.fin {
             self.msg = Some(m);
             return Ok(None);
         }
         self.finish_text(m.kind)?;
-        let data = if m.compressed {
-            Bytes::from(m.inflated)
-        } else {
-            m.plain.freeze()
+        let data = match m.body {
+            Body::Inflated(inflated) => Bytes::from(inflated),
+            Body::Plain(plain) => plain.freeze(),
         };
         Ok(Some(Event::Message(data_message(m.kind, data))))
     }
@@ -382,6 +418,12 @@ impl Connection {
         self.close_deadline = None;
         self.pong_deadline = None;
         err
+    }
+
+    /// Fail the connection for a timeout, reported by the next `poll_event`.
+    fn time_out(&mut self, kind: TimeoutKind) {
+        self.fail(Error::Timeout(kind));
+        self.pending_timeout = Some(kind);
     }
 
     // ---------------------------------------------------------------- output
@@ -637,14 +679,12 @@ impl Connection {
         }
         if self.sent_close {
             if self.close_deadline.is_some_and(|d| now >= d) {
-                let err = self.fail(Error::Timeout(TimeoutKind::Close));
-                self.pending_error = Some(err);
+                self.time_out(TimeoutKind::Close);
             }
             return;
         }
         if self.pong_deadline.is_some_and(|d| now >= d) {
-            let err = self.fail(Error::Timeout(TimeoutKind::Keepalive));
-            self.pending_error = Some(err);
+            self.time_out(TimeoutKind::Keepalive);
             return;
         }
         if self
@@ -652,8 +692,7 @@ impl Connection {
             .idle_timeout
             .is_some_and(|t| now >= self.last_recv + t)
         {
-            let err = self.fail(Error::Timeout(TimeoutKind::Idle));
-            self.pending_error = Some(err);
+            self.time_out(TimeoutKind::Idle);
             return;
         }
         if let Some(iv) = self.cfg.ping_interval {
@@ -716,9 +755,13 @@ fn check_header(
         (OpCode::Continuation, None) => Err(ProtocolError::UnexpectedContinuation.into()),
         (OpCode::Text | OpCode::Binary, Some(_)) => Err(ProtocolError::ExpectedContinuation.into()),
         (OpCode::Continuation, Some(m)) => {
-            let so_far = m.plain.len() as u64;
+            let so_far = match &m.body {
+                Body::Plain(plain) => plain.len() as u64,
+                // Its inflated size is checked as it inflates.
+                Body::Inflated(_) => 0,
+            };
             if !cfg.frame_mode
-                && !m.compressed
+                && !m.compressed()
                 && so_far + h.payload_len > cfg.max_message_size as u64
             {
                 return Err(CapacityError {
@@ -728,7 +771,7 @@ fn check_header(
                 }
                 .into());
             }
-            Ok(m.kind == DataKind::Text && !m.compressed)
+            Ok(m.kind == DataKind::Text && !m.compressed())
         }
         (OpCode::Text | OpCode::Binary, None) => {
             if !cfg.frame_mode && !h.rsv1 && h.payload_len > cfg.max_message_size as u64 {
@@ -742,5 +785,32 @@ fn check_header(
             Ok(h.opcode == OpCode::Text && !h.rsv1)
         }
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_made_with_equal_settings_share_one_copy() {
+        let now = Instant::now();
+        let a = Connection::new(Role::Server, Config::default(), now);
+        let b = Connection::new(Role::Server, Config::default(), now);
+        assert!(
+            std::ptr::eq(a.config(), b.config()),
+            "equal settings, one copy"
+        );
+        let other = Config {
+            max_message_size: 1234,
+            ..Config::default()
+        };
+        let c = Connection::new(Role::Server, other.clone(), now);
+        assert!(
+            !std::ptr::eq(a.config(), c.config()),
+            "other settings, their own"
+        );
+        assert_eq!(c.config(), &other);
+        assert_eq!(a.config(), &Config::default(), "the first kept its own");
     }
 }

@@ -1,5 +1,7 @@
 //! Who a connection is.
 
+use std::borrow::Cow;
+
 /// A connection's id, unique within the hub.
 pub type ClientId = u64;
 
@@ -16,9 +18,10 @@ pub struct ClientInfo {
     /// Free-form connection info the client gave at `connect` (a nickname, say).
     pub info: String,
     /// The protocol it speaks: the front-end's name (`native`, `stomp`, `socketio`).
-    pub protocol: String,
+    /// A front-end's fixed name is borrowed: nothing allocated per connection.
+    pub protocol: Cow<'static, str>,
     /// How it reached the server, where the front-end knows and it cannot change
     /// (`websocket`, `sse`, `polling`, `tcp`, a SockJS transport such as
     /// `sockjs/xhr-streaming`); "" otherwise.
-    pub transport: String,
+    pub transport: Cow<'static, str>,
 }

@@ -64,9 +64,9 @@ impl Sampler {
         let rate = |a: u64, b: u64| (a.saturating_sub(b) as f64 / secs * 10.0).round() / 10.0;
         let b = &self.before;
         let clients = hub.clients();
-        let mut by: Vec<((String, String), usize)> = Vec::new();
+        let mut by: Vec<((&str, &str), usize)> = Vec::new();
         for c in &clients {
-            let key = (c.protocol.clone(), c.transport.clone());
+            let key = (&*c.protocol, &*c.transport);
             match by.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, n)) => *n += 1,
                 None => by.push((key, 1)),

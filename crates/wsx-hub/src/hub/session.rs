@@ -4,6 +4,7 @@
 //! [`HubSession`], encodes what [`HubSession::poll_delivery`] yields, and maps
 //! [`HubError`] onto its own errors; the rules below live here once.
 
+use std::borrow::Cow;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -78,7 +79,7 @@ impl HubSession {
         let info = Arc::new(ClientInfo {
             client,
             user,
-            protocol: frontend_name.to_string(),
+            protocol: frontend_name.into(),
             ..ClientInfo::default()
         });
         hub.register(info.clone(), queue.clone());
@@ -145,10 +146,10 @@ impl HubSession {
 
     /// Record how this connection reached the server (presence shows it): a
     /// transport that cannot change for the session's life. Before `connect`.
-    pub fn set_transport(&mut self, transport: &str) {
+    pub fn set_transport(&mut self, transport: impl Into<Cow<'static, str>>) {
         if !self.connected {
             self.set_info(ClientInfo {
-                transport: transport.to_string(),
+                transport: transport.into(),
                 ..ClientInfo::clone(&self.info)
             });
         }

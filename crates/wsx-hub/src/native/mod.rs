@@ -10,6 +10,7 @@ mod on_loop;
 
 pub use on_loop::{NativeLoops, OnLoop};
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
@@ -184,9 +185,9 @@ pub fn sockjs_router(gate: &Gate, cfg: crate::sockjs::SockJsConfig) -> Router {
         cfg,
         Arc::new(move |s| {
             Session::new(hub.clone(), String::new())
-                .via(&match s.transport {
-                    t @ ("sse" | "polling") => t.to_string(),
-                    t => format!("sockjs/{t}"),
+                .via(match s.transport {
+                    t @ ("sse" | "polling") => Cow::Borrowed(t),
+                    t => Cow::Owned(format!("sockjs/{t}")),
                 })
                 .run_messages(s)
                 .boxed()
@@ -237,7 +238,7 @@ impl Session {
         hub: Arc<Hub>,
         user: &str,
         name: &str,
-        via: &str,
+        via: &'static str,
         channels: &[&str],
     ) -> Result<Session, HubError> {
         let mut s = Session::new(hub, String::new()).via(via);
@@ -251,7 +252,7 @@ impl Session {
 
     /// Record how the client reached the server (presence shows it): `websocket`,
     /// `sse`, `polling`, `sockjs/<transport>`.
-    pub fn via(mut self, transport: &str) -> Session {
+    pub fn via(mut self, transport: impl Into<Cow<'static, str>>) -> Session {
         self.hub.set_transport(transport);
         self
     }

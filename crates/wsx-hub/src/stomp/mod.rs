@@ -101,7 +101,11 @@ async fn endpoint(
 }
 
 /// A STOMP session for a new connection, starting its CONNECT deadline now.
-fn new_session(hub: Arc<crate::Hub>, cfg: Arc<StompConfig>, transport: &str) -> StompSession {
+fn new_session(
+    hub: Arc<crate::Hub>,
+    cfg: Arc<StompConfig>,
+    transport: &'static str,
+) -> StompSession {
     let mut session = HubSession::new(hub, FRONTEND, String::new());
     session.set_transport(transport);
     StompSession::new(session, cfg, Instant::now())
