@@ -44,10 +44,10 @@ pub enum Verdict {
     Abusive,
 }
 
-/// One connection's bucket.
+/// One connection's bucket (its rate is the hub's, passed to [`take`](Self::take): not
+/// copied into every connection).
 #[derive(Debug, Clone)]
 pub struct Bucket {
-    rate: CommandRate,
     tokens: f64,
     at: Instant,
     refused: u32,
@@ -55,18 +55,16 @@ pub struct Bucket {
 
 impl Bucket {
     /// A full bucket.
-    pub fn new(rate: CommandRate) -> Bucket {
+    pub fn new(rate: &CommandRate) -> Bucket {
         Bucket {
-            rate,
             tokens: rate.burst,
             at: Instant::now(),
             refused: 0,
         }
     }
 
-    /// Take a token for one command at `now`.
-    pub fn take(&mut self, now: Instant) -> Verdict {
-        let r = self.rate;
+    /// Take a token for one command at `now`, at `r` (the rate the bucket was made with).
+    pub fn take(&mut self, r: &CommandRate, now: Instant) -> Verdict {
         self.tokens = (self.tokens
             + now.saturating_duration_since(self.at).as_secs_f64() * r.per_second)
             .min(r.burst);
@@ -101,23 +99,26 @@ mod tests {
             max_refused: 3,
         };
         let t0 = Instant::now();
-        let mut b = Bucket::new(rate);
+        let mut b = Bucket::new(&rate);
         for _ in 0..5 {
-            assert_eq!(b.take(t0), Verdict::Allowed);
+            assert_eq!(b.take(&rate, t0), Verdict::Allowed);
         }
-        assert!(matches!(b.take(t0), Verdict::Refused { .. }));
+        assert!(matches!(b.take(&rate, t0), Verdict::Refused { .. }));
         // 100 ms later one token is back.
-        assert_eq!(b.take(t0 + Duration::from_millis(100)), Verdict::Allowed);
+        assert_eq!(
+            b.take(&rate, t0 + Duration::from_millis(100)),
+            Verdict::Allowed
+        );
         let t1 = t0 + Duration::from_millis(100);
-        assert!(matches!(b.take(t1), Verdict::Refused { .. }));
-        assert!(matches!(b.take(t1), Verdict::Refused { .. }));
-        assert_eq!(b.take(t1), Verdict::Abusive);
+        assert!(matches!(b.take(&rate, t1), Verdict::Refused { .. }));
+        assert!(matches!(b.take(&rate, t1), Verdict::Refused { .. }));
+        assert_eq!(b.take(&rate, t1), Verdict::Abusive);
         // A second idle refills it: the count starts over.
         let t2 = t1 + Duration::from_secs(1);
-        assert_eq!(b.take(t2), Verdict::Allowed);
+        assert_eq!(b.take(&rate, t2), Verdict::Allowed);
         for _ in 0..4 {
-            b.take(t2);
+            b.take(&rate, t2);
         }
-        assert!(matches!(b.take(t2), Verdict::Refused { .. }));
+        assert!(matches!(b.take(&rate, t2), Verdict::Refused { .. }));
     }
 }

@@ -224,7 +224,7 @@ impl Session {
     /// for nobody; a connection token's subject takes its place).
     pub fn new(hub: Arc<Hub>, user: String) -> Session {
         Session {
-            rate: Bucket::new(hub.config().commands),
+            rate: Bucket::new(&hub.config().commands),
             hub: HubSession::new(hub, FRONTEND, user),
             bad_commands: 0,
         }
@@ -272,7 +272,8 @@ impl Session {
         if !self.hub.is_connected() && !matches!(command, Command::Connect(_)) {
             return Outcome::Close(close::NOT_CONNECTED, "connect first");
         }
-        match self.rate.take(std::time::Instant::now()) {
+        let rate = &self.hub.hub().config().commands;
+        match self.rate.take(rate, std::time::Instant::now()) {
             Verdict::Allowed => {}
             Verdict::Refused { .. } => {
                 return Outcome::Reply(codec::error_reply(

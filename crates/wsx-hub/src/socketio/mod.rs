@@ -793,7 +793,7 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
     let mut pending: Option<(Packet, Vec<Bytes>)> = None;
     let deadline = tokio::time::Instant::now() + io.cfg.connect_timeout;
     let mut ever_connected = false;
-    let mut rate = Bucket::new(io.hub.config().commands);
+    let mut rate = Bucket::new(&io.hub.config().commands);
     loop {
         let msg = if ever_connected {
             eio.recv().await
@@ -891,7 +891,7 @@ async fn run_connection(io: Arc<IoInner>, mut eio: EngineSocket) {
                 // Events per second per connection (`HubConfig::commands`): over the
                 // rate an event is refused (its ack, if asked for, says so); far over
                 // it, the client is disconnected from every namespace.
-                match rate.take(std::time::Instant::now()) {
+                match rate.take(&io.hub.config().commands, std::time::Instant::now()) {
                     Verdict::Allowed => {}
                     Verdict::Refused { .. } => {
                         debug!(sid = handle.sid(), "event over the rate refused");

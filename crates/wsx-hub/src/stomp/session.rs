@@ -460,7 +460,7 @@ impl StompSession {
     /// chosen, if any (its version must then be among `CONNECT`'s).
     pub fn new(hub: HubSession, cfg: Arc<StompConfig>, now: Instant) -> StompSession {
         StompSession {
-            rate: Bucket::new(hub.hub().config().commands),
+            rate: Bucket::new(&hub.hub().config().commands),
             decoder: Decoder::new(cfg.limits),
             connect_deadline: now + cfg.connect_timeout,
             hub,
@@ -631,7 +631,8 @@ impl StompSession {
             // Over the rate a frame is held back until it fits (the connection is not
             // read meanwhile, so TCP slows the client); far over it, the connection ends.
             loop {
-                match self.rate.take(std::time::Instant::now()) {
+                let rate = &self.hub.hub().config().commands;
+                match self.rate.take(rate, std::time::Instant::now()) {
                     Verdict::Allowed => break,
                     Verdict::Refused { wait } => tokio::time::sleep(wait).await,
                     Verdict::Abusive => {
