@@ -26,7 +26,8 @@ async fn main() -> std::io::Result<()> {
             "wsx-loop" => {
                 let handle = event_loop.as_ref().map(|l| l.handle());
                 tokio::spawn(async move {
-                    if let (Ok((ws, _)), Some(h)) = (wsx::accept(tcp, &wsx_config()).await, handle) {
+                    if let (Ok((ws, _)), Some(h)) = (wsx::accept(tcp, &wsx_config()).await, handle)
+                    {
                         let _ = h.adopt_websocket(ws);
                     }
                 })

@@ -5,7 +5,7 @@
 //!
 //! fanout WSX_BIN [--subscribers N] [--seconds S] [--rates 10,50,100,...] [--floor]
 //!        [--protocol native|stomp|socketio|socketio-polling] [--publisher api|stomp]
-//!        [--stomp-broker WS_URL] [--socketio-server node] [--uws-pubsub PATH]
+//!        [--stomp-broker WS_URL] [--socketio-server node] [--uws-pubsub PATH] [--floor-uring]
 //!
 //! `--protocol sse` / `poll`: native-protocol subscribers over server-sent events
 //! (`/connection/sse`, read as an HTTP/1.0 close-delimited stream) or long-polling
@@ -41,6 +41,9 @@
 //! that holds N plain TCP connections and writes each pre-built push frame to all of
 //! them in a loop, one `write` per connection: what one core's kernel costs for the
 //! same fan-out, with no WebSocket server at all. The subscribers read it the same way.
+//! `--floor-uring`: the same floor with its sends batched through io_uring (a
+//! submission per 4,096 connections instead of a `write` each): what the syscalls
+//! themselves cost of the floor.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -182,8 +185,9 @@ async fn stomp_publish(ws: &mut wsx::WebSocket<TcpStream>, k: usize, seq: usize)
 }
 
 /// The floor's sender: accept `n` connections on `port`, then for each stdin line
-/// `K OFFSET` write one push frame to every connection and answer `ok` on stdout.
-fn floor_sender(port: u16, n: usize) {
+/// `K OFFSET` write one push frame to every connection (one `write` each, or with
+/// `uring` one io_uring submission per 4,096 sends) and answer `ok` on stdout.
+fn floor_sender(port: u16, n: usize, uring: bool) {
     use std::io::Write;
     let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind");
     eprintln!("floor: open http://127.0.0.1:{port}/");
@@ -193,6 +197,7 @@ fn floor_sender(port: u16, n: usize) {
         s.set_nodelay(true).ok();
         socks.push(s);
     }
+    let mut ring = uring.then(|| io_uring::IoUring::new(RING as u32).expect("io_uring"));
     let stdin = std::io::stdin();
     let mut out = std::io::stdout();
     for line in stdin.lock().lines() {
@@ -205,11 +210,45 @@ fn floor_sender(port: u16, n: usize) {
             format!("{{\"push\":{{\"channel\":\"fanout\",\"pub\":{{\"offset\":{off},\"data\":{{\"k\":{k}}}}}}}}}");
         let mut frame = vec![0x81, payload.len() as u8];
         frame.extend_from_slice(payload.as_bytes());
-        for s in &mut socks {
-            let _ = s.write_all(&frame);
+        match &mut ring {
+            Some(ring) => send_all_uring(ring, &socks, &frame),
+            None => {
+                for s in &mut socks {
+                    let _ = s.write_all(&frame);
+                }
+            }
         }
         let _ = writeln!(out, "ok");
         let _ = out.flush();
+    }
+}
+
+/// Submissions queued at once by the io_uring floor.
+const RING: usize = 4096;
+
+/// `frame` to every socket through io_uring: a `Send` each, submitted `RING` at a time,
+/// each batch awaited before the next.
+fn send_all_uring(ring: &mut io_uring::IoUring, socks: &[std::net::TcpStream], frame: &[u8]) {
+    use io_uring::{opcode, types};
+    use std::os::fd::AsRawFd;
+    for batch in socks.chunks(RING) {
+        for (i, s) in batch.iter().enumerate() {
+            let send =
+                opcode::Send::new(types::Fd(s.as_raw_fd()), frame.as_ptr(), frame.len() as u32)
+                    .build()
+                    .user_data(i as u64);
+            // SAFETY: `frame` and the sockets outlive the submission: it is awaited
+            // below before this function returns.
+            unsafe { ring.submission().push(&send) }.expect("room in the ring");
+        }
+        ring.submit_and_wait(batch.len()).expect("submit");
+        let short = ring
+            .completion()
+            .filter(|c| c.result() != frame.len() as i32)
+            .count();
+        if short > 0 {
+            eprintln!("floor-uring: {short} sends short or failed");
+        }
     }
 }
 
@@ -516,9 +555,15 @@ async fn main() {
     if args.get(1).map(String::as_str) == Some("--floor-sender") {
         let port = args[2].parse().expect("port");
         let n = args[3].parse().expect("count");
-        return floor_sender(port, n);
+        return floor_sender(port, n, false);
     }
-    let floor = args.iter().any(|a| a == "--floor");
+    if args.get(1).map(String::as_str) == Some("--floor-uring-sender") {
+        let port = args[2].parse().expect("port");
+        let n = args[3].parse().expect("count");
+        return floor_sender(port, n, true);
+    }
+    let uring = args.iter().any(|a| a == "--floor-uring");
+    let floor = uring || args.iter().any(|a| a == "--floor");
     let value = |name: &str| {
         args.iter()
             .position(|a| a == name)
@@ -647,7 +692,15 @@ async fn main() {
         Command::new("taskset")
             .args(["-c", "0"])
             .arg(me)
-            .args(["--floor-sender", &port.to_string(), &n.to_string()])
+            .args([
+                if uring {
+                    "--floor-uring-sender"
+                } else {
+                    "--floor-sender"
+                },
+                &port.to_string(),
+                &n.to_string(),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
