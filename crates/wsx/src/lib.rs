@@ -36,7 +36,7 @@
 //! ```
 //!
 //! For many mostly idle server connections, [`event_loop`] runs them as slots of a slab
-//! on a thread of its own (about 600 bytes each, no task per connection), with a
+//! on a thread of its own (about 500 bytes each, no task per connection), with a
 //! handler called per message.
 //!
 //! Features: `tls` (default) for `wss://` with rustls; `hyper` to upgrade a hyper 1
