@@ -51,7 +51,11 @@ macro_rules! on_tasks_and_loop {
 }
 
 async fn server(cfg: HubConfig) -> String {
-    let hub = Hub::new(with_namespaces(cfg));
+    serve_hub(Hub::new(with_namespaces(cfg))).await
+}
+
+/// Serve `hub`'s native WebSockets (on tasks or a loop, as the test runs).
+async fn serve_hub(hub: std::sync::Arc<Hub>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let loops = match MODE.try_with(|m| *m).unwrap_or(Mode::Tasks) {
@@ -759,6 +763,33 @@ async fn a_peer_that_never_reads_is_dropped_after_the_write_timeout() {
     );
 }
 
+async fn the_servers_unsubscribe_comes_after_every_publication_before_it() {
+    let hub = Hub::new(with_namespaces(HubConfig::default()));
+    let url = serve_hub(hub.clone()).await;
+    let mut c = Client::connected(&url).await;
+    c.call("subscribe", json!({"channel": "room:a"})).await;
+    let me = hub.clients()[0].client;
+    for i in 0..1000 {
+        hub.publish("room:a", wsx_hub::Payload::json(i.to_string()))
+            .await
+            .unwrap();
+    }
+    // At once: the publications may still be on their way to the connection.
+    assert_eq!(hub.unsubscribe("room:a", None, Some(me)).await, 1);
+    hub.publish("room:a", wsx_hub::Payload::json("\"after\""))
+        .await
+        .unwrap();
+    for i in 0..1000 {
+        let p = c.push().await;
+        assert_eq!(p["push"]["pub"]["data"], json!(i), "in order, all: {p}");
+    }
+    let p = c.push().await;
+    assert_eq!(p["push"]["unsubscribe"], json!({}), "then the push: {p}");
+    let r = c.call("ping", json!({})).await;
+    assert!(r["error"].is_null(), "{r}");
+    assert!(c.pushes.is_empty(), "nothing after it: {:?}", c.pushes);
+}
+
 async fn subscriptions_per_connection_are_limited() {
     let mut cfg = HubConfig::default();
     cfg.max_subscriptions = 2;
@@ -829,5 +860,6 @@ on_tasks_and_loop!(
     (flavor = "multi_thread", worker_threads = 2)
 );
 on_tasks_and_loop!(jwt_rs256_connect_tokens);
+on_tasks_and_loop!(the_servers_unsubscribe_comes_after_every_publication_before_it);
 on_tasks_and_loop!(subscriptions_per_connection_are_limited);
 on_tasks_and_loop!(connections_per_user_are_limited_and_given_back);

@@ -186,7 +186,10 @@ impl Conns<'_> {
         if slot.finish != Finish::Running {
             return None;
         }
-        self.again.push(id.0);
+        if !slot.again {
+            slot.again = true;
+            self.again.push(id.0);
+        }
         Some(Conn {
             id,
             slot,
@@ -486,6 +489,9 @@ struct Slot {
     stalled: Option<Instant>,
     /// The handler's own deadline ([`Conn::wake_at`]).
     wake_at: Option<Instant>,
+    /// In the loop's list of slots to drive again this turn (listed once however often
+    /// a notify touches it).
+    again: bool,
     _guard: Option<Box<dyn Any + Send>>,
 }
 
@@ -588,6 +594,9 @@ impl<H: Handler> Runner<H> {
             }
             std::mem::swap(&mut again, &mut self.again);
             for i in again.drain(..) {
+                if let Some(Some(s)) = self.slots.get_mut(i) {
+                    s.again = false;
+                }
                 self.drive(i, now, false);
             }
             while let Some(&Reverse((at, i))) = self.timers.peek() {
@@ -661,6 +670,7 @@ impl<H: Handler> Runner<H> {
             wake_writable: false,
             stalled: None,
             wake_at: None,
+            again: false,
             _guard: None,
         });
         if let Some(Some(s)) = self.slots.get_mut(i) {
@@ -779,7 +789,10 @@ impl<H: Handler> Runner<H> {
                 && s.conn.state() != State::Closed
             {
                 // The output drained (or the turn's reads ran out): read on next turn.
-                self.again.push(i);
+                if !s.again {
+                    s.again = true;
+                    self.again.push(i);
+                }
             }
             if s.conn.state() == State::Closed {
                 s.finish = Finish::Flushing(now + s.conn.config().close_timeout);

@@ -8,6 +8,7 @@ use crate::hub::client::ClientId;
 use crate::hub::error::HubError;
 use crate::hub::publication::{Publication, StreamPosition};
 use crate::hub::queue::{Backlog, Delivery, Disconnect, Outbound, SlowConsumer};
+use crate::hub::seats::{Seat, SeatItem, Seats};
 use crate::hub::shards::{self, lock, SHARDS};
 use crate::hub::wakes::{Wake, Wakes};
 use std::collections::HashMap;
@@ -32,6 +33,11 @@ struct Subscriber {
     /// The last publication offset queued: a remote backplane may deliver one that
     /// recovery already gave (it was on its way while history was read), never twice.
     last: u64,
+    /// The event loop its connection sits on: once live, its deliveries go through the
+    /// loop ([`seats`](crate::hub::seats)), not through this entry.
+    seat: Option<Seat>,
+    /// Its deliveries go through its loop (it has a seat and is live).
+    seated: bool,
 }
 
 impl Subscriber {
@@ -63,6 +69,53 @@ impl Subscriber {
 struct LocalChannel {
     name: Arc<str>,
     subscribers: HashMap<ClientId, Subscriber>,
+    /// Subscribers whose deliveries the broker queues itself (not seated on a loop).
+    unseated: usize,
+    /// The loops seated subscribers sit on, with how many sit on each.
+    loops: Vec<(Arc<Seats>, usize)>,
+}
+
+impl LocalChannel {
+    /// Hand `client`'s deliveries to its loop from now on (it has those up to `last`).
+    fn seat(&mut self, client: ClientId, seat: &Seat, queue: &Arc<Outbound>, last: u64) {
+        match self
+            .loops
+            .iter_mut()
+            .find(|l| Arc::ptr_eq(&l.0, &seat.seats))
+        {
+            Some(l) => l.1 += 1,
+            None => self.loops.push((seat.seats.clone(), 1)),
+        }
+        seat.seats.push(SeatItem::Seat {
+            channel: self.name.clone(),
+            slot: seat.slot,
+            client,
+            queue: queue.clone(),
+            last,
+        });
+    }
+
+    /// `sub` (`client`'s) has left: its loop stops delivering to it.
+    fn gone(&mut self, client: ClientId, sub: &Subscriber) {
+        let Some(seat) = sub.seat.as_ref().filter(|_| sub.seated) else {
+            self.unseated -= 1;
+            return;
+        };
+        if let Some(i) = self
+            .loops
+            .iter()
+            .position(|l| Arc::ptr_eq(&l.0, &seat.seats))
+        {
+            self.loops[i].1 -= 1;
+            if self.loops[i].1 == 0 {
+                self.loops.swap_remove(i);
+            }
+        }
+        seat.seats.push(SeatItem::Unseat {
+            channel: self.name.clone(),
+            client,
+        });
+    }
 }
 
 /// This node's subscribers, by channel.
@@ -76,6 +129,8 @@ pub struct Broker {
     /// Whether other loops delivering this broker's fan-outs are behind
     /// ([`Broker::watch_late`]).
     late_probes: Mutex<Vec<LateProbe>>,
+    /// The event loops seated subscribers sit on ([`Broker::seats`]).
+    seats: Mutex<Vec<std::sync::Weak<Seats>>>,
 }
 
 /// Says whether a loop delivering fan-outs is behind.
@@ -151,7 +206,29 @@ impl Broker {
             backlog: Arc::default(),
             late: LoopLate::new(),
             late_probes: Mutex::new(Vec::new()),
+            seats: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Seats for an event loop whose connections take this broker's fan-outs there
+    /// ([`seats`](crate::hub::seats)); publications waiting for it count in how far
+    /// behind this node is ([`lag`](Self::lag)).
+    pub(crate) fn seats(&self) -> Arc<Seats> {
+        let seats = Seats::new();
+        let mut all = lock(&self.seats);
+        all.retain(|s| s.strong_count() > 0);
+        all.push(Arc::downgrade(&seats));
+        seats
+    }
+
+    /// The most publications any loop has still to write.
+    fn seats_lag(&self) -> usize {
+        lock(&self.seats)
+            .iter()
+            .filter_map(|s| s.upgrade())
+            .map(|s| s.pending())
+            .max()
+            .unwrap_or(0)
     }
 
     /// Count `probe` among the loops whose lateness says this node is behind its
@@ -185,19 +262,28 @@ impl Broker {
             .or_insert_with(|| LocalChannel {
                 name: Arc::from(channel),
                 subscribers: HashMap::new(),
+                unseated: 0,
+                loops: Vec::new(),
             });
         if ch.subscribers.contains_key(&client) {
             return Err(HubError::AlreadySubscribed);
         }
         queue.count_in(&self.backlog);
-        ch.subscribers.insert(
-            client,
-            Subscriber {
-                queue,
-                held: recovering.then(Vec::new),
-                last: 0,
-            },
-        );
+        let mut sub = Subscriber {
+            seat: queue.seat(),
+            queue,
+            held: recovering.then(Vec::new),
+            last: 0,
+            seated: false,
+        };
+        match &sub.seat {
+            Some(seat) if !recovering => {
+                ch.seat(client, seat, &sub.queue, 0);
+                sub.seated = true;
+            }
+            _ => ch.unseated += 1,
+        }
+        ch.subscribers.insert(client, sub);
         Ok(ch.subscribers.len() == 1)
     }
 
@@ -206,9 +292,11 @@ impl Broker {
     pub(crate) fn remove(&self, channel: &str, client: ClientId) -> Result<bool, HubError> {
         let mut shard = self.shard(channel);
         let ch = shard.get_mut(channel).ok_or(HubError::NotSubscribed)?;
-        ch.subscribers
+        let sub = ch
+            .subscribers
             .remove(&client)
             .ok_or(HubError::NotSubscribed)?;
+        ch.gone(client, &sub);
         let empty = ch.subscribers.is_empty();
         if empty {
             shard.remove(channel);
@@ -237,7 +325,7 @@ impl Broker {
     /// run, which wait for no turn). A consumer stuck while the loop keeps up is its own
     /// problem: its queue bound drops it; it does not slow publishers.
     pub(crate) fn lag(&self) -> usize {
-        let turn = self.wakes.lag();
+        let turn = self.wakes.lag().max(self.seats_lag());
         if self.is_late() {
             turn.max(self.backlog.depth())
         } else {
@@ -286,6 +374,13 @@ impl Broker {
             if let Some(w) = sub.offer(&d)? {
                 w.wake();
             }
+        }
+        if let Some(seat) = sub.seat.clone() {
+            // Later deliveries go through its loop, behind what was just queued.
+            sub.seated = true;
+            let (queue, last) = (sub.queue.clone(), sub.last);
+            ch.seat(client, &seat, &queue, last);
+            ch.unseated -= 1;
         }
         Ok(())
     }
@@ -346,10 +441,21 @@ impl Deliver for Broker {
             },
             Event::Lost => return,
         };
+        // One item for each loop with seated subscribers: the loop writes them all.
+        for (seats, _) in &ch.loops {
+            seats.push(SeatItem::Deliver {
+                channel: ch.name.clone(),
+                delivery: d.clone(),
+                except: joiner,
+            });
+        }
+        if ch.unseated == 0 {
+            return;
+        }
         let mut slow = Vec::new();
-        let mut wakers = Vec::with_capacity(ch.subscribers.len());
+        let mut wakers = Vec::with_capacity(ch.unseated);
         for (id, s) in ch.subscribers.iter_mut() {
-            if Some(*id) == joiner {
+            if Some(*id) == joiner || s.seated {
                 continue;
             }
             match s.offer(&d) {
@@ -363,6 +469,7 @@ impl Deliver for Broker {
         }
         for id in slow {
             ch.subscribers.remove(&id);
+            ch.unseated -= 1;
         }
         if ch.subscribers.is_empty() {
             shard.remove(channel);

@@ -19,6 +19,7 @@ pub mod options;
 pub mod publication;
 pub mod queue;
 pub mod rate;
+pub(crate) mod seats;
 pub mod session;
 pub(crate) mod shards;
 pub(crate) mod wakes;
@@ -744,7 +745,7 @@ impl Hub {
         let mut n = 0;
         for (id, q) in targets {
             if self.unsubscribe_client(channel, id).await.is_ok() {
-                let _ = q.push(Delivery::Unsubscribed {
+                let _ = q.push_in_order(Delivery::Unsubscribed {
                     channel: Arc::from(channel),
                 });
                 n += 1;

@@ -9,6 +9,7 @@ use std::task::{Context, Poll, Waker};
 
 use crate::hub::client::ClientInfo;
 use crate::hub::publication::{Publication, SharedEncodings};
+use crate::hub::seats::{Seat, SeatItem};
 use crate::hub::shards::lock;
 
 /// What a connection receives from the broker: protocol-neutral; each front-end
@@ -157,6 +158,8 @@ struct State {
     waker: Option<Waker>,
     /// Where this queue's depth counts ([`Outbound::count_in`]).
     backlog: Option<Arc<Backlog>>,
+    /// The loop its connection sits on ([`Outbound::set_seat`]).
+    seat: Option<Seat>,
 }
 
 impl State {
@@ -341,6 +344,33 @@ impl Outbound {
             backlog.queues.fetch_add(1, Ordering::Relaxed);
             s.backlog = Some(backlog.clone());
             s.counted(0);
+        }
+    }
+
+    /// Seat this queue's connection on an event loop: from now on the broker hands its
+    /// subscriptions' deliveries to the loop, which writes them or queues them here
+    /// ([`seats`](crate::hub::seats)). The first seat counts.
+    pub(crate) fn set_seat(&self, seat: Seat) {
+        lock(&self.state).seat.get_or_insert(seat);
+    }
+
+    /// The loop this queue's connection sits on.
+    pub(crate) fn seat(&self) -> Option<Seat> {
+        lock(&self.state).seat.clone()
+    }
+
+    /// [`push`](Self::push) after every delivery the broker handed the connection's
+    /// loop before (for a seated connection, through the loop).
+    pub fn push_in_order(self: &Arc<Self>, d: Delivery) -> Result<(), SlowConsumer> {
+        match self.seat() {
+            Some(seat) => {
+                seat.seats.push(SeatItem::Queue {
+                    queue: self.clone(),
+                    delivery: d,
+                });
+                Ok(())
+            }
+            None => self.push(d),
         }
     }
 

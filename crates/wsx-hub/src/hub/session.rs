@@ -478,6 +478,11 @@ impl HubSession {
         }
     }
 
+    /// This connection's queue (to seat it on an event loop).
+    pub(crate) fn queue(&self) -> &Arc<Outbound> {
+        &self.queue
+    }
+
     /// The next delivery for this connection; `Err` when the server ends it (a slow
     /// consumer, a server-side disconnect); `None` after the queue closed. Keeps the
     /// session's subscriptions in step with server-side unsubscribes.

@@ -5,12 +5,14 @@
 //! A command that completes at once (most do: the broker is in memory) is answered
 //! inline; one that waits (the backplane, a paced publisher) is polled again when it
 //! wakes the connection, and the connection's input waits meanwhile (its commands stay
-//! in order). Deliveries wake the connection through its queue's waker: the loop then
-//! writes every woken subscriber in a row, each with whatever its queue holds, which
-//! is the `write()` loop of a fan-out plus the framing.
+//! in order). A fan-out reaches the loop once (`hub::seats`), which
+//! writes each subscriber's frame in a row ([`LoopSession::deliver_now`]): the
+//! `write()` loop of a fan-out plus the framing. What cannot be written at once waits
+//! in the session's queue, whose waker wakes the connection.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use wsx::event_loop::Conn;
@@ -19,7 +21,7 @@ use wsx::{CloseCode, Message};
 use super::codec::{self, close, codes};
 use super::{close_for, Outcome, ReplyError, Session};
 use crate::hub::client::ClientId;
-use crate::hub::queue::Disconnect;
+use crate::hub::queue::{Delivery, Disconnect, Outbound};
 use crate::transport::loops::{FrontLoops, LoopSession};
 
 /// The loops native WebSockets run on: [`Session::on_loop`] makes what they take.
@@ -195,5 +197,27 @@ impl LoopSession for OnLoop {
         if !self.done {
             self.part(conn, &Disconnect::Shutdown);
         }
+    }
+
+    fn queue(&self) -> Option<Arc<Outbound>> {
+        Some(self.session.as_ref()?.hub.queue().clone())
+    }
+
+    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery) -> bool {
+        if self.done {
+            // Closing: nothing more is written.
+            return true;
+        }
+        // A command under way holds the session (its answer goes first), and a full
+        // output means the peer is behind: the queue keeps it meanwhile.
+        let Some(session) = self.session.as_ref().filter(|_| !conn.is_full()) else {
+            return false;
+        };
+        let frame = Session::frame_for(d);
+        session.hub.metrics().count_out(frame.payload_len());
+        if conn.send_shared(&frame).is_err() {
+            self.done = true;
+        }
+        true
     }
 }

@@ -6,6 +6,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Instant;
 
@@ -15,7 +16,7 @@ use wsx::{CloseCode, Message};
 
 use super::session::{Output, StompSession};
 use crate::hub::client::ClientId;
-use crate::hub::queue::Disconnect;
+use crate::hub::queue::{Delivery, Disconnect, Outbound};
 use crate::transport::loops::{FrontLoops, LoopSession};
 
 /// The loops STOMP WebSockets run on: [`OnLoop::new`] makes what they take.
@@ -182,6 +183,25 @@ impl LoopSession for OnLoop {
     fn on_wake(&mut self, conn: &mut Conn<'_>) {
         self.poll_input(conn);
         self.run(conn);
+    }
+
+    fn queue(&self) -> Option<Arc<Outbound>> {
+        Some(self.session.as_ref()?.queue().clone())
+    }
+
+    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery) -> bool {
+        if self.done {
+            // Closing: nothing more is written.
+            return true;
+        }
+        // Input under way holds the session, and a full output means the peer is
+        // behind: the queue keeps it meanwhile.
+        let Some(session) = self.session.as_mut().filter(|_| !conn.is_full()) else {
+            return false;
+        };
+        session.on_delivery(d.clone(), Instant::now());
+        self.write(conn);
+        true
     }
 
     fn stop(&mut self, conn: &mut Conn<'_>) {

@@ -482,6 +482,11 @@ impl StompSession {
         &mut self.hub
     }
 
+    /// Its hub session's queue (to seat it on an event loop).
+    pub(crate) fn queue(&self) -> &std::sync::Arc<crate::hub::queue::Outbound> {
+        self.hub.queue()
+    }
+
     /// Whether `CONNECT` succeeded.
     pub fn is_connected(&self) -> bool {
         self.version.is_some()

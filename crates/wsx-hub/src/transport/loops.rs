@@ -3,8 +3,10 @@
 //!
 //! What every front-end on a loop shares lives here: handing connections to the loops
 //! in turn with their places held, telling sessions to go at shutdown and at their
-//! points of a drain (spread over its window as the gate spreads its tasks'), and
-//! counting a loop that runs late as the node being behind (its publishers paced).
+//! points of a drain (spread over its window as the gate spreads its tasks'),
+//! counting a loop that runs late as the node being behind (its publishers paced), and
+//! the loop's seats in the broker's fan-outs (`hub::seats`): a
+//! publication comes to the loop once and is written to its subscribers from here.
 
 use std::any::Any;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,6 +19,8 @@ use wsx::upgrade::UpgradedIo;
 use wsx::{CloseCode, Message, WebSocket};
 
 use crate::hub::client::ClientId;
+use crate::hub::queue::{Delivery, Outbound};
+use crate::hub::seats::{LoopTopics, Seats};
 use crate::transport::{Draining, Gate, Held};
 
 /// One connection's session on a loop: the front-end's protocol over the loop's
@@ -33,6 +37,17 @@ pub trait LoopSession: Send + 'static {
     fn on_wake(&mut self, conn: &mut Conn<'_>);
     /// Shutdown or a drain's departure: tell the client to reconnect and close.
     fn stop(&mut self, conn: &mut Conn<'_>);
+    /// Its queue, to seat it on the loop at open: the broker's fan-outs to it then go
+    /// through the loop (`hub::seats`). `None`: not seated.
+    fn queue(&self) -> Option<Arc<Outbound>> {
+        None
+    }
+    /// A delivery of a fan-out, its queue empty: write it now if it can (`false`: it is
+    /// queued and comes through the queue's waker).
+    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery) -> bool {
+        let _ = (conn, d);
+        false
+    }
 }
 
 // A session whose connection is gone is dropped, a command still under way with it:
@@ -69,14 +84,19 @@ impl<S: LoopSession> FrontLoops<S> {
         let mut loops = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
             let (tell, ctl) = mpsc::channel();
+            let seats = gate.hub().broker().seats();
             let handler = Sessions::<S> {
                 conns: Vec::new(),
                 ctl,
                 tell: tell.clone(),
                 gate: gate.clone(),
+                seats: seats.clone(),
+                topics: LoopTopics::default(),
             };
             let ev = EventLoop::start_with(cfg.clone(), handler)?;
             let handle = ev.handle();
+            let notify = handle.clone();
+            seats.on_push(move || notify.notify());
             // A loop writing a fan-out for longer than a turn should take is behind:
             // publishers are then paced by the subscribers' queues.
             let probe = handle.clone();
@@ -157,6 +177,10 @@ struct Sessions<S> {
     ctl: mpsc::Receiver<Ctl>,
     tell: mpsc::Sender<Ctl>,
     gate: Gate,
+    /// The broker's fan-outs to this loop's connections.
+    seats: Arc<Seats>,
+    /// Who subscribes to what on this loop.
+    topics: LoopTopics,
 }
 
 impl<S: LoopSession> Sessions<S> {
@@ -203,6 +227,9 @@ impl<S: LoopSession> Handler for Sessions<S> {
             self.conns.resize_with(id + 1, || None);
         }
         session.on_open(conn);
+        if let Some(q) = session.queue() {
+            q.set_seat(self.seats.seat(id));
+        }
         self.conns[id] = Some(session);
         Some(adopted.places)
     }
@@ -239,6 +266,17 @@ impl<S: LoopSession> Handler for Sessions<S> {
                 Ctl::Drain(d) => self.plan_drain(conns, d),
             }
         }
+        let sessions = &mut self.conns;
+        self.seats.take(&mut self.topics, |m, d| {
+            match sessions.get_mut(m.slot).and_then(Option::as_mut) {
+                Some(s) if s.client() == m.client => match conns.get(ConnId(m.slot)) {
+                    Some(mut conn) => s.deliver_now(&mut conn, d),
+                    None => true,
+                },
+                // Gone (its slot may be another's by now): nothing to write.
+                _ => true,
+            }
+        });
     }
 
     fn on_close(&mut self, id: ConnId) {

@@ -1,0 +1,468 @@
+//! A fan-out handed to each event loop once: the loop's seats in the broker.
+//!
+//! A connection on a [`wsx::event_loop`] is *seated* there: its queue knows its loop
+//! and slot ([`Outbound::set_seat`]). The broker then keeps, for each channel, the loops
+//! its live subscribers sit on, and a publication costs the broker one item per loop
+//! ([`Seats::push`]) instead of a queue push and a wake-up per subscriber. The loop
+//! keeps its own list of each channel's subscribers ([`LoopTopics`]) and writes the
+//! publication to each of them in a row from its thread: straight into the
+//! connection's output when its queue is empty and its output has room (what uWebSockets'
+//! topics do), into its queue (behind what waits there, in order) otherwise.
+//!
+//! Order: everything the broker says about a seated subscriber (seated, unseated,
+//! deliveries, and a push that must follow them, such as the server's `unsubscribe`)
+//! goes through the one list in the order the broker said it, under the channel's lock;
+//! what its queue already holds is written first (a delivery goes behind it).
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+
+use crate::hub::client::ClientId;
+use crate::hub::queue::{Delivery, Outbound};
+use crate::hub::shards::lock;
+
+/// One event loop's share of the broker's fan-outs: what the broker told it, in order,
+/// until the loop takes it.
+#[derive(Default)]
+pub struct Seats {
+    items: Mutex<Vec<SeatItem>>,
+    /// Deliveries in `items`, not yet written or queued: how far behind the loop is.
+    pending: AtomicUsize,
+    /// Wakes the loop (set once it runs).
+    notify: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// Where a connection sits: its loop's seats and its slot there.
+#[derive(Clone)]
+pub struct Seat {
+    pub(crate) seats: Arc<Seats>,
+    pub(crate) slot: usize,
+}
+
+impl std::fmt::Debug for Seat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Seat").field("slot", &self.slot).finish()
+    }
+}
+
+/// What the broker tells a loop.
+pub(crate) enum SeatItem {
+    /// `client` (at `slot`, with `queue`) subscribed to `channel`; publications up to
+    /// offset `last` it already has.
+    Seat {
+        channel: Arc<str>,
+        slot: usize,
+        client: ClientId,
+        queue: Arc<Outbound>,
+        last: u64,
+    },
+    /// `client` left `channel`.
+    Unseat { channel: Arc<str>, client: ClientId },
+    /// To every subscriber of `channel` on the loop, but `except`.
+    Deliver {
+        channel: Arc<str>,
+        delivery: Delivery,
+        except: Option<ClientId>,
+    },
+    /// Into `queue`, after what was said before.
+    Queue {
+        queue: Arc<Outbound>,
+        delivery: Delivery,
+    },
+}
+
+impl Seats {
+    /// Seats for a loop; [`on_push`](Self::on_push) says how to wake it.
+    pub fn new() -> Arc<Seats> {
+        Arc::default()
+    }
+
+    /// Call `notify` (it wakes the loop) when an item arrives and the loop has taken
+    /// everything before it. The first call counts.
+    pub fn on_push(&self, notify: impl Fn() + Send + Sync + 'static) {
+        let _ = self.notify.set(Box::new(notify));
+    }
+
+    /// A seat at `slot`.
+    pub fn seat(self: &Arc<Self>, slot: usize) -> Seat {
+        Seat {
+            seats: self.clone(),
+            slot,
+        }
+    }
+
+    pub(crate) fn push(&self, item: SeatItem) {
+        let mut items = lock(&self.items);
+        let first = items.is_empty();
+        if matches!(item, SeatItem::Deliver { .. }) {
+            self.pending.fetch_add(1, Ordering::Relaxed);
+        }
+        items.push(item);
+        drop(items);
+        if first {
+            if let Some(notify) = self.notify.get() {
+                notify();
+            }
+        }
+    }
+
+    /// Deliveries told and not yet written or queued.
+    pub(crate) fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    /// Apply what the broker told, in order: keep `topics`, and hand each delivery to
+    /// `write` for each subscriber (`false`: it could not be written now; it is queued).
+    pub fn take(&self, topics: &mut LoopTopics, mut write: impl FnMut(&Member, &Delivery) -> bool) {
+        let items = std::mem::take(&mut *lock(&self.items));
+        for item in items {
+            match item {
+                SeatItem::Seat {
+                    channel,
+                    slot,
+                    client,
+                    queue,
+                    last,
+                } => topics.seat(
+                    channel,
+                    Member {
+                        slot,
+                        client,
+                        queue,
+                        last,
+                    },
+                ),
+                SeatItem::Unseat { channel, client } => topics.unseat(&channel, client),
+                SeatItem::Deliver {
+                    channel,
+                    delivery,
+                    except,
+                } => {
+                    topics.deliver(&channel, &delivery, except, &mut write);
+                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                }
+                SeatItem::Queue { queue, delivery } => {
+                    // Overflowing marks the consumer slow; its session sees it.
+                    let _ = queue.push(delivery);
+                }
+            }
+        }
+    }
+}
+
+/// A subscriber seated on a loop.
+pub struct Member {
+    /// Its slot on the loop.
+    pub slot: usize,
+    /// Its client id (a slot is reused by later connections).
+    pub client: ClientId,
+    /// Its queue: what cannot be written at once waits there.
+    pub queue: Arc<Outbound>,
+    /// The last publication offset it was given.
+    last: u64,
+}
+
+/// The subscribers seated on one loop, by channel (kept by the loop's thread).
+#[derive(Default)]
+pub struct LoopTopics {
+    channels: HashMap<Arc<str>, Members>,
+}
+
+#[derive(Default)]
+struct Members {
+    list: Vec<Member>,
+    /// Where each client is in `list`.
+    at: HashMap<ClientId, usize>,
+}
+
+impl LoopTopics {
+    fn seat(&mut self, channel: Arc<str>, m: Member) {
+        let ms = self.channels.entry(channel).or_default();
+        if let Some(&i) = ms.at.get(&m.client) {
+            ms.list[i] = m;
+        } else {
+            ms.at.insert(m.client, ms.list.len());
+            ms.list.push(m);
+        }
+    }
+
+    fn unseat(&mut self, channel: &str, client: ClientId) {
+        let Some(ms) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let Some(i) = ms.at.remove(&client) else {
+            return;
+        };
+        ms.list.swap_remove(i);
+        if let Some(moved) = ms.list.get(i) {
+            ms.at.insert(moved.client, i);
+        }
+        if ms.list.is_empty() {
+            self.channels.remove(channel);
+        }
+    }
+
+    fn deliver(
+        &mut self,
+        channel: &str,
+        d: &Delivery,
+        except: Option<ClientId>,
+        write: &mut impl FnMut(&Member, &Delivery) -> bool,
+    ) {
+        let Some(ms) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let offset = match d {
+            Delivery::Publication { publication, .. } => Some(publication.offset),
+            _ => None,
+        };
+        for m in ms.list.iter_mut() {
+            if Some(m.client) == except {
+                continue;
+            }
+            if let Some(offset) = offset {
+                // One that recovery already gave (a remote backplane's, on its way
+                // while history was read): never twice.
+                if offset <= m.last {
+                    continue;
+                }
+                m.last = offset;
+            }
+            if !(m.queue.is_empty() && write(m, d)) {
+                let _ = m.queue.push(d.clone());
+            }
+        }
+    }
+
+    /// Subscribers seated on `channel` (tests).
+    #[cfg(test)]
+    pub(crate) fn seated(&self, channel: &str) -> Vec<ClientId> {
+        let mut v: Vec<_> = self
+            .channels
+            .get(channel)
+            .map(|ms| ms.list.iter().map(|m| m.client).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::hub::backplane::{Deliver, Event};
+    use crate::hub::broker::Broker;
+    use crate::hub::client::ClientInfo;
+    use crate::hub::publication::{Payload, Publication};
+    use crate::hub::queue::QueueLimits;
+
+    fn publication(offset: u64) -> Event {
+        Event::Publication(Arc::new(Publication::new(offset, Payload::json("1"))))
+    }
+
+    fn what(d: &Delivery) -> String {
+        match d {
+            Delivery::Publication { publication, .. } => publication.offset.to_string(),
+            Delivery::Join { info, .. } => format!("join {}", info.client),
+            Delivery::Unsubscribed { channel } => format!("unsubscribed {channel}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn queued(q: &Outbound) -> Vec<String> {
+        q.drain().unwrap().iter().map(what).collect()
+    }
+
+    /// A queue seated at `slot` of `seats`.
+    fn seated(seats: &Arc<Seats>, slot: usize) -> Arc<Outbound> {
+        let q = Outbound::new(QueueLimits::default());
+        q.set_seat(seats.seat(slot));
+        q
+    }
+
+    /// Apply what `seats` holds; every write succeeds. Returns (slot, delivery) written.
+    fn take(seats: &Seats, topics: &mut LoopTopics) -> Vec<(usize, String)> {
+        let mut written = Vec::new();
+        seats.take(topics, |m, d| {
+            written.push((m.slot, what(d)));
+            true
+        });
+        written
+    }
+
+    #[test]
+    fn a_fanout_is_one_item_per_loop_and_each_loop_writes_its_subscribers() {
+        let b = Broker::new();
+        let (a, z) = (b.seats(), b.seats());
+        let (mut ta, mut tz) = (LoopTopics::default(), LoopTopics::default());
+        let on_a: Vec<_> = (0..3).map(|slot| seated(&a, slot)).collect();
+        for (i, q) in on_a.iter().enumerate() {
+            b.add("c", i as ClientId, q.clone(), false).unwrap();
+        }
+        let on_z = seated(&z, 7);
+        b.add("c", 10, on_z.clone(), false).unwrap();
+        let unseated = Outbound::new(QueueLimits::default());
+        b.add("c", 11, unseated.clone(), false).unwrap();
+        take(&a, &mut ta);
+        take(&z, &mut tz);
+        assert_eq!(ta.seated("c"), vec![0, 1, 2]);
+
+        b.deliver("c", publication(1));
+        assert_eq!((a.pending(), z.pending()), (1, 1), "one item per loop");
+        assert_eq!(b.lag(), 1, "a loop with a publication to write is behind");
+        assert!(on_a.iter().all(|q| q.is_empty()), "nothing queued for them");
+        assert_eq!(
+            queued(&unseated),
+            ["1"],
+            "an unseated one is queued as before"
+        );
+        let mut got = take(&a, &mut ta);
+        got.sort();
+        assert_eq!(got, [(0, "1".into()), (1, "1".into()), (2, "1".into())]);
+        assert_eq!(take(&z, &mut tz), [(7, "1".into())]);
+        assert_eq!((a.pending(), b.lag()), (0, 0));
+        assert!(on_a.iter().chain([&on_z]).all(|q| q.is_empty()));
+    }
+
+    #[test]
+    fn what_waits_in_a_queue_goes_first_and_what_cannot_be_written_is_queued() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let (waiting, full) = (seated(&seats, 0), seated(&seats, 1));
+        b.add("c", 1, waiting.clone(), false).unwrap();
+        b.add("c", 2, full.clone(), false).unwrap();
+        waiting
+            .push(Delivery::Unsubscribed {
+                channel: Arc::from("other"),
+            })
+            .unwrap();
+        b.deliver("c", publication(1));
+        let mut written = Vec::new();
+        seats.take(&mut topics, |m, d| {
+            written.push((m.slot, what(d)));
+            m.slot != 1 // slot 1's output is full
+        });
+        assert_eq!(written, [(1, "1".to_string())], "slot 0 has a queue");
+        assert_eq!(queued(&waiting), ["unsubscribed other", "1"], "behind it");
+        assert_eq!(queued(&full), ["1"]);
+    }
+
+    #[test]
+    fn a_recovering_subscriber_is_seated_once_live_behind_what_it_missed() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let q = seated(&seats, 3);
+        b.add("news", 1, q.clone(), true).unwrap();
+        b.deliver("news", publication(5));
+        b.deliver("news", Event::Join(Arc::new(ClientInfo::default())));
+        b.deliver("news", publication(6));
+        assert_eq!(
+            seats.pending(),
+            0,
+            "held back by the broker while it recovers"
+        );
+        let missed = (3..=5)
+            .map(|o| Arc::new(Publication::new(o, Payload::binary(Bytes::new()))))
+            .collect();
+        b.go_live("news", 1, missed).unwrap();
+        // A remote backplane's 6, on its way while history was read, then 7.
+        b.deliver("news", publication(6));
+        b.deliver("news", publication(7));
+        assert!(
+            take(&seats, &mut topics).is_empty(),
+            "its queue is not empty"
+        );
+        assert_eq!(queued(&q), ["3", "4", "5", "join 0", "6", "7"]);
+        b.deliver("news", publication(8));
+        assert_eq!(take(&seats, &mut topics), [(3, "8".to_string())]);
+    }
+
+    #[test]
+    fn leaving_unseats_and_the_servers_unsubscribe_follows_what_was_delivered() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let (q, other) = (seated(&seats, 0), seated(&seats, 1));
+        b.add("c", 1, q.clone(), false).unwrap();
+        b.add("c", 2, other.clone(), false).unwrap();
+        b.deliver("c", publication(1));
+        b.remove("c", 1).unwrap();
+        q.push_in_order(Delivery::Unsubscribed {
+            channel: Arc::from("c"),
+        })
+        .unwrap();
+        assert!(
+            q.is_empty(),
+            "the push waits behind the delivery, in the loop's list"
+        );
+        b.deliver("c", publication(2));
+        let mut order = Vec::new();
+        seats.take(&mut topics, |m, d| {
+            // Written in order: 1 before the push to `q`, 2 after it.
+            order.push((m.slot, what(d), q.len()));
+            true
+        });
+        order.sort();
+        assert_eq!(
+            order,
+            [(0, "1".into(), 0), (1, "1".into(), 0), (1, "2".into(), 1)]
+        );
+        assert_eq!(queued(&q), ["unsubscribed c"]);
+        assert_eq!(topics.seated("c"), vec![2]);
+        b.remove("c", 2).unwrap();
+        take(&seats, &mut topics);
+        assert!(
+            topics.channels.is_empty(),
+            "a channel left by all is forgotten"
+        );
+        assert!(!b.has_subscribers("c"));
+    }
+
+    #[test]
+    fn a_joiner_is_not_told_of_its_own_join_on_a_loop_either() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        for client in [1, 2] {
+            b.add("room", client, seated(&seats, client as usize), false)
+                .unwrap();
+        }
+        let info = Arc::new(ClientInfo {
+            client: 2,
+            ..ClientInfo::default()
+        });
+        b.deliver("room", Event::Join(info));
+        assert_eq!(take(&seats, &mut topics), [(1, "join 2".to_string())]);
+    }
+
+    #[test]
+    fn a_recovery_that_overflows_leaves_the_loops_count_right() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let live = seated(&seats, 0);
+        b.add("c", 1, live.clone(), false).unwrap();
+        let tiny = Outbound::new(QueueLimits {
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        });
+        tiny.set_seat(seats.seat(1));
+        b.add("c", 2, tiny.clone(), true).unwrap();
+        let missed = (1..=3)
+            .map(|o| Arc::new(Publication::new(o, Payload::binary(Bytes::new()))))
+            .collect();
+        assert!(b.go_live("c", 2, missed).is_err(), "it overflowed");
+        b.remove("c", 2).unwrap();
+        b.deliver("c", publication(4));
+        assert_eq!(
+            take(&seats, &mut topics),
+            [(0, "4".to_string())],
+            "the seated one still gets everything"
+        );
+    }
+}
