@@ -117,6 +117,14 @@ impl Conn<'_> {
         self.slot.conn.send_shared(frame).map_err(Error::from)
     }
 
+    /// Write what is queued now, within the handler's call, instead of when it returns:
+    /// for a handler writing to many connections in a row (a fan-out), so the first
+    /// need not wait for the last. What the socket does not take now, and an error, are
+    /// dealt with when the loop drives the connection after the handler returns.
+    pub fn flush(&mut self) {
+        let _ = write_out(self.slot);
+    }
+
     /// Start the close handshake.
     pub fn close(&mut self, code: CloseCode, reason: &str) -> Result<()> {
         self.slot

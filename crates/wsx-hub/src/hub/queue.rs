@@ -154,7 +154,8 @@ struct State {
     bytes: usize,
     overflowed: bool,
     closed: bool,
-    disconnect: Option<Disconnect>,
+    /// Boxed: rare, and a connection's queue is kept small.
+    disconnect: Option<Box<Disconnect>>,
     waker: Option<Waker>,
     /// Where this queue's depth counts ([`Outbound::count_in`]).
     backlog: Option<Arc<Backlog>>,
@@ -270,7 +271,7 @@ impl Outbound {
         }
         if let Some(d) = s.disconnect.take() {
             s.closed = true;
-            return Poll::Ready(Some(Err(d)));
+            return Poll::Ready(Some(Err(*d)));
         }
         if let Some(d) = s.items.pop_front() {
             s.bytes -= d.cost();
@@ -321,7 +322,7 @@ impl Outbound {
     /// Ask the connection to close with this code and reason (server-side disconnect).
     pub fn disconnect(&self, d: Disconnect) {
         let mut s = lock(&self.state);
-        s.disconnect = Some(d);
+        s.disconnect = Some(Box::new(d));
         if let Some(w) = s.waker.take() {
             w.wake();
         }
@@ -429,6 +430,13 @@ mod tests {
                 Payload::binary(Bytes::from(vec![0u8; 100])),
             )),
         }
+    }
+
+    #[test]
+    fn an_idle_queue_is_small() {
+        // Every connection has one: what is rare (a server's disconnect) is boxed.
+        let size = std::mem::size_of::<Outbound>();
+        assert!(size <= 120, "{size} bytes");
     }
 
     #[test]

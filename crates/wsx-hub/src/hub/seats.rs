@@ -14,7 +14,7 @@
 //! goes through the one list in the order the broker said it, under the channel's lock;
 //! what its queue already holds is written first (a delivery goes behind it).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -113,10 +113,16 @@ impl Seats {
     }
 
     /// Apply what the broker told, in order: keep `topics`, and hand each delivery to
-    /// `write` for each subscriber (`false`: it could not be written now; it is queued).
-    pub fn take(&self, topics: &mut LoopTopics, mut write: impl FnMut(&Member, &Delivery) -> bool) {
-        let items = std::mem::take(&mut *lock(&self.items));
-        for item in items {
+    /// `write` for each subscriber (`false`: it could not be written now; it is
+    /// queued), then [`Step::Flush`] once per subscriber visited.
+    ///
+    /// A publication that arrives while a channel's subscribers are being written joins
+    /// the pass under way (when nothing else came between): the subscribers not yet
+    /// written get both at once, those already written get it when the pass comes round
+    /// to them again, so it waits for no whole pass before it.
+    pub fn take(&self, topics: &mut LoopTopics, mut write: impl FnMut(&Member, Step<'_>) -> bool) {
+        let mut todo: VecDeque<SeatItem> = std::mem::take(&mut *lock(&self.items)).into();
+        while let Some(item) = todo.pop_front() {
             match item {
                 SeatItem::Seat {
                     channel,
@@ -139,8 +145,28 @@ impl Seats {
                     delivery,
                     except,
                 } => {
-                    topics.deliver(&channel, &delivery, except, &mut write);
-                    self.pending.fetch_sub(1, Ordering::Relaxed);
+                    let first = Active {
+                        delivery,
+                        except,
+                        left: 0,
+                    };
+                    let done = topics.pass(&channel, first, &mut write, || {
+                        // What came meanwhile: publications of this channel, next in
+                        // line, join the pass.
+                        todo.extend(std::mem::take(&mut *lock(&self.items)));
+                        match todo.front() {
+                            Some(SeatItem::Deliver { channel: c, .. }) if *c == channel => {
+                                match todo.pop_front() {
+                                    Some(SeatItem::Deliver {
+                                        delivery, except, ..
+                                    }) => Some((delivery, except)),
+                                    _ => None,
+                                }
+                            }
+                            _ => None,
+                        }
+                    });
+                    self.pending.fetch_sub(done, Ordering::Relaxed);
                 }
                 SeatItem::Queue { queue, delivery } => {
                     // Overflowing marks the consumer slow; its session sees it.
@@ -150,6 +176,25 @@ impl Seats {
         }
     }
 }
+
+/// What [`Seats::take`] asks of the loop for a subscriber.
+pub enum Step<'a> {
+    /// Write this delivery now if it can (`false`: it is queued instead).
+    Write(&'a Delivery),
+    /// Everything for this subscriber in this visit is given: send it.
+    Flush,
+}
+
+/// A delivery being written to a channel's subscribers on a loop.
+struct Active {
+    delivery: Delivery,
+    except: Option<ClientId>,
+    /// Subscribers it has still to visit.
+    left: usize,
+}
+
+/// Subscribers visited between looks for publications joining a pass.
+const LOOK_EVERY: usize = 64;
 
 /// A subscriber seated on a loop.
 pub struct Member {
@@ -203,36 +248,46 @@ impl LoopTopics {
         }
     }
 
-    fn deliver(
+    /// Write `first` to every subscriber of `channel`, and each delivery `more` gives
+    /// (asked every [`LOOK_EVERY`] subscribers) from where the pass is, round to where
+    /// it joined. Returns how many deliveries were written.
+    fn pass(
         &mut self,
         channel: &str,
-        d: &Delivery,
-        except: Option<ClientId>,
-        write: &mut impl FnMut(&Member, &Delivery) -> bool,
-    ) {
+        first: Active,
+        write: &mut impl FnMut(&Member, Step<'_>) -> bool,
+        mut more: impl FnMut() -> Option<(Delivery, Option<ClientId>)>,
+    ) -> usize {
         let Some(ms) = self.channels.get_mut(channel) else {
-            return;
+            // Nobody here: it and what would join it are done.
+            return 1;
         };
-        let offset = match d {
-            Delivery::Publication { publication, .. } => Some(publication.offset),
-            _ => None,
-        };
-        for m in ms.list.iter_mut() {
-            if Some(m.client) == except {
-                continue;
-            }
-            if let Some(offset) = offset {
-                // One that recovery already gave (a remote backplane's, on its way
-                // while history was read): never twice.
-                if offset <= m.last {
-                    continue;
+        let n = ms.list.len();
+        let mut active = vec![Active { left: n, ..first }];
+        let mut done = 0;
+        let mut i = 0;
+        while !active.is_empty() {
+            if i % LOOK_EVERY == 0 {
+                while let Some((delivery, except)) = more() {
+                    active.push(Active {
+                        delivery,
+                        except,
+                        left: n,
+                    });
                 }
-                m.last = offset;
             }
-            if !(m.queue.is_empty() && write(m, d)) {
-                let _ = m.queue.push(d.clone());
+            let m = &mut ms.list[i];
+            for a in active.iter_mut() {
+                a.left -= 1;
+                give(m, &a.delivery, a.except, write);
             }
+            write(m, Step::Flush);
+            let before = active.len();
+            active.retain(|a| a.left > 0);
+            done += before - active.len();
+            i = (i + 1) % n;
         }
+        done
     }
 
     /// Subscribers seated on `channel` (tests).
@@ -245,6 +300,30 @@ impl LoopTopics {
             .unwrap_or_default();
         v.sort();
         v
+    }
+}
+
+/// Give `d` to `m`: written at once when its queue is empty and `write` can, queued
+/// otherwise; not at all to `except`, nor a publication it already has.
+fn give(
+    m: &mut Member,
+    d: &Delivery,
+    except: Option<ClientId>,
+    write: &mut impl FnMut(&Member, Step<'_>) -> bool,
+) {
+    if Some(m.client) == except {
+        return;
+    }
+    if let Delivery::Publication { publication, .. } = d {
+        // One that recovery already gave (a remote backplane's, on its way while
+        // history was read): never twice.
+        if publication.offset <= m.last {
+            return;
+        }
+        m.last = publication.offset;
+    }
+    if !(m.queue.is_empty() && write(m, Step::Write(d))) {
+        let _ = m.queue.push(d.clone());
     }
 }
 
@@ -286,8 +365,10 @@ mod tests {
     /// Apply what `seats` holds; every write succeeds. Returns (slot, delivery) written.
     fn take(seats: &Seats, topics: &mut LoopTopics) -> Vec<(usize, String)> {
         let mut written = Vec::new();
-        seats.take(topics, |m, d| {
-            written.push((m.slot, what(d)));
+        seats.take(topics, |m, step| {
+            if let Step::Write(d) = step {
+                written.push((m.slot, what(d)));
+            }
             true
         });
         written
@@ -342,9 +423,12 @@ mod tests {
             .unwrap();
         b.deliver("c", publication(1));
         let mut written = Vec::new();
-        seats.take(&mut topics, |m, d| {
-            written.push((m.slot, what(d)));
-            m.slot != 1 // slot 1's output is full
+        seats.take(&mut topics, |m, step| match step {
+            Step::Write(d) => {
+                written.push((m.slot, what(d)));
+                m.slot != 1 // slot 1's output is full
+            }
+            Step::Flush => true,
         });
         assert_eq!(written, [(1, "1".to_string())], "slot 0 has a queue");
         assert_eq!(queued(&waiting), ["unsubscribed other", "1"], "behind it");
@@ -402,9 +486,11 @@ mod tests {
         );
         b.deliver("c", publication(2));
         let mut order = Vec::new();
-        seats.take(&mut topics, |m, d| {
-            // Written in order: 1 before the push to `q`, 2 after it.
-            order.push((m.slot, what(d), q.len()));
+        seats.take(&mut topics, |m, step| {
+            if let Step::Write(d) = step {
+                // Written in order: 1 before the push to `q`, 2 after it.
+                order.push((m.slot, what(d), q.len()));
+            }
             true
         });
         order.sort();
@@ -464,5 +550,54 @@ mod tests {
             [(0, "4".to_string())],
             "the seated one still gets everything"
         );
+    }
+
+    #[test]
+    fn a_publication_that_comes_during_a_pass_joins_it_and_a_subscriber_after_it_waits() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let n = 200;
+        for slot in 0..n {
+            b.add("c", slot as ClientId, seated(&seats, slot), false)
+                .unwrap();
+        }
+        b.deliver("c", publication(1));
+        // Per slot: what it was given, a visit ("|") at a time.
+        let mut got = vec![String::new(); n + 1];
+        let mut writes = 0;
+        seats.take(&mut topics, |m, step| {
+            match step {
+                Step::Write(d) => {
+                    writes += 1;
+                    got[m.slot] += &what(d);
+                    if writes == 100 {
+                        b.deliver("c", publication(2));
+                        // And a subscriber that must not get 2 before it, nor 1.
+                        b.add("c", 1000, seated(&seats, n), false).unwrap();
+                        b.deliver("c", publication(3));
+                    }
+                }
+                Step::Flush => got[m.slot] += "|",
+            }
+            true
+        });
+        assert_eq!(seats.pending(), 0);
+        let newcomer = got.pop().unwrap();
+        assert_eq!(newcomer, "3|", "only what came after it subscribed");
+        let together = got.iter().filter(|g| g.starts_with("12|")).count();
+        let apart = got.iter().filter(|g| g.starts_with("1|2|")).count();
+        assert_eq!(together + apart, n, "every one gets 1 then 2: {got:?}");
+        assert!(
+            together >= n - 100 - LOOK_EVERY,
+            "2 joined the pass: {together}"
+        );
+        assert!(
+            apart >= 100,
+            "those written before it get it on the way round"
+        );
+        // 3 came after the new subscriber: its own pass, to all of them.
+        assert!(got.iter().all(|g| g.ends_with("3|")), "{got:?}");
+        assert_eq!(topics.seated("c").len(), n + 1);
     }
 }

@@ -20,7 +20,7 @@ use wsx::{CloseCode, Message, WebSocket};
 
 use crate::hub::client::ClientId;
 use crate::hub::queue::{Delivery, Outbound};
-use crate::hub::seats::{LoopTopics, Seats};
+use crate::hub::seats::{LoopTopics, Seats, Step};
 use crate::transport::{Draining, Gate, Held};
 
 /// One connection's session on a loop: the front-end's protocol over the loop's
@@ -267,10 +267,18 @@ impl<S: LoopSession> Handler for Sessions<S> {
             }
         }
         let sessions = &mut self.conns;
-        self.seats.take(&mut self.topics, |m, d| {
+        self.seats.take(&mut self.topics, |m, step| {
             match sessions.get_mut(m.slot).and_then(Option::as_mut) {
                 Some(s) if s.client() == m.client => match conns.get(ConnId(m.slot)) {
-                    Some(mut conn) => s.deliver_now(&mut conn, d),
+                    Some(mut conn) => match step {
+                        Step::Write(d) => s.deliver_now(&mut conn, d),
+                        // Sent now: the next subscriber's turn need not wait for
+                        // the last one's.
+                        Step::Flush => {
+                            conn.flush();
+                            true
+                        }
+                    },
                     None => true,
                 },
                 // Gone (its slot may be another's by now): nothing to write.
