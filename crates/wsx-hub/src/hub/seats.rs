@@ -26,7 +26,7 @@ use crate::hub::shards::lock;
 /// until the loop takes it.
 #[derive(Default)]
 pub struct Seats {
-    items: Mutex<Vec<SeatItem>>,
+    items: Mutex<VecDeque<SeatItem>>,
     /// Deliveries in `items`, not yet written or queued: how far behind the loop is.
     pending: AtomicUsize,
     /// Wakes the loop (set once it runs).
@@ -98,7 +98,7 @@ impl Seats {
         if matches!(item, SeatItem::Deliver { .. }) {
             self.pending.fetch_add(1, Ordering::Relaxed);
         }
-        items.push(item);
+        items.push_back(item);
         drop(items);
         if first {
             if let Some(notify) = self.notify.get() {
@@ -121,7 +121,9 @@ impl Seats {
     /// written get both at once, those already written get it when the pass comes round
     /// to them again, so it waits for no whole pass before it.
     pub fn take(&self, topics: &mut LoopTopics, mut write: impl FnMut(&Member, Step<'_>) -> bool) {
-        let mut todo: VecDeque<SeatItem> = std::mem::take(&mut *lock(&self.items)).into();
+        // What was told until now; more is taken only to join a pass, so a loop that
+        // is told things without end still comes back to its other connections.
+        let mut todo = std::mem::take(&mut *lock(&self.items));
         while let Some(item) = todo.pop_front() {
             match item {
                 SeatItem::Seat {
@@ -151,20 +153,14 @@ impl Seats {
                         left: 0,
                     };
                     let done = topics.pass(&channel, first, &mut write, || {
-                        // What came meanwhile: publications of this channel, next in
-                        // line, join the pass.
-                        todo.extend(std::mem::take(&mut *lock(&self.items)));
-                        match todo.front() {
-                            Some(SeatItem::Deliver { channel: c, .. }) if *c == channel => {
-                                match todo.pop_front() {
-                                    Some(SeatItem::Deliver {
-                                        delivery, except, ..
-                                    }) => Some((delivery, except)),
-                                    _ => None,
-                                }
-                            }
-                            _ => None,
-                        }
+                        // Publications of this channel next in line (what was told
+                        // before, then what came meanwhile) join the pass.
+                        let next = if todo.is_empty() {
+                            join(&mut lock(&self.items), &channel)
+                        } else {
+                            join(&mut todo, &channel)
+                        };
+                        next
                     });
                     self.pending.fetch_sub(done, Ordering::Relaxed);
                 }
@@ -174,6 +170,20 @@ impl Seats {
                 }
             }
         }
+    }
+}
+
+/// The delivery first in `items` if it is to `channel`: one that may join its pass.
+fn join(items: &mut VecDeque<SeatItem>, channel: &str) -> Option<(Delivery, Option<ClientId>)> {
+    match items.front() {
+        Some(SeatItem::Deliver { channel: c, .. }) if **c == *channel => {}
+        _ => return None,
+    }
+    match items.pop_front() {
+        Some(SeatItem::Deliver {
+            delivery, except, ..
+        }) => Some((delivery, except)),
+        _ => None,
     }
 }
 
@@ -249,8 +259,8 @@ impl LoopTopics {
     }
 
     /// Write `first` to every subscriber of `channel`, and each delivery `more` gives
-    /// (asked every [`LOOK_EVERY`] subscribers) from where the pass is, round to where
-    /// it joined. Returns how many deliveries were written.
+    /// (asked every [`LOOK_EVERY`] subscribers of the first round) from where the pass
+    /// is, round to where it joined. Returns how many deliveries were written.
     fn pass(
         &mut self,
         channel: &str,
@@ -266,8 +276,12 @@ impl LoopTopics {
         let mut active = vec![Active { left: n, ..first }];
         let mut done = 0;
         let mut i = 0;
+        // Publications join only during the first round: a pass ends within two, so a
+        // publisher that never stops does not keep the loop from its other connections
+        // (what comes later waits for the next pass, on the loop's next turn).
+        let mut visited = 0;
         while !active.is_empty() {
-            if i % LOOK_EVERY == 0 {
+            if i % LOOK_EVERY == 0 && visited < n {
                 while let Some((delivery, except)) = more() {
                     active.push(Active {
                         delivery,
@@ -282,6 +296,7 @@ impl LoopTopics {
                 give(m, &a.delivery, a.except, write);
             }
             write(m, Step::Flush);
+            visited += 1;
             let before = active.len();
             active.retain(|a| a.left > 0);
             done += before - active.len();
@@ -566,7 +581,7 @@ mod tests {
         // Per slot: what it was given, a visit ("|") at a time.
         let mut got = vec![String::new(); n + 1];
         let mut writes = 0;
-        seats.take(&mut topics, |m, step| {
+        let mut loop_turn = |m: &Member, step: Step<'_>| {
             match step {
                 Step::Write(d) => {
                     writes += 1;
@@ -581,7 +596,10 @@ mod tests {
                 Step::Flush => got[m.slot] += "|",
             }
             true
-        });
+        };
+        seats.take(&mut topics, &mut loop_turn);
+        assert_eq!(seats.pending(), 1, "3 waits for the loop's next turn");
+        seats.take(&mut topics, &mut loop_turn);
         assert_eq!(seats.pending(), 0);
         let newcomer = got.pop().unwrap();
         assert_eq!(newcomer, "3|", "only what came after it subscribed");
@@ -599,5 +617,66 @@ mod tests {
         // 3 came after the new subscriber: its own pass, to all of them.
         assert!(got.iter().all(|g| g.ends_with("3|")), "{got:?}");
         assert_eq!(topics.seated("c").len(), n + 1);
+    }
+
+    #[test]
+    fn a_pass_ends_within_two_rounds_however_fast_publications_come() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let n = 100;
+        for slot in 0..n {
+            b.add("c", slot as ClientId, seated(&seats, slot), false)
+                .unwrap();
+        }
+        b.deliver("c", publication(1));
+        let (mut visits, mut next) = (0, 2);
+        seats.take(&mut topics, |_, step| {
+            if let Step::Flush = step {
+                visits += 1;
+                // A publisher that never stops: one more at every subscriber visited
+                // (bounded here so that a failing pass would still end).
+                if next < 10_000 {
+                    b.deliver("c", publication(next));
+                    next += 1;
+                }
+            }
+            true
+        });
+        assert!(
+            visits < 2 * n,
+            "the pass went round {visits} times over {n}"
+        );
+        assert!(
+            seats.pending() > 0,
+            "what came later waits for the next pass"
+        );
+    }
+
+    #[test]
+    fn a_loop_told_things_without_end_still_comes_back_to_its_connections() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        for slot in 0..10 {
+            b.add("c", slot as ClientId, seated(&seats, slot), false)
+                .unwrap();
+        }
+        b.deliver("c", publication(1));
+        let (mut visits, mut next) = (0, 2);
+        seats.take(&mut topics, |_, step| {
+            if let Step::Flush = step {
+                visits += 1;
+                // Subscribers and publications, interleaved, without end (bounded
+                // here so that a failing take would still end).
+                if next < 10_000 {
+                    b.add("c", 100 + next, seated(&seats, 100), false).unwrap();
+                    b.deliver("c", publication(next));
+                    next += 1;
+                }
+            }
+            true
+        });
+        assert!(visits < 40, "one call took {visits} visits");
     }
 }
