@@ -57,6 +57,54 @@ async fn native_commands_over_the_rate_get_114_and_far_over_it_close_3010() {
     assert_eq!(code, Some(3010));
 }
 
+/// Send pings `ids` and count the replies refused with 114.
+async fn refused_of(
+    ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>,
+    ids: std::ops::Range<u64>,
+) -> usize {
+    for id in ids.clone() {
+        ws.send(Message::text(format!(r#"{{"id":{id},"ping":{{}}}}"#)))
+            .await
+            .unwrap();
+    }
+    let mut refused = 0;
+    for id in ids {
+        let Some(Ok(Message::Text(t))) = ws.next().await else {
+            panic!("no reply")
+        };
+        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+        assert_eq!(v["id"], id);
+        refused += usize::from(v["error"]["code"] == 114);
+    }
+    refused
+}
+
+#[tokio::test]
+async fn a_reloaded_rate_applies_to_connections_already_open() {
+    let dir = std::env::temp_dir().join(format!("wsx-rate-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("wsx.toml");
+    std::fs::write(
+        &config,
+        "commands_per_second = 1000\ncommand_burst = 1000\n",
+    )
+    .unwrap();
+    let (server, addr, mut log) =
+        common::launch_watched(&["--config", &config.display().to_string()], "http").await;
+    let (mut ws, _) = common::native(&addr, &[serde_json::json!({"id": 1, "connect": {}})]).await;
+    assert_eq!(refused_of(&mut ws, 2..12).await, 0, "well within the rate");
+    std::fs::write(&config, "commands_per_second = 1\ncommand_burst = 2\n").unwrap();
+    common::signal(&server, "HUP");
+    common::log_line(&mut log, "settings reloaded").await;
+    // The open connection's bucket holds at most the new burst: two pass, the rest wait.
+    let refused = refused_of(&mut ws, 20..30).await;
+    assert!(
+        refused >= 7,
+        "the open connection is held to the new rate: {refused} refused"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[tokio::test]
 async fn stomp_frames_over_the_rate_are_held_back_not_lost() {
     let (_server, addr) = common::serve(&RATE).await;

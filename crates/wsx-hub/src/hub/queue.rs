@@ -389,6 +389,13 @@ impl Outbound {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// Whether a delivery may bypass the queue: nothing waits in it, and it is neither
+    /// closed nor overflowed nor holding a disconnect (what the consumer must see first).
+    pub(crate) fn is_clear(&self) -> bool {
+        let s = lock(&self.state);
+        s.items.is_empty() && !s.overflowed && !s.closed && s.disconnect.is_none()
+    }
 }
 
 impl Drop for Outbound {

@@ -337,7 +337,7 @@ fn give(
         }
         m.last = publication.offset;
     }
-    if !(m.queue.is_empty() && write(m, Step::Write(d))) {
+    if !(m.queue.is_clear() && write(m, Step::Write(d))) {
         let _ = m.queue.push(d.clone());
     }
 }
@@ -678,5 +678,32 @@ mod tests {
             true
         });
         assert!(visits < 40, "one call took {visits} visits");
+    }
+
+    #[test]
+    fn nothing_bypasses_a_queue_that_overflowed_or_holds_a_disconnect() {
+        let b = Broker::new();
+        let seats = b.seats();
+        let mut topics = LoopTopics::default();
+        let tiny = Outbound::new(QueueLimits {
+            max_messages: 1,
+            max_bytes: 1 << 20,
+        });
+        tiny.set_seat(seats.seat(0));
+        let told = seated(&seats, 1);
+        b.add("c", 1, tiny.clone(), false).unwrap();
+        b.add("c", 2, told.clone(), false).unwrap();
+        // Slot 0's output is full: its queue takes one, then overflows.
+        for o in 1..=2 {
+            b.deliver("c", publication(o));
+            seats.take(&mut topics, |m, _| m.slot != 0);
+        }
+        assert!(tiny.overflowed());
+        told.disconnect(crate::hub::queue::Disconnect::Shutdown);
+        b.deliver("c", publication(3));
+        assert!(
+            take(&seats, &mut topics).is_empty(),
+            "neither is written to"
+        );
     }
 }
