@@ -12,15 +12,9 @@ use wsx::{ClientConfig, Message};
 
 mod common;
 
-use common::{api_call, http, launch_watched, log_line, pki_in, signal};
+use common::{api_call, http, launch_watched, log_line, pki_in, signal, temp_dir};
 
 const KEY: &str = "operations-key-0123456789";
-
-fn temp_dir(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("wsx-ops-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// A TLS client trusting only `ca`: the leaf certificate the server presented, or
 /// `None` when the handshake fails (the server's certificate is not from `ca`).
@@ -44,7 +38,7 @@ async fn echo(ws: &mut wsx::WebSocket<wsx::MaybeTlsStream>, text: &str) {
 
 #[tokio::test]
 async fn a_reload_serves_a_new_certificate_to_new_clients_while_open_ones_stay() {
-    let dir = temp_dir("tls");
+    let dir = temp_dir("ops-tls");
     let (_, ca_a, cert_a, key_a) = pki_in(dir.join("a"));
     let (_, ca_b, cert_b, key_b) = pki_in(dir.join("b"));
     // The files the server reads: A's now, B's after the renewal.
@@ -124,7 +118,7 @@ async fn https_reload(addr: &str, ca: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn a_reload_applies_keys_namespaces_and_limits_and_a_bad_file_changes_nothing() {
-    let dir = temp_dir("keys");
+    let dir = temp_dir("ops-keys");
     let config = dir.join("wsx.toml");
     std::fs::write(&config, format!("api_key = {KEY:?}\n")).unwrap();
     let (_server, addr, _log) = launch_watched(

@@ -19,25 +19,7 @@ async fn native_commands_over_the_rate_get_114_and_far_over_it_close_3010() {
     let (_server, addr) = common::serve(&RATE).await;
     let (mut ws, _) = common::native(&addr, &[serde_json::json!({"id": 1, "connect": {}})]).await;
     // Four more fit in the burst of five (connect took one); the rest are refused.
-    for id in 2..=8 {
-        ws.send(Message::text(format!(r#"{{"id":{id},"ping":{{}}}}"#)))
-            .await
-            .unwrap();
-    }
-    let mut refused = 0;
-    for id in 2..=8 {
-        let Some(Ok(Message::Text(t))) = ws.next().await else {
-            panic!("no reply")
-        };
-        let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
-        assert_eq!(v["id"], id);
-        if v["error"]["code"] == 114 {
-            refused += 1;
-        } else {
-            assert!(v["error"].is_null(), "{v}");
-        }
-    }
-    assert_eq!(refused, 3);
+    assert_eq!(refused_of(&mut ws, 2..9).await, 3);
     // Far over it: closed with 3010.
     for id in 100..220 {
         if ws
@@ -74,15 +56,18 @@ async fn refused_of(
         };
         let v: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
         assert_eq!(v["id"], id);
-        refused += usize::from(v["error"]["code"] == 114);
+        if v["error"]["code"] == 114 {
+            refused += 1;
+        } else {
+            assert!(v["error"].is_null(), "{v}");
+        }
     }
     refused
 }
 
 #[tokio::test]
 async fn a_reloaded_rate_applies_to_connections_already_open() {
-    let dir = std::env::temp_dir().join(format!("wsx-rate-reload-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("rate-reload");
     let config = dir.join("wsx.toml");
     std::fs::write(
         &config,

@@ -194,10 +194,7 @@ impl Conns<'_> {
         if slot.finish != Finish::Running {
             return None;
         }
-        if !slot.again {
-            slot.again = true;
-            self.again.push(id.0);
-        }
+        list_again(self.again, slot, id.0);
         Some(Conn {
             id,
             slot,
@@ -797,10 +794,7 @@ impl<H: Handler> Runner<H> {
                 && s.conn.state() != State::Closed
             {
                 // The output drained (or the turn's reads ran out): read on next turn.
-                if !s.again {
-                    s.again = true;
-                    self.again.push(i);
-                }
+                list_again(&mut self.again, s, i);
             }
             if s.conn.state() == State::Closed {
                 s.finish = Finish::Flushing(now + s.conn.config().close_timeout);
@@ -936,6 +930,14 @@ impl<H: Handler> Runner<H> {
 }
 
 /// Write what the socket takes now.
+/// Put slot `i` on the list of slots to drive again this turn, once.
+fn list_again(again: &mut Vec<usize>, s: &mut Slot, i: usize) {
+    if !s.again {
+        s.again = true;
+        again.push(i);
+    }
+}
+
 fn write_out(s: &mut Slot) -> io::Result<()> {
     while s.conn.output_len() > 0 {
         let out = s.conn.output();

@@ -241,6 +241,13 @@ pub async fn native(
     (ws, replies)
 }
 
+/// A fresh directory for this test process (`wsx-NAME-PID` under the system's).
+pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("wsx-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 /// A free loopback port.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

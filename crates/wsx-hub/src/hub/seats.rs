@@ -377,6 +377,18 @@ mod tests {
         q
     }
 
+    /// A broker with `n` subscribers of `c` seated on one loop (clients and slots
+    /// 0..n), and that loop's seats and topics.
+    fn seated_channel(n: usize) -> (Broker, Arc<Seats>, LoopTopics) {
+        let b = Broker::new();
+        let seats = b.seats();
+        for slot in 0..n {
+            b.add("c", slot as ClientId, seated(&seats, slot), false)
+                .unwrap();
+        }
+        (b, seats, LoopTopics::default())
+    }
+
     /// Apply what `seats` holds; every write succeeds. Returns (slot, delivery) written.
     fn take(seats: &Seats, topics: &mut LoopTopics) -> Vec<(usize, String)> {
         let mut written = Vec::new();
@@ -569,14 +581,8 @@ mod tests {
 
     #[test]
     fn a_publication_that_comes_during_a_pass_joins_it_and_a_subscriber_after_it_waits() {
-        let b = Broker::new();
-        let seats = b.seats();
-        let mut topics = LoopTopics::default();
         let n = 200;
-        for slot in 0..n {
-            b.add("c", slot as ClientId, seated(&seats, slot), false)
-                .unwrap();
-        }
+        let (b, seats, mut topics) = seated_channel(n);
         b.deliver("c", publication(1));
         // Per slot: what it was given, a visit ("|") at a time.
         let mut got = vec![String::new(); n + 1];
@@ -621,14 +627,8 @@ mod tests {
 
     #[test]
     fn a_pass_ends_within_two_rounds_however_fast_publications_come() {
-        let b = Broker::new();
-        let seats = b.seats();
-        let mut topics = LoopTopics::default();
         let n = 100;
-        for slot in 0..n {
-            b.add("c", slot as ClientId, seated(&seats, slot), false)
-                .unwrap();
-        }
+        let (b, seats, mut topics) = seated_channel(n);
         b.deliver("c", publication(1));
         let (mut visits, mut next) = (0, 2);
         seats.take(&mut topics, |_, step| {
@@ -655,13 +655,7 @@ mod tests {
 
     #[test]
     fn a_loop_told_things_without_end_still_comes_back_to_its_connections() {
-        let b = Broker::new();
-        let seats = b.seats();
-        let mut topics = LoopTopics::default();
-        for slot in 0..10 {
-            b.add("c", slot as ClientId, seated(&seats, slot), false)
-                .unwrap();
-        }
+        let (b, seats, mut topics) = seated_channel(10);
         b.deliver("c", publication(1));
         let (mut visits, mut next) = (0, 2);
         seats.take(&mut topics, |_, step| {

@@ -268,21 +268,21 @@ impl<S: LoopSession> Handler for Sessions<S> {
         }
         let sessions = &mut self.conns;
         self.seats.take(&mut self.topics, |m, step| {
-            match sessions.get_mut(m.slot).and_then(Option::as_mut) {
-                Some(s) if s.client() == m.client => match conns.get(ConnId(m.slot)) {
-                    Some(mut conn) => match step {
-                        Step::Write(d) => s.deliver_now(&mut conn, d),
-                        // Sent now: the next subscriber's turn need not wait for
-                        // the last one's.
-                        Step::Flush => {
-                            conn.flush();
-                            true
-                        }
-                    },
-                    None => true,
-                },
-                // Gone (its slot may be another's by now): nothing to write.
-                _ => true,
+            // Gone (its slot may be another's by now): nothing to write.
+            let session = sessions.get_mut(m.slot).and_then(Option::as_mut);
+            let Some(s) = session.filter(|s| s.client() == m.client) else {
+                return true;
+            };
+            let Some(mut conn) = conns.get(ConnId(m.slot)) else {
+                return true;
+            };
+            match step {
+                Step::Write(d) => s.deliver_now(&mut conn, d),
+                // Sent now: the next subscriber's turn need not wait for the last one's.
+                Step::Flush => {
+                    conn.flush();
+                    true
+                }
             }
         });
     }
