@@ -952,8 +952,8 @@ async fn main() {
         "\nfan-out{what}: {n} subscribers on one channel; server RSS with them open: {} MiB\n",
         rss / 1024
     );
-    println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| publishes/s | deliveries/s | delivered | per-delivery p50 ms | p99 ms | last-receipt p50 ms | p99 ms | server CPU µs/delivery | client CPU µs/delivery | first-receipt p50 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let server_pid = server.id();
     for rate in rates {
         let first = published.len() as u64;
@@ -1001,6 +1001,8 @@ async fn main() {
         }
         let mut per_delivery = Vec::new();
         let mut last_receipt = vec![0f64; (last - first + 1) as usize];
+        // Per publication, its first receipt: how long before its pass began.
+        let mut first_of = vec![f64::MAX; (last - first + 1) as usize];
         let mut delivered = 0usize;
         let mut first_receipt = None::<Instant>;
         let mut last_seen = None::<Instant>;
@@ -1014,6 +1016,8 @@ async fn main() {
                 per_delivery.push(lat);
                 let slot = &mut last_receipt[(off - first) as usize];
                 *slot = slot.max(lat);
+                let f = &mut first_of[(off - first) as usize];
+                *f = f.min(lat);
                 delivered += 1;
                 first_receipt = Some(first_receipt.map_or(t, |f: Instant| f.min(t)));
                 last_seen = Some(last_seen.map_or(t, |l: Instant| l.max(t)));
@@ -1025,8 +1029,9 @@ async fn main() {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
             _ => 1.0,
         };
+        first_of.retain(|f| *f < f64::MAX);
         println!(
-            "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             delivered as f64 / span,
             n * count,
             pct(&mut per_delivery, 0.5),
@@ -1035,6 +1040,7 @@ async fn main() {
             pct(&mut last_receipt, 0.99),
             cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
             client_cpu.as_secs_f64() * 1e6 / delivered.max(1) as f64,
+            pct(&mut first_of, 0.5),
         );
     }
     let _ = server.kill();

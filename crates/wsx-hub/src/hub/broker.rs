@@ -7,7 +7,7 @@ use crate::hub::backplane::{Deliver, Event};
 use crate::hub::client::ClientId;
 use crate::hub::error::HubError;
 use crate::hub::publication::{Publication, StreamPosition};
-use crate::hub::queue::{Backlog, Delivery, Disconnect, Outbound, SlowConsumer};
+use crate::hub::queue::{Backlog, Delivery, Disconnect, Outbound, QueueLimits, SlowConsumer};
 use crate::hub::seats::{Seat, SeatItem, Seats};
 use crate::hub::shards::{self, lock, SHARDS};
 use crate::hub::wakes::{Wake, Wakes};
@@ -211,10 +211,11 @@ impl Broker {
     }
 
     /// Seats for an event loop whose connections take this broker's fan-outs there
-    /// ([`seats`](crate::hub::seats)); publications waiting for it count in how far
+    /// ([`seats`](crate::hub::seats)), holding at most `limits` (a subscriber queue's)
+    /// of what it has still to write; publications waiting for it count in how far
     /// behind this node is ([`lag`](Self::lag)).
-    pub(crate) fn seats(&self) -> Arc<Seats> {
-        let seats = Seats::new();
+    pub(crate) fn seats(&self, limits: QueueLimits) -> Arc<Seats> {
+        let seats = Seats::new(limits);
         let mut all = lock(&self.seats);
         all.retain(|s| s.strong_count() > 0);
         all.push(Arc::downgrade(&seats));
@@ -442,20 +443,31 @@ impl Deliver for Broker {
             Event::Lost => return,
         };
         // One item for each loop with seated subscribers: the loop writes them all.
+        let mut full = Vec::new();
         for (seats, _) in &ch.loops {
-            seats.push(SeatItem::Deliver {
-                channel: ch.name.clone(),
-                delivery: d.clone(),
-                except: joiner,
-            });
+            if !seats.deliver(ch.name.clone(), d.clone(), joiner) {
+                full.push(seats.clone());
+            }
         }
-        if ch.unseated == 0 {
+        if ch.unseated == 0 && full.is_empty() {
             return;
         }
         let mut slow = Vec::new();
         let mut wakers = Vec::with_capacity(ch.unseated);
         for (id, s) in ch.subscribers.iter_mut() {
-            if Some(*id) == joiner || s.seated {
+            if Some(*id) == joiner {
+                continue;
+            }
+            if s.seated {
+                // Its loop is too far behind to take this: it misses it, as a
+                // subscriber whose queue is full does.
+                if s.seat
+                    .as_ref()
+                    .is_some_and(|seat| full.iter().any(|f| Arc::ptr_eq(f, &seat.seats)))
+                {
+                    s.queue.mark_slow();
+                    slow.push(*id);
+                }
                 continue;
             }
             match s.offer(&d) {
@@ -468,8 +480,9 @@ impl Deliver for Broker {
             }
         }
         for id in slow {
-            ch.subscribers.remove(&id);
-            ch.unseated -= 1;
+            if let Some(s) = ch.subscribers.remove(&id) {
+                ch.gone(id, &s);
+            }
         }
         if ch.subscribers.is_empty() {
             shard.remove(channel);
@@ -495,7 +508,6 @@ mod tests {
     use crate::hub::client::ClientInfo;
     use crate::hub::publication::Payload;
     use crate::hub::queue::drain_offsets as offsets;
-    use crate::hub::queue::QueueLimits;
 
     fn publication(offset: u64) -> Event {
         Event::Publication(Arc::new(Publication::new(offset, Payload::json("1"))))

@@ -62,7 +62,8 @@ pub enum Delivery {
 }
 
 impl Delivery {
-    fn cost(&self) -> usize {
+    /// What it counts for in a queue's byte bound.
+    pub(crate) fn cost(&self) -> usize {
         match self {
             Delivery::Publication { publication, .. } => publication.data.len() + 64,
             Delivery::Queued { message, .. } => message.data.len() + 64,

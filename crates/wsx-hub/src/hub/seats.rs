@@ -19,16 +19,25 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::hub::client::ClientId;
-use crate::hub::queue::{Delivery, Outbound};
+use crate::hub::queue::{Delivery, Outbound, QueueLimits};
 use crate::hub::shards::lock;
 
 /// One event loop's share of the broker's fan-outs: what the broker told it, in order,
 /// until the loop takes it.
+///
+/// Bounded as a subscriber's queue is ([`QueueLimits`]): what the loop has still to
+/// write is, for each of its subscribers, as if it waited in their queues. When a
+/// publication would take it past the bound (a loop that fell behind for good), it is
+/// not added: the broker drops that loop's subscribers of the channel as slow
+/// consumers instead ([`Seats::deliver`]), as their own queues' bound would.
 #[derive(Default)]
 pub struct Seats {
     items: Mutex<VecDeque<SeatItem>>,
     /// Deliveries in `items`, not yet written or queued: how far behind the loop is.
     pending: AtomicUsize,
+    /// Their payload bytes, counted as a queue counts them.
+    pending_bytes: AtomicUsize,
+    limits: QueueLimits,
     /// Wakes the loop (set once it runs).
     notify: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
@@ -73,9 +82,13 @@ pub(crate) enum SeatItem {
 }
 
 impl Seats {
-    /// Seats for a loop; [`on_push`](Self::on_push) says how to wake it.
-    pub fn new() -> Arc<Seats> {
-        Arc::default()
+    /// Seats for a loop holding at most `limits` of deliveries not yet written;
+    /// [`on_push`](Self::on_push) says how to wake it.
+    pub fn new(limits: QueueLimits) -> Arc<Seats> {
+        Arc::new(Seats {
+            limits,
+            ..Seats::default()
+        })
     }
 
     /// Call `notify` (it wakes the loop) when an item arrives and the loop has taken
@@ -95,9 +108,6 @@ impl Seats {
     pub(crate) fn push(&self, item: SeatItem) {
         let mut items = lock(&self.items);
         let first = items.is_empty();
-        if matches!(item, SeatItem::Deliver { .. }) {
-            self.pending.fetch_add(1, Ordering::Relaxed);
-        }
         items.push_back(item);
         drop(items);
         if first {
@@ -105,6 +115,31 @@ impl Seats {
                 notify();
             }
         }
+    }
+
+    /// Hand the loop `delivery` to `channel`'s subscribers there (but `except`);
+    /// `false`, and nothing added, when that would take what it has still to write
+    /// past its bound: those subscribers miss it and are to be dropped as slow.
+    pub(crate) fn deliver(
+        &self,
+        channel: Arc<str>,
+        delivery: Delivery,
+        except: Option<ClientId>,
+    ) -> bool {
+        let cost = delivery.cost();
+        if self.pending.load(Ordering::Relaxed) >= self.limits.max_messages
+            || self.pending_bytes.load(Ordering::Relaxed) + cost > self.limits.max_bytes
+        {
+            return false;
+        }
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        self.pending_bytes.fetch_add(cost, Ordering::Relaxed);
+        self.push(SeatItem::Deliver {
+            channel,
+            delivery,
+            except,
+        });
+        true
     }
 
     /// Deliveries told and not yet written or queued.
@@ -152,7 +187,7 @@ impl Seats {
                         except,
                         left: 0,
                     };
-                    let done = topics.pass(&channel, first, &mut write, || {
+                    let (done, bytes) = topics.pass(&channel, first, &mut write, || {
                         // Publications of this channel next in line (what was told
                         // before, then what came meanwhile) join the pass.
                         let next = if todo.is_empty() {
@@ -163,6 +198,7 @@ impl Seats {
                         next
                     });
                     self.pending.fetch_sub(done, Ordering::Relaxed);
+                    self.pending_bytes.fetch_sub(bytes, Ordering::Relaxed);
                 }
                 SeatItem::Queue { queue, delivery } => {
                     // Overflowing marks the consumer slow; its session sees it.
@@ -260,21 +296,22 @@ impl LoopTopics {
 
     /// Write `first` to every subscriber of `channel`, and each delivery `more` gives
     /// (asked every [`LOOK_EVERY`] subscribers of the first round) from where the pass
-    /// is, round to where it joined. Returns how many deliveries were written.
+    /// is, round to where it joined. Returns how many deliveries were written, and their
+    /// bytes as a queue counts them.
     fn pass(
         &mut self,
         channel: &str,
         first: Active,
         write: &mut impl FnMut(&Member, Step<'_>) -> bool,
         mut more: impl FnMut() -> Option<(Delivery, Option<ClientId>)>,
-    ) -> usize {
+    ) -> (usize, usize) {
         let Some(ms) = self.channels.get_mut(channel) else {
-            // Nobody here: it and what would join it are done.
-            return 1;
+            // Nobody here: it is done.
+            return (1, first.delivery.cost());
         };
         let n = ms.list.len();
         let mut active = vec![Active { left: n, ..first }];
-        let mut done = 0;
+        let (mut done, mut bytes) = (0, 0);
         let mut i = 0;
         // Publications join only during the first round: a pass ends within two, so a
         // publisher that never stops does not keep the loop from its other connections
@@ -297,12 +334,16 @@ impl LoopTopics {
             }
             write(m, Step::Flush);
             visited += 1;
-            let before = active.len();
-            active.retain(|a| a.left > 0);
-            done += before - active.len();
+            active.retain(|a| {
+                if a.left == 0 {
+                    done += 1;
+                    bytes += a.delivery.cost();
+                }
+                a.left > 0
+            });
             i = (i + 1) % n;
         }
-        done
+        (done, bytes)
     }
 
     /// Subscribers seated on `channel` (tests).
@@ -381,7 +422,7 @@ mod tests {
     /// 0..n), and that loop's seats and topics.
     fn seated_channel(n: usize) -> (Broker, Arc<Seats>, LoopTopics) {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         for slot in 0..n {
             b.add("c", slot as ClientId, seated(&seats, slot), false)
                 .unwrap();
@@ -404,7 +445,10 @@ mod tests {
     #[test]
     fn a_fanout_is_one_item_per_loop_and_each_loop_writes_its_subscribers() {
         let b = Broker::new();
-        let (a, z) = (b.seats(), b.seats());
+        let (a, z) = (
+            b.seats(QueueLimits::default()),
+            b.seats(QueueLimits::default()),
+        );
         let (mut ta, mut tz) = (LoopTopics::default(), LoopTopics::default());
         let on_a: Vec<_> = (0..3).map(|slot| seated(&a, slot)).collect();
         for (i, q) in on_a.iter().enumerate() {
@@ -438,7 +482,7 @@ mod tests {
     #[test]
     fn what_waits_in_a_queue_goes_first_and_what_cannot_be_written_is_queued() {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         let mut topics = LoopTopics::default();
         let (waiting, full) = (seated(&seats, 0), seated(&seats, 1));
         b.add("c", 1, waiting.clone(), false).unwrap();
@@ -465,7 +509,7 @@ mod tests {
     #[test]
     fn a_recovering_subscriber_is_seated_once_live_behind_what_it_missed() {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         let mut topics = LoopTopics::default();
         let q = seated(&seats, 3);
         b.add("news", 1, q.clone(), true).unwrap();
@@ -496,7 +540,7 @@ mod tests {
     #[test]
     fn leaving_unseats_and_the_servers_unsubscribe_follows_what_was_delivered() {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         let mut topics = LoopTopics::default();
         let (q, other) = (seated(&seats, 0), seated(&seats, 1));
         b.add("c", 1, q.clone(), false).unwrap();
@@ -539,7 +583,7 @@ mod tests {
     #[test]
     fn a_joiner_is_not_told_of_its_own_join_on_a_loop_either() {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         let mut topics = LoopTopics::default();
         for client in [1, 2] {
             b.add("room", client, seated(&seats, client as usize), false)
@@ -556,7 +600,7 @@ mod tests {
     #[test]
     fn a_recovery_that_overflows_leaves_the_loops_count_right() {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         let mut topics = LoopTopics::default();
         let live = seated(&seats, 0);
         b.add("c", 1, live.clone(), false).unwrap();
@@ -677,7 +721,7 @@ mod tests {
     #[test]
     fn nothing_bypasses_a_queue_that_overflowed_or_holds_a_disconnect() {
         let b = Broker::new();
-        let seats = b.seats();
+        let seats = b.seats(QueueLimits::default());
         let mut topics = LoopTopics::default();
         let tiny = Outbound::new(QueueLimits {
             max_messages: 1,
@@ -699,5 +743,77 @@ mod tests {
             take(&seats, &mut topics).is_empty(),
             "neither is written to"
         );
+    }
+
+    #[test]
+    fn a_loop_too_far_behind_drops_its_subscribers_as_slow_and_no_one_else() {
+        let b = Broker::new();
+        let limits = QueueLimits {
+            max_messages: 2,
+            max_bytes: 1 << 20,
+        };
+        let (stuck, other) = (b.seats(limits), b.seats(limits));
+        let (mut ts, mut to) = (LoopTopics::default(), LoopTopics::default());
+        let on_stuck: Vec<_> = (0..3).map(|slot| seated(&stuck, slot)).collect();
+        for (i, q) in on_stuck.iter().enumerate() {
+            b.add("c", i as ClientId, q.clone(), false).unwrap();
+        }
+        let of_d = seated(&stuck, 3);
+        b.add("d", 9, of_d.clone(), false).unwrap();
+        let elsewhere = seated(&other, 0);
+        b.add("c", 10, elsewhere.clone(), false).unwrap();
+        let unseated = Outbound::new(QueueLimits::default());
+        b.add("c", 11, unseated.clone(), false).unwrap();
+        take(&stuck, &mut ts);
+        // The stuck loop takes nothing more: 1 and 2 wait there, 3 finds it full.
+        for o in 1..=3 {
+            b.deliver("c", publication(o));
+            take(&other, &mut to);
+        }
+        assert_eq!(stuck.pending(), 2, "nothing past the bound is added");
+        for q in &on_stuck {
+            assert!(q.overflowed(), "each subscriber there missed 3: dropped");
+        }
+        assert_eq!(
+            b.channels(),
+            [("c".to_string(), 2), ("d".to_string(), 1)],
+            "dropped from c only; the other loop's and the unseated stay"
+        );
+        assert!(!of_d.overflowed() && !elsewhere.overflowed() && !unseated.overflowed());
+        assert_eq!(crate::hub::queue::drain_offsets(&unseated), [1, 2, 3]);
+        // When the loop comes back it writes nothing to those it dropped (what it
+        // had is queued behind the overflow, refused), and hears they left.
+        assert!(take(&stuck, &mut ts).is_empty());
+        assert_eq!(stuck.pending(), 0);
+        assert!(ts.seated("c").is_empty());
+        // A subscriber seated after the drop missed nothing and gets what follows.
+        let later = seated(&stuck, 5);
+        b.add("c", 5, later.clone(), false).unwrap();
+        b.deliver("c", publication(4));
+        assert_eq!(take(&stuck, &mut ts), [(5, "4".to_string())]);
+        assert!(!later.overflowed());
+    }
+
+    #[test]
+    fn a_loops_bound_counts_bytes_too() {
+        let b = Broker::new();
+        let seats = b.seats(QueueLimits {
+            max_messages: 100,
+            max_bytes: 1000,
+        });
+        let q = seated(&seats, 0);
+        b.add("c", 1, q.clone(), false).unwrap();
+        let big = |o| {
+            Event::Publication(Arc::new(Publication::new(
+                o,
+                Payload::binary(Bytes::from(vec![0; 400])),
+            )))
+        };
+        b.deliver("c", big(1));
+        b.deliver("c", big(2));
+        assert!(!q.overflowed(), "two of 464 bytes fit in 1000");
+        b.deliver("c", big(3));
+        assert!(q.overflowed(), "a third does not");
+        assert_eq!(seats.pending(), 2);
     }
 }

@@ -84,7 +84,7 @@ impl<S: LoopSession> FrontLoops<S> {
         let mut loops = Vec::with_capacity(n);
         for _ in 0..n.max(1) {
             let (tell, ctl) = mpsc::channel();
-            let seats = gate.hub().broker().seats();
+            let seats = gate.hub().broker().seats(gate.hub().config().queue);
             let handler = Sessions::<S> {
                 conns: Vec::new(),
                 ctl,
