@@ -726,11 +726,22 @@ impl<H: Handler> Runner<H> {
     /// Do everything slot `i` can do now: read, handle, write, finish, and schedule its
     /// next deadline.
     fn drive(&mut self, i: usize, now: Instant, readable: bool) {
-        let Some(Some(mut slot)) = self.slots.get_mut(i).map(Option::take) else {
+        // The slot is worked on in place, the slab set aside meanwhile (nothing a step
+        // does reaches another slot): moving the slot out and back in cost two copies of
+        // its ~430 bytes per drive, 1.2 % of an echo's CPU at 20 B.
+        let mut slots = std::mem::take(&mut self.slots);
+        if let Some(cell) = slots.get_mut(i) {
+            self.drive_in(i, cell, now, readable);
+        }
+        self.slots = slots;
+    }
+
+    fn drive_in(&mut self, i: usize, cell: &mut Option<Slot>, now: Instant, readable: bool) {
+        let Some(slot) = cell else {
             return;
         };
         slot.read_more |= readable;
-        let step = self.step(i, &mut slot, now);
+        let step = self.step(i, slot, now);
         match step {
             Step::Keep => {
                 let want = match slot.finish {
@@ -749,11 +760,10 @@ impl<H: Handler> Runner<H> {
                         self.timers.push(Reverse((at, i)));
                     }
                 }
-                self.slots[i] = Some(slot);
             }
             Step::Remove => {
                 let _ = self.poll.registry().deregister(&mut slot.io);
-                drop(slot);
+                *cell = None;
                 self.free.push(i);
                 self.shared.open.fetch_sub(1, Ordering::AcqRel);
                 self.handler.on_close(ConnId(i));
@@ -858,7 +868,7 @@ impl<H: Handler> Runner<H> {
                 // Idle until now: lend the loop's buffer for this read.
                 std::mem::swap(buf, &mut self.spare);
             }
-            let read = crate::recv::recv_into(&s.io, buf, want);
+            let read = crate::sys::recv_into(&s.io, buf, want);
             let mut run = 0;
             if let Ok((n, _)) = read {
                 if n > 0 {
@@ -946,7 +956,7 @@ fn write_out(s: &mut Slot) -> io::Result<()> {
             let cnt = out.chunks_vectored(&mut slices);
             (&s.io).write_vectored(&slices[..cnt])
         } else {
-            (&s.io).write(out.chunk())
+            crate::sys::send(&s.io, out.chunk())
         };
         match n {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -50,9 +50,9 @@ mod config;
 mod connect;
 mod error;
 pub mod event_loop;
-mod recv;
 mod split;
 mod stream;
+mod sys;
 #[cfg(feature = "tls")]
 pub mod tls;
 mod websocket;
