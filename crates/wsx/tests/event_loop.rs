@@ -33,7 +33,11 @@ impl Handler for Echo {
 
 /// A listener whose connections are accepted on tokio with `cfg` and handed to `ev`.
 async fn serve(ev: LoopHandle, cfg: ServerConfig) -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), ev, cfg)
+}
+
+/// [`serve`] on `listener`.
+fn serve_on(listener: TcpListener, ev: LoopHandle, cfg: ServerConfig) -> u16 {
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         loop {
@@ -415,4 +419,81 @@ async fn busy_for_measures_the_turn_under_way() {
     go.send(()).unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hold"));
     eventually("the turn ended", || handle.busy_for() == Duration::ZERO).await;
+}
+
+/// A peer whose input never runs dry gets a bounded number of reads per turn: the
+/// loop's other connections are served meanwhile, not once that peer pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_never_runs_dry_does_not_keep_the_loop_from_the_others() {
+    /// Echoes what starts with "b"; swallows and counts the rest (so the flooding
+    /// peer's output never fills, which would stop its reads for another reason).
+    struct SinkOrEcho(Arc<AtomicUsize>);
+    impl Handler for SinkOrEcho {
+        fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message) {
+            if msg.payload().first() == Some(&b'b') {
+                let _ = conn.send(msg);
+            } else {
+                // Work of 20 µs per message: the loop reads slower than the peer
+                // writes, so the socket never runs dry (every read fills its room).
+                let t = Instant::now();
+                while t.elapsed() < Duration::from_micros(20) {
+                    std::hint::spin_loop();
+                }
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    let swallowed = Arc::new(AtomicUsize::new(0));
+    let ev = EventLoop::start(IoConfig::default(), SinkOrEcho(swallowed.clone())).unwrap();
+    // A large receive buffer: on loopback (a 64 KiB MSS) a small one opens its window
+    // again only once it is nearly empty, so the sender pauses and every few dozen
+    // reads one comes back short, which ends the connection's reads as well as the
+    // bound would. With 8 MiB the window reopens with megabytes still queued.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(8 << 20).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let port = serve_on(
+        socket.listen(16).unwrap(),
+        ev.handle(),
+        ServerConfig::default(),
+    );
+    let (flood, _) = client(port).await.into_inner();
+    let mut b = client(port).await;
+    // Masked (with a zero key) binary frames of 100 bytes of 'a', 64 KiB at a time,
+    // written for at most 20 s or until b is served.
+    let chunk: Vec<u8> = std::iter::repeat_n(
+        [&[0x82u8, 0x80 | 100, 0, 0, 0, 0][..], &[b'a'; 100][..]].concat(),
+        64 * 1024 / 106,
+    )
+    .flatten()
+    .collect();
+    let served = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flooding = {
+        let served = served.clone();
+        tokio::spawn(async move {
+            let mut flood = flood;
+            let until = Instant::now() + Duration::from_secs(20);
+            while !served.load(Ordering::Relaxed) && Instant::now() < until {
+                flood.write_all(&chunk).await.unwrap();
+            }
+            Instant::now() < until
+        })
+    };
+    eventually("the flood is being read", || {
+        swallowed.load(Ordering::Relaxed) > 1_000
+    })
+    .await;
+    b.send(Message::text("b, served while the flood goes on"))
+        .await
+        .unwrap();
+    let echoed = tokio::time::timeout(Duration::from_secs(10), b.next()).await;
+    served.store(true, Ordering::Relaxed);
+    assert_eq!(
+        echoed.expect("b was never served").unwrap().unwrap(),
+        Message::text("b, served while the flood goes on")
+    );
+    assert!(
+        flooding.await.unwrap(),
+        "b was served only once the flood stopped"
+    );
 }
