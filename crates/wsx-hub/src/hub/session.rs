@@ -71,6 +71,18 @@ impl HubSession {
     /// label). `user` is who the transport already authenticated ("" for nobody); a
     /// connection token's subject takes its place at [`connect`](Self::connect).
     pub fn new(hub: Arc<Hub>, frontend: &'static str, user: String) -> HubSession {
+        HubSession::new_via(hub, frontend, user, "")
+    }
+
+    /// [`new`](Self::new) for a connection that reached the server by `transport`, as
+    /// [`set_transport`](Self::set_transport) records it (the client info is made and
+    /// registered once, not twice).
+    pub fn new_via(
+        hub: Arc<Hub>,
+        frontend: &'static str,
+        user: String,
+        transport: impl Into<Cow<'static, str>>,
+    ) -> HubSession {
         let client = hub.next_client_id();
         let queue = Outbound::new(hub.config().queue);
         let frontend_name = frontend;
@@ -80,6 +92,7 @@ impl HubSession {
             client,
             user,
             protocol: frontend_name.into(),
+            transport: transport.into(),
             ..ClientInfo::default()
         });
         hub.register(info.clone(), queue.clone());

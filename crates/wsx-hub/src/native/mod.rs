@@ -129,7 +129,7 @@ async fn endpoint(
 ) -> Response {
     let hub = gate.hub().clone();
     gate.upgrade_holding(peer, &mut req, None, move |ws, _, stop, held| {
-        let session = Session::new(hub, String::new()).via("websocket");
+        let session = Session::new_via(hub, String::new(), "websocket");
         async move {
             match loops {
                 Some(loops) => {
@@ -184,11 +184,11 @@ pub fn sockjs_router(gate: &Gate, cfg: crate::sockjs::SockJsConfig) -> Router {
         gate,
         cfg,
         Arc::new(move |s| {
-            Session::new(hub.clone(), String::new())
-                .via(match s.transport {
-                    t @ ("sse" | "polling") => Cow::Borrowed(t),
-                    t => Cow::Owned(format!("sockjs/{t}")),
-                })
+            let via = match s.transport {
+                t @ ("sse" | "polling") => Cow::Borrowed(t),
+                t => Cow::Owned(format!("sockjs/{t}")),
+            };
+            Session::new_via(hub.clone(), String::new(), via)
                 .run_messages(s)
                 .boxed()
         }),
@@ -223,9 +223,19 @@ impl Session {
     /// A session for a new connection of `user`, whom the transport authenticated (""
     /// for nobody; a connection token's subject takes its place).
     pub fn new(hub: Arc<Hub>, user: String) -> Session {
+        Session::new_via(hub, user, "")
+    }
+
+    /// [`new`](Self::new) for a client that reached the server by `transport` (as
+    /// [`via`](Self::via) records it).
+    pub fn new_via(
+        hub: Arc<Hub>,
+        user: String,
+        transport: impl Into<Cow<'static, str>>,
+    ) -> Session {
         Session {
             rate: Bucket::new(&hub.config().commands),
-            hub: HubSession::new(hub, FRONTEND, user),
+            hub: HubSession::new_via(hub, FRONTEND, user, transport),
             bad_commands: 0,
         }
     }
@@ -241,7 +251,7 @@ impl Session {
         via: &'static str,
         channels: &[&str],
     ) -> Result<Session, HubError> {
-        let mut s = Session::new(hub, String::new()).via(via);
+        let mut s = Session::new_via(hub, String::new(), via);
         s.hub
             .connect_trusted(user.to_string(), name.to_string(), String::new());
         for c in channels {

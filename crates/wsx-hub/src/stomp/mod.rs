@@ -106,8 +106,7 @@ fn new_session(
     cfg: Arc<StompConfig>,
     transport: &'static str,
 ) -> StompSession {
-    let mut session = HubSession::new(hub, FRONTEND, String::new());
-    session.set_transport(transport);
+    let session = HubSession::new_via(hub, FRONTEND, String::new(), transport);
     StompSession::new(session, cfg, Instant::now())
 }
 
