@@ -442,6 +442,28 @@ mod tests {
         written
     }
 
+    /// Take what `seats` holds, every write succeeding, and call `feed` at every
+    /// subscriber visited with the next offset (from 2; bounded at 10,000 so that a
+    /// take that never ends still would). Returns how many visits the call made.
+    fn visits_while_fed(
+        seats: &Seats,
+        topics: &mut LoopTopics,
+        mut feed: impl FnMut(u64),
+    ) -> usize {
+        let (mut visits, mut next) = (0, 2);
+        seats.take(topics, |_, step| {
+            if let Step::Flush = step {
+                visits += 1;
+                if next < 10_000 {
+                    feed(next);
+                    next += 1;
+                }
+            }
+            true
+        });
+        visits
+    }
+
     #[test]
     fn a_fanout_is_one_item_per_loop_and_each_loop_writes_its_subscribers() {
         let b = Broker::new();
@@ -674,18 +696,9 @@ mod tests {
         let n = 100;
         let (b, seats, mut topics) = seated_channel(n);
         b.deliver("c", publication(1));
-        let (mut visits, mut next) = (0, 2);
-        seats.take(&mut topics, |_, step| {
-            if let Step::Flush = step {
-                visits += 1;
-                // A publisher that never stops: one more at every subscriber visited
-                // (bounded here so that a failing pass would still end).
-                if next < 10_000 {
-                    b.deliver("c", publication(next));
-                    next += 1;
-                }
-            }
-            true
+        // A publisher that never stops: one more at every subscriber visited.
+        let visits = visits_while_fed(&seats, &mut topics, |next| {
+            b.deliver("c", publication(next));
         });
         assert!(
             visits < 2 * n,
@@ -701,19 +714,10 @@ mod tests {
     fn a_loop_told_things_without_end_still_comes_back_to_its_connections() {
         let (b, seats, mut topics) = seated_channel(10);
         b.deliver("c", publication(1));
-        let (mut visits, mut next) = (0, 2);
-        seats.take(&mut topics, |_, step| {
-            if let Step::Flush = step {
-                visits += 1;
-                // Subscribers and publications, interleaved, without end (bounded
-                // here so that a failing take would still end).
-                if next < 10_000 {
-                    b.add("c", 100 + next, seated(&seats, 100), false).unwrap();
-                    b.deliver("c", publication(next));
-                    next += 1;
-                }
-            }
-            true
+        // Subscribers and publications, interleaved, without end.
+        let visits = visits_while_fed(&seats, &mut topics, |next| {
+            b.add("c", 100 + next, seated(&seats, 100), false).unwrap();
+            b.deliver("c", publication(next));
         });
         assert!(visits < 40, "one call took {visits} visits");
     }
