@@ -591,6 +591,36 @@ impl Connection {
         Ok(())
     }
 
+    /// [`send_shared`](Self::send_shared), the frame's bytes offered to `write` first
+    /// when nothing waits before them and they go as they are (uncompressed): `write`
+    /// takes what it can (a non-blocking send; 0 when it takes nothing, an error
+    /// included, which the next write of the output meets again) and only the rest is
+    /// queued. For a fan-out: a connection that keeps up costs one send and no
+    /// bookkeeping of its output.
+    pub fn send_shared_with(
+        &mut self,
+        frame: &SharedFrame,
+        write: impl FnOnce(&[u8]) -> usize,
+    ) -> Result<(), Error> {
+        let direct = self.role == Role::Server
+            && self.output.is_empty()
+            && self.out_msg.is_none()
+            && !self
+                .deflate
+                .as_ref()
+                .is_some_and(|d| d.should_compress(frame.payload_len()));
+        if !direct {
+            return self.send_shared(frame);
+        }
+        self.check_can_send()?;
+        let bytes = frame.as_bytes();
+        let n = write(bytes).min(bytes.len());
+        if n < bytes.len() {
+            self.output.push_bytes(bytes.slice(n..));
+        }
+        Ok(())
+    }
+
     fn send_control(&mut self, opcode: OpCode, payload: Bytes) -> Result<(), Error> {
         self.check_can_send()?;
         if payload.len() > MAX_CONTROL_PAYLOAD {

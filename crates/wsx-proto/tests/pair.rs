@@ -590,3 +590,65 @@ fn shared_frames_use_the_connection_s_own_context_when_it_keeps_one() {
         vec![Message::Binary(Bytes::from(vec![7u8; 300]))]
     );
 }
+
+#[test]
+fn a_shared_frame_offered_to_the_socket_first_is_queued_only_for_what_it_did_not_take() {
+    let frame = wsx_proto::SharedFrame::text("to every subscriber");
+    let mut p = Pair::new();
+    // Nothing waits: the socket takes all of it, nothing is queued.
+    let mut offered = Vec::new();
+    p.server
+        .send_shared_with(&frame, |b| {
+            offered.push(b.to_vec());
+            b.len()
+        })
+        .unwrap();
+    assert_eq!(offered, [frame.as_bytes().to_vec()]);
+    assert_eq!(p.server.output_len(), 0);
+    p.to_client.extend_from_slice(&offered.concat());
+    let (c, _) = p.drive();
+    assert_eq!(
+        messages(&c.events),
+        vec![Message::text("to every subscriber")]
+    );
+
+    // It takes 5 bytes: the rest is queued, and the frame arrives whole.
+    let mut taken = Vec::new();
+    p.server
+        .send_shared_with(&frame, |b| {
+            taken.extend_from_slice(&b[..5]);
+            5
+        })
+        .unwrap();
+    assert_eq!(p.server.output_len(), frame.as_bytes().len() - 5);
+    // Something waits now: the next frame is not offered, it goes behind.
+    p.server
+        .send_shared_with(&frame, |_| panic!("offered past what waits"))
+        .unwrap();
+    p.to_client.extend_from_slice(&taken);
+    let (c, _) = p.drive();
+    assert_eq!(
+        messages(&c.events),
+        vec![Message::text("to every subscriber"); 2]
+    );
+
+    // A connection that compresses it is not offered the shared bytes.
+    let text = "compressed for this connection; ".repeat(20);
+    let big = wsx_proto::SharedFrame::text(&text);
+    let mut d = deflate_pair(DeflateConfig::default(), DeflateConfig::default());
+    d.server
+        .send_shared_with(&big, |_| panic!("offered uncompressed"))
+        .unwrap();
+    let (c, _) = d.drive();
+    assert_eq!(messages(&c.events), vec![Message::text(text)]);
+
+    // After the close (its frame written: nothing waits), nothing is offered.
+    p.server.close(p.now, None).unwrap();
+    p.drive();
+    assert_eq!(p.server.output_len(), 0);
+    assert!(matches!(
+        p.server
+            .send_shared_with(&frame, |_| panic!("offered after close")),
+        Err(Error::AlreadyClosed)
+    ));
+}

@@ -117,6 +117,19 @@ impl Conn<'_> {
         self.slot.conn.send_shared(frame).map_err(Error::from)
     }
 
+    /// [`send_shared`](Self::send_shared) and write at once: when nothing waits before
+    /// it (and it goes uncompressed), the socket takes the frame's bytes straight from
+    /// the shared frame, and only what it does not take now is queued (written when the
+    /// loop drives the connection after the handler returns). For the last frame a
+    /// fan-out gives a connection: no copy, one send.
+    pub fn send_shared_now(&mut self, frame: &SharedFrame) -> Result<()> {
+        let io = &self.slot.io;
+        self.slot
+            .conn
+            .send_shared_with(frame, |b| crate::sys::send(io, b).unwrap_or(0))
+            .map_err(Error::from)
+    }
+
     /// Write what is queued now, within the handler's call, instead of when it returns:
     /// for a handler writing to many connections in a row (a fan-out), so the first
     /// need not wait for the last. What the socket does not take now, and an error, are

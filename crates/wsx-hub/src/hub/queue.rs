@@ -165,6 +165,18 @@ struct State {
 }
 
 impl State {
+    /// The queue may hold something now (an item, an overflow, a close, a
+    /// disconnect): a fan-out of its loop looks at it before writing past it.
+    fn waits(&self) {
+        if let Some(seat) = &self.seat {
+            seat.seats.waits(seat.slot);
+        }
+    }
+
+    fn is_clear(&self) -> bool {
+        self.items.is_empty() && !self.overflowed && !self.closed && self.disconnect.is_none()
+    }
+
     /// After the queue went from `before` items to what it holds now: keep its share
     /// of the backlog it counts in.
     fn counted(&self, before: usize) {
@@ -234,6 +246,7 @@ impl Outbound {
         if s.overflowed || s.closed {
             return Err(SlowConsumer);
         }
+        s.waits();
         let cost = d.cost();
         let before = s.items.len();
         if before >= self.limits.max_messages || s.bytes + cost > self.limits.max_bytes {
@@ -311,6 +324,7 @@ impl Outbound {
     pub fn mark_slow(&self) {
         let mut s = lock(&self.state);
         s.overflowed = true;
+        s.waits();
         let before = s.items.len();
         s.items.clear();
         s.counted(before);
@@ -324,6 +338,7 @@ impl Outbound {
     pub fn disconnect(&self, d: Disconnect) {
         let mut s = lock(&self.state);
         s.disconnect = Some(Box::new(d));
+        s.waits();
         if let Some(w) = s.waker.take() {
             w.wake();
         }
@@ -333,6 +348,7 @@ impl Outbound {
     pub fn close(&self) {
         let mut s = lock(&self.state);
         s.closed = true;
+        s.waits();
         if let Some(w) = s.waker.take() {
             w.wake();
         }
@@ -353,7 +369,11 @@ impl Outbound {
     /// subscriptions' deliveries to the loop, which writes them or queues them here
     /// ([`seats`](crate::hub::seats)). The first seat counts.
     pub(crate) fn set_seat(&self, seat: Seat) {
-        lock(&self.state).seat.get_or_insert(seat);
+        let mut s = lock(&self.state);
+        s.seat.get_or_insert(seat);
+        if !s.is_clear() {
+            s.waits();
+        }
     }
 
     /// The loop this queue's connection sits on.
@@ -393,9 +413,14 @@ impl Outbound {
 
     /// Whether a delivery may bypass the queue: nothing waits in it, and it is neither
     /// closed nor overflowed nor holding a disconnect (what the consumer must see first).
-    pub(crate) fn is_clear(&self) -> bool {
+    /// And calls `then` under the queue's lock when it is.
+    pub(crate) fn is_clear_then(&self, then: impl FnOnce()) -> bool {
         let s = lock(&self.state);
-        s.items.is_empty() && !s.overflowed && !s.closed && s.disconnect.is_none()
+        let clear = s.is_clear();
+        if clear {
+            then();
+        }
+        clear
     }
 }
 

@@ -15,7 +15,7 @@
 //! what its queue already holds is written first (a delivery goes behind it).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use crate::hub::client::ClientId;
@@ -38,8 +38,62 @@ pub struct Seats {
     /// Their payload bytes, counted as a queue counts them.
     pending_bytes: AtomicUsize,
     limits: QueueLimits,
+    /// Which slots' queues may hold something.
+    waiting: Waiting,
     /// Wakes the loop (set once it runs).
     notify: OnceLock<Box<dyn Fn() + Send + Sync>>,
+}
+
+/// A flag per slot of a loop, set when the queue seated there may hold something, be
+/// closed or hold a disconnect (whatever makes it so sets it, under the queue's lock),
+/// cleared by the loop under the same lock when it finds the queue clear: a fan-out
+/// then looks at this dense array instead of each subscriber's queue (a cache miss
+/// apiece). A flag may be set for nothing (a slot's earlier connection, a queue since
+/// drained): that costs a look at the queue, never a delivery out of order.
+struct Waiting {
+    pages: Box<[OnceLock<Box<[AtomicBool]>>]>,
+}
+
+/// Slots per page of [`Waiting`], and pages: slots past `PAGE * PAGES` (4M) always
+/// count as waiting.
+const PAGE: usize = 4096;
+const PAGES: usize = 1024;
+
+impl Default for Waiting {
+    fn default() -> Self {
+        Waiting {
+            pages: (0..PAGES).map(|_| OnceLock::new()).collect(),
+        }
+    }
+}
+
+impl Waiting {
+    /// Set `slot`'s flag (under its queue's lock).
+    fn set(&self, slot: usize) {
+        if let Some(page) = self.pages.get(slot / PAGE) {
+            page.get_or_init(|| (0..PAGE).map(|_| AtomicBool::new(false)).collect())[slot % PAGE]
+                .store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Clear `slot`'s flag (under its queue's lock, the queue found clear).
+    fn clear(&self, slot: usize) {
+        if let Some(page) = self.pages.get(slot / PAGE).and_then(OnceLock::get) {
+            page[slot % PAGE].store(false, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether `slot`'s queue may hold something. What was set before the broker
+    /// handed the loop a delivery is seen: the flag is set under the queue's lock,
+    /// before the delivery went through the seats' lock.
+    fn get(&self, slot: usize) -> bool {
+        match self.pages.get(slot / PAGE) {
+            Some(page) => page
+                .get()
+                .is_some_and(|p| p[slot % PAGE].load(Ordering::Relaxed)),
+            None => true,
+        }
+    }
 }
 
 /// Where a connection sits: its loop's seats and its slot there.
@@ -95,6 +149,16 @@ impl Seats {
     /// everything before it. The first call counts.
     pub fn on_push(&self, notify: impl Fn() + Send + Sync + 'static) {
         let _ = self.notify.set(Box::new(notify));
+    }
+
+    /// The queue seated at `slot` may hold something now (its lock held).
+    pub(crate) fn waits(&self, slot: usize) {
+        self.waiting.set(slot);
+    }
+
+    /// Whether `m` may be written to at once: nothing waits in its queue.
+    fn clear(&self, m: &Member) -> bool {
+        !self.waiting.get(m.slot) || m.queue.is_clear_then(|| self.waiting.clear(m.slot))
     }
 
     /// A seat at `slot`.
@@ -187,7 +251,7 @@ impl Seats {
                         except,
                         left: 0,
                     };
-                    let (done, bytes) = topics.pass(&channel, first, &mut write, || {
+                    let (done, bytes) = topics.pass(self, &channel, first, &mut write, || {
                         // Publications of this channel next in line (what was told
                         // before, then what came meanwhile) join the pass.
                         let next = if todo.is_empty() {
@@ -225,8 +289,9 @@ fn join(items: &mut VecDeque<SeatItem>, channel: &str) -> Option<(Delivery, Opti
 
 /// What [`Seats::take`] asks of the loop for a subscriber.
 pub enum Step<'a> {
-    /// Write this delivery now if it can (`false`: it is queued instead).
-    Write(&'a Delivery),
+    /// Write this delivery now if it can (`false`: it is queued instead); `true` when
+    /// it is the last of this visit, so it may go to the socket at once.
+    Write(&'a Delivery, bool),
     /// Everything for this subscriber in this visit is given: send it.
     Flush,
 }
@@ -300,6 +365,7 @@ impl LoopTopics {
     /// bytes as a queue counts them.
     fn pass(
         &mut self,
+        seats: &Seats,
         channel: &str,
         first: Active,
         write: &mut impl FnMut(&Member, Step<'_>) -> bool,
@@ -328,9 +394,10 @@ impl LoopTopics {
                 }
             }
             let m = &mut ms.list[i];
-            for a in active.iter_mut() {
+            let last = active.len() - 1;
+            for (k, a) in active.iter_mut().enumerate() {
                 a.left -= 1;
-                give(m, &a.delivery, a.except, write);
+                give(seats, m, &a.delivery, a.except, k == last, write);
             }
             write(m, Step::Flush);
             visited += 1;
@@ -359,12 +426,15 @@ impl LoopTopics {
     }
 }
 
-/// Give `d` to `m`: written at once when its queue is empty and `write` can, queued
-/// otherwise; not at all to `except`, nor a publication it already has.
+/// Give `d` to `m` (`last`: the last of this visit): written at once when its queue
+/// is empty and `write` can, queued otherwise; not at all to `except`, nor a
+/// publication it already has.
 fn give(
+    seats: &Seats,
     m: &mut Member,
     d: &Delivery,
     except: Option<ClientId>,
+    last: bool,
     write: &mut impl FnMut(&Member, Step<'_>) -> bool,
 ) {
     if Some(m.client) == except {
@@ -378,7 +448,7 @@ fn give(
         }
         m.last = publication.offset;
     }
-    if !(m.queue.is_clear() && write(m, Step::Write(d))) {
+    if !(seats.clear(m) && write(m, Step::Write(d, last))) {
         let _ = m.queue.push(d.clone());
     }
 }
@@ -434,7 +504,7 @@ mod tests {
     fn take(seats: &Seats, topics: &mut LoopTopics) -> Vec<(usize, String)> {
         let mut written = Vec::new();
         seats.take(topics, |m, step| {
-            if let Step::Write(d) = step {
+            if let Step::Write(d, _) = step {
                 written.push((m.slot, what(d)));
             }
             true
@@ -517,7 +587,7 @@ mod tests {
         b.deliver("c", publication(1));
         let mut written = Vec::new();
         seats.take(&mut topics, |m, step| match step {
-            Step::Write(d) => {
+            Step::Write(d, _) => {
                 written.push((m.slot, what(d)));
                 m.slot != 1 // slot 1's output is full
             }
@@ -580,7 +650,7 @@ mod tests {
         b.deliver("c", publication(2));
         let mut order = Vec::new();
         seats.take(&mut topics, |m, step| {
-            if let Step::Write(d) = step {
+            if let Step::Write(d, _) = step {
                 // Written in order: 1 before the push to `q`, 2 after it.
                 order.push((m.slot, what(d), q.len()));
             }
@@ -655,7 +725,7 @@ mod tests {
         let mut writes = 0;
         let mut loop_turn = |m: &Member, step: Step<'_>| {
             match step {
-                Step::Write(d) => {
+                Step::Write(d, _) => {
                     writes += 1;
                     got[m.slot] += &what(d);
                     if writes == 100 {
@@ -720,6 +790,49 @@ mod tests {
             b.deliver("c", publication(next));
         });
         assert!(visits < 40, "one call took {visits} visits");
+    }
+
+    #[test]
+    fn a_queue_that_held_something_when_seated_is_not_written_past_until_it_drains() {
+        let b = Broker::new();
+        let seats = b.seats(QueueLimits::default());
+        let mut topics = LoopTopics::default();
+        let q = Outbound::new(QueueLimits::default());
+        let other = || Delivery::Unsubscribed {
+            channel: Arc::from("other"),
+        };
+        q.push(other()).unwrap();
+        q.set_seat(seats.seat(4));
+        b.add("c", 1, q.clone(), false).unwrap();
+        b.deliver("c", publication(1));
+        assert!(take(&seats, &mut topics).is_empty(), "it held something");
+        assert_eq!(queued(&q), ["unsubscribed other", "1"]);
+        // Drained: written at once again, and its flag is down (no more looks).
+        b.deliver("c", publication(2));
+        assert_eq!(take(&seats, &mut topics), [(4, "2".to_string())]);
+        assert!(!seats.waiting.get(4));
+        // Filled from elsewhere, then closed: looked at each time, never written past.
+        q.push(other()).unwrap();
+        b.deliver("c", publication(3));
+        assert!(take(&seats, &mut topics).is_empty());
+        assert_eq!(queued(&q), ["unsubscribed other", "3"]);
+        b.deliver("c", publication(4));
+        assert_eq!(take(&seats, &mut topics), [(4, "4".to_string())]);
+        q.close();
+        b.deliver("c", publication(5));
+        assert!(take(&seats, &mut topics).is_empty(), "closed");
+    }
+
+    #[test]
+    fn a_slots_flag_is_kept_per_slot_and_slots_past_the_pages_always_look() {
+        let w = Waiting::default();
+        assert!(!w.get(5) && !w.get(PAGE + 5), "no page yet: nothing waits");
+        w.set(PAGE + 5);
+        assert!(w.get(PAGE + 5) && !w.get(PAGE + 6) && !w.get(5));
+        w.clear(PAGE + 5);
+        assert!(!w.get(PAGE + 5));
+        w.set(PAGE * PAGES);
+        assert!(w.get(PAGE * PAGES), "past the pages: looked at always");
     }
 
     #[test]

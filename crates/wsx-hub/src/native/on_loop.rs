@@ -203,7 +203,7 @@ impl LoopSession for OnLoop {
         Some(self.session.as_ref()?.hub.queue().clone())
     }
 
-    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery) -> bool {
+    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery, last: bool) -> bool {
         if self.done {
             // Closing: nothing more is written.
             return true;
@@ -215,7 +215,12 @@ impl LoopSession for OnLoop {
         };
         let frame = Session::frame_for(d);
         session.hub.metrics().count_out(frame.payload_len());
-        if conn.send_shared(&frame).is_err() {
+        let sent = if last {
+            conn.send_shared_now(&frame)
+        } else {
+            conn.send_shared(&frame)
+        };
+        if sent.is_err() {
             self.done = true;
         }
         true

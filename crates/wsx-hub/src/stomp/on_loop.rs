@@ -189,7 +189,7 @@ impl LoopSession for OnLoop {
         Some(self.session.as_ref()?.queue().clone())
     }
 
-    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery) -> bool {
+    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery, _last: bool) -> bool {
         if self.done {
             // Closing: nothing more is written.
             return true;

@@ -43,9 +43,10 @@ pub trait LoopSession: Send + 'static {
         None
     }
     /// A delivery of a fan-out, its queue empty: write it now if it can (`false`: it is
-    /// queued and comes through the queue's waker).
-    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery) -> bool {
-        let _ = (conn, d);
+    /// queued and comes through the queue's waker). `last`: nothing more is given it
+    /// before the flush, so it may go to the socket at once.
+    fn deliver_now(&mut self, conn: &mut Conn<'_>, d: &Delivery, last: bool) -> bool {
+        let _ = (conn, d, last);
         false
     }
 }
@@ -277,7 +278,7 @@ impl<S: LoopSession> Handler for Sessions<S> {
                 return true;
             };
             match step {
-                Step::Write(d) => s.deliver_now(&mut conn, d),
+                Step::Write(d, last) => s.deliver_now(&mut conn, d, last),
                 // Sent now: the next subscriber's turn need not wait for the last one's.
                 Step::Flush => {
                     conn.flush();
