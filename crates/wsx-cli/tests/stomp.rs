@@ -597,9 +597,9 @@ async fn bad_input(over_ws: bool) {
         .await;
     let e = c.error_then_close().await;
     assert_eq!(e.get("wsx-error"), Some("unauthorized"));
-    // No CONNECT in time.
-    let mut c = Raw::open(&stomp).await;
+    // No CONNECT in time (timed from before the connection: its deadline starts after).
     let start = Instant::now();
+    let mut c = Raw::open(&stomp).await;
     let e = c.error_then_close().await;
     assert!(e.get("message").unwrap().contains("CONNECT"), "{e:?}");
     assert!(start.elapsed() >= Duration::from_millis(900));

@@ -148,11 +148,12 @@ async fn a_silent_peer_is_pinged_then_closed_when_it_never_answers() {
             .pong_timeout(Duration::from_millis(200)),
     );
     let port = serve(ev.handle(), cfg).await;
+    // Before the connection exists: the server's ping interval starts after this.
+    let start = Instant::now();
     let (ws, _) = wsx::connect(&format!("ws://127.0.0.1:{port}/"), &ClientConfig::default())
         .await
         .unwrap();
     let (mut tcp, _) = ws.into_inner();
-    let start = Instant::now();
     let mut got = Vec::new();
     tcp.read_to_end(&mut got).await.unwrap();
     assert_eq!(got[0], 0x89, "a ping first: {got:?}");
