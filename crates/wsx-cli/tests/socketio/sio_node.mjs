@@ -18,7 +18,10 @@ const [wsxBin, port, config] = process.argv.slice(2);
 const server = await new Server(wsxBin, port, [
   '--demo', 'off', '--config', config,
   '--token-hmac-secret', SECRET, '--allow-anonymous', 'on',
-  '--socketio-ping-interval', '200ms', '--socketio-ping-timeout', '400ms',
+  // A short interval for the heartbeat test; a timeout that a 1 MiB publication on a
+  // loaded CI machine (a debug build) cannot outlast: the client waits interval +
+  // timeout for each ping, and 600 ms was once not enough there.
+  '--socketio-ping-interval', '200ms', '--socketio-ping-timeout', '2s',
   '--socketio-max-payload', '4MiB', '--max-message-size', '4MiB', '--max-frame-size', '4MiB',
 ]).start();
 const url = server.base;
