@@ -39,10 +39,10 @@ pub(crate) fn recv_into(
     let spare = buf.spare_capacity_mut();
     let room = spare.len().min(want);
     // SAFETY: `spare` is valid for writes of `room` (≤ its length) bytes and nothing
-    // else refers to it while `read` runs; `read` writes at most that many bytes.
-    let n = unsafe { read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), room) }?;
+    // else refers to it while `recv` runs; `recv` writes at most that many bytes.
+    let n = unsafe { recv(fd.as_raw_fd(), spare.as_mut_ptr().cast(), room) }?;
     debug_assert!(n <= room);
-    // SAFETY: the kernel initialized the first `n` bytes of the spare capacity (`read`
+    // SAFETY: the kernel initialized the first `n` bytes of the spare capacity (`recv`
     // returns how many it wrote, never more than the room it was given).
     unsafe { buf.set_len(buf.len() + n) };
     Ok((n, n == room))
@@ -79,7 +79,7 @@ pub(crate) fn send(fd: &impl AsRawFd, data: &[u8]) -> io::Result<usize> {
 ///
 /// # Safety
 /// `ptr` must be valid for writes of `len` bytes.
-unsafe fn read(fd: libc::c_int, ptr: *mut libc::c_void, len: usize) -> io::Result<usize> {
+unsafe fn recv(fd: libc::c_int, ptr: *mut libc::c_void, len: usize) -> io::Result<usize> {
     #[cfg(not(miri))]
     // SAFETY: the caller's promise; no address is asked for (both pointers null).
     let n = unsafe {

@@ -289,9 +289,13 @@ fn join(items: &mut VecDeque<SeatItem>, channel: &str) -> Option<(Delivery, Opti
 
 /// What [`Seats::take`] asks of the loop for a subscriber.
 pub enum Step<'a> {
-    /// Write this delivery now if it can (`false`: it is queued instead); `true` when
-    /// it is the last of this visit, so it may go to the socket at once.
-    Write(&'a Delivery, bool),
+    /// Write this delivery now if it can (`false`: it is queued instead).
+    Write {
+        /// The delivery.
+        delivery: &'a Delivery,
+        /// Whether it is the last of this visit, so it may go to the socket at once.
+        last: bool,
+    },
     /// Everything for this subscriber in this visit is given: send it.
     Flush,
 }
@@ -448,7 +452,7 @@ fn give(
         }
         m.last = publication.offset;
     }
-    if !(seats.clear(m) && write(m, Step::Write(d, last))) {
+    if !(seats.clear(m) && write(m, Step::Write { delivery: d, last })) {
         let _ = m.queue.push(d.clone());
     }
 }
@@ -504,7 +508,7 @@ mod tests {
     fn take(seats: &Seats, topics: &mut LoopTopics) -> Vec<(usize, String)> {
         let mut written = Vec::new();
         seats.take(topics, |m, step| {
-            if let Step::Write(d, _) = step {
+            if let Step::Write { delivery: d, .. } = step {
                 written.push((m.slot, what(d)));
             }
             true
@@ -587,7 +591,7 @@ mod tests {
         b.deliver("c", publication(1));
         let mut written = Vec::new();
         seats.take(&mut topics, |m, step| match step {
-            Step::Write(d, _) => {
+            Step::Write { delivery: d, .. } => {
                 written.push((m.slot, what(d)));
                 m.slot != 1 // slot 1's output is full
             }
@@ -650,7 +654,7 @@ mod tests {
         b.deliver("c", publication(2));
         let mut order = Vec::new();
         seats.take(&mut topics, |m, step| {
-            if let Step::Write(d, _) = step {
+            if let Step::Write { delivery: d, .. } = step {
                 // Written in order: 1 before the push to `q`, 2 after it.
                 order.push((m.slot, what(d), q.len()));
             }
@@ -725,7 +729,7 @@ mod tests {
         let mut writes = 0;
         let mut loop_turn = |m: &Member, step: Step<'_>| {
             match step {
-                Step::Write(d, _) => {
+                Step::Write { delivery: d, .. } => {
                     writes += 1;
                     got[m.slot] += &what(d);
                     if writes == 100 {

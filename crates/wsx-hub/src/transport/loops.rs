@@ -278,7 +278,7 @@ impl<S: LoopSession> Handler for Sessions<S> {
                 return true;
             };
             match step {
-                Step::Write(d, last) => s.deliver_now(&mut conn, d, last),
+                Step::Write { delivery, last } => s.deliver_now(&mut conn, delivery, last),
                 // Sent now: the next subscriber's turn need not wait for the last one's.
                 Step::Flush => {
                     conn.flush();
