@@ -394,6 +394,75 @@ async fn wakers_pause_and_notify_reach_the_handler_on_the_loop() {
     }
 }
 
+/// What `on_notify` asks of a connection lent by `Conns::get` is carried out, though
+/// the loop drives such a connection again only when something needs it: a resume
+/// hands over what came while paused, a deadline wakes it, a send it flushed arrives,
+/// one it did not flush is written on the loop's turn, a close closes.
+#[tokio::test]
+async fn what_on_notify_asks_of_a_connection_is_carried_out() {
+    struct Asker(Arc<Mutex<&'static str>>);
+    impl Handler for Asker {
+        fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message) {
+            if msg == Message::text("pause") {
+                conn.pause();
+            }
+            let _ = conn.send(msg);
+        }
+        fn on_wake(&mut self, conn: &mut Conn<'_>) {
+            let _ = conn.send(Message::text("woken"));
+        }
+        fn on_notify(&mut self, conns: &mut wsx::event_loop::Conns<'_>) {
+            let ask = *self.0.lock().unwrap();
+            for id in conns.ids() {
+                let mut conn = conns.get(id).unwrap();
+                match ask {
+                    "resume" => conn.resume(),
+                    "wake" => conn.wake_at(Some(Instant::now() + Duration::from_millis(20))),
+                    "flushed" => {
+                        let _ = conn.send(Message::text("flushed"));
+                        conn.flush();
+                    }
+                    "sent" => {
+                        let _ = conn.send(Message::text("sent"));
+                    }
+                    _ => {
+                        let _ = conn.close(CloseCode::GOING_AWAY, "asked");
+                    }
+                }
+            }
+        }
+    }
+    let ask = Arc::new(Mutex::new(""));
+    let ev = EventLoop::start(IoConfig::default(), Asker(ask.clone())).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut ws = client(port).await;
+    ws.send(Message::text("pause")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("pause"));
+    ws.send(Message::text("held")).await.unwrap();
+    for (what, answer) in [
+        ("resume", "held"),
+        ("wake", "woken"),
+        ("flushed", "flushed"),
+        ("sent", "sent"),
+    ] {
+        *ask.lock().unwrap() = what;
+        ev.handle().notify();
+        let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+        assert_eq!(
+            got.ok().flatten().map(Result::unwrap),
+            Some(Message::text(answer)),
+            "{what}"
+        );
+    }
+    *ask.lock().unwrap() = "close";
+    ev.handle().notify();
+    let got = tokio::time::timeout(Duration::from_secs(5), ws.next()).await;
+    match got.ok().flatten().map(Result::unwrap) {
+        Some(Message::Close(Some(f))) => assert_eq!(f.code, CloseCode::GOING_AWAY),
+        other => panic!("a close, got {other:?}"),
+    }
+}
+
 /// `busy_for` is how long the current turn has run: long while a handler holds the
 /// loop, zero once it waits for events again.
 #[tokio::test]
