@@ -201,7 +201,8 @@ pub struct Conns<'a> {
 
 impl Conns<'_> {
     /// The connection `id`, if it is open. What is sent and not written by
-    /// [`Conn::flush`] or [`Conn::send_shared_now`] is written on the loop's next turn.
+    /// [`Conn::flush`] or [`Conn::send_shared_now`] is written once the handler returns,
+    /// later in the same turn ([`Lent`]).
     pub fn get(&mut self, id: ConnId) -> Option<Lent<'_>> {
         let slot = self.slots.get_mut(id.0)?.as_mut()?;
         if slot.finish != Finish::Running {
