@@ -149,7 +149,8 @@ pub async fn run(args: ServeArgs, settings: Settings) -> std::io::Result<()> {
     // The native protocol and STOMP over plain TCP: their WebSockets on event loops too.
     let loop_cfg = wsx::event_loop::LoopConfig::default()
         .io(settings.server.io.clone())
-        .write_timeout(gate.hub().config().write_timeout);
+        .write_timeout(gate.hub().config().write_timeout)
+        .uring(settings.io_uring);
     let (native_loops, stomp_loops) = match tls {
         None => (
             Some(wsx_hub::native::NativeLoops::start(

@@ -70,6 +70,7 @@ settings! {
     pong_timeout, "WSX_PONG_TIMEOUT", "DURATION", "20s", "Close (1011) if nothing arrives this long after a keepalive ping";
     backlog, "WSX_BACKLOG", "N", "1024", "Connections the kernel queues before they are accepted (capped by net.core.somaxconn): raise it for bursts of thousands of connections at once";
     workers, "WSX_WORKERS", "N|auto", "auto", "Threads serving connections, each its own event loop; accepted connections are dealt to them in turn (auto: one per core this process may run on)";
+    io_uring, "WSX_IO_URING", "on|off", "on", "An event loop makes the sends of a fan-out 512 at a time, one io_uring submission each, instead of one send each (Linux; where io_uring is missing or refused, one send each)";
     max_connections, "WSX_MAX_CONNECTIONS", "N", "10000", "Concurrent WebSockets; more are refused with 503";
     max_tcp_connections, "WSX_MAX_TCP_CONNECTIONS", "N", "20000", "Open TCP connections in any state (TLS handshake, HTTP, WebSocket); more get 503 (TLS: are closed) at once";
     max_connections_per_ip, "WSX_MAX_CONNECTIONS_PER_IP", "N", "1000", "Open TCP connections from one source address (WebSockets included); more get 503 with Retry-After";
@@ -166,6 +167,8 @@ pub struct Settings {
     pub backlog: u32,
     /// Threads serving connections (`--workers`).
     pub workers: usize,
+    /// The event loops batch fan-out sends in an io_uring (`--io-uring`).
+    pub io_uring: bool,
     /// Limits per source address.
     pub source_limits: wsx_hub::transport::limits::SourceLimits,
     /// Commands per second per connection.
@@ -657,6 +660,7 @@ impl ServeArgs {
                 l.trusted_proxies = nets("trusted_proxies")?;
                 l
             },
+            io_uring: flag("io_uring")?,
             workers: match get("workers").trim() {
                 "auto" => std::thread::available_parallelism().map_or(1, |n| n.get()),
                 _ => match count("workers")? {

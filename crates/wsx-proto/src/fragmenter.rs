@@ -50,6 +50,17 @@ impl OutBuffer {
         self.len += s.len();
     }
 
+    /// Put bytes back at the front, before everything queued: the unwritten end of a
+    /// frame that a writer outside this buffer took and counted as written before it
+    /// knew (a send completed later, as io_uring's are).
+    pub fn put_back(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        self.len += b.len();
+        self.chunks.push_front(b);
+    }
+
     /// Bytes queued.
     pub fn len(&self) -> usize {
         self.len
@@ -260,6 +271,24 @@ mod tests {
             let frame = SharedFrame::text(&"x".repeat(n));
             assert_eq!(frame.payload_len(), n, "{n}");
         }
+    }
+
+    #[test]
+    fn bytes_put_back_go_before_everything_queued() {
+        let mut out = OutBuffer::default();
+        out.push_slice(b"tail");
+        out.push_bytes(Bytes::from_static(b"-chunk"));
+        out.push_slice(b"-more");
+        out.put_back(Bytes::from_static(b"front:"));
+        out.put_back(Bytes::new());
+        assert_eq!(out.len(), 21);
+        let mut all = Vec::new();
+        while out.has_remaining() {
+            let n = out.chunk().len();
+            all.extend_from_slice(out.chunk());
+            out.advance(n);
+        }
+        assert_eq!(all, b"front:tail-chunk-more");
     }
 
     #[test]

@@ -40,7 +40,9 @@
 //! handler called per message.
 //!
 //! Features: `tls` (default) for `wss://` with rustls; `hyper` to upgrade a hyper 1
-//! request; `axum` for an axum extractor.
+//! request; `axum` for an axum extractor; `uring` (Linux) for an event loop that makes
+//! a fan-out's sends in batches through io_uring
+//! ([`LoopConfig::uring`](event_loop::LoopConfig::uring)).
 
 #![deny(unsafe_code)]
 #![warn(missing_docs)]

@@ -463,6 +463,78 @@ async fn what_on_notify_asks_of_a_connection_is_carried_out() {
     }
 }
 
+/// A fan-out from `on_notify` with `send_shared_now` (batched in an io_uring where the
+/// loop has one) reaches every connection whole and in order: a peer that reads gets
+/// each frame as it is sent; a peer that reads nothing until the end has its socket
+/// fill up, so sends in the batch are cut short or refused and the rest is put back in
+/// front of what was queued behind them, and it too gets every frame, intact.
+#[tokio::test]
+async fn a_fan_out_reaches_a_fast_and_a_stalled_peer_whole_and_in_order() {
+    const FRAMES: usize = 64;
+    const SIZE: usize = 256 * 1024;
+    fn payload(k: usize) -> Vec<u8> {
+        let mut p = vec![k as u8; SIZE];
+        p[..8].copy_from_slice(&(k as u64).to_be_bytes());
+        p
+    }
+    struct Fan {
+        want: Arc<AtomicUsize>,
+        sent: usize,
+    }
+    impl Handler for Fan {
+        fn on_message(&mut self, conn: &mut Conn<'_>, msg: Message) {
+            let _ = conn.send(msg);
+        }
+        fn on_notify(&mut self, conns: &mut wsx::event_loop::Conns<'_>) {
+            while self.sent < self.want.load(Ordering::Acquire) {
+                let frame = wsx::SharedFrame::binary(&payload(self.sent));
+                for id in conns.ids() {
+                    let mut conn = conns.get(id).unwrap();
+                    conn.send_shared_now(&frame).unwrap();
+                    // As the hub's fan-out does: what is queued is written now.
+                    conn.flush();
+                }
+                self.sent += 1;
+            }
+        }
+    }
+    let want = Arc::new(AtomicUsize::new(0));
+    let fan = Fan {
+        want: want.clone(),
+        sent: 0,
+    };
+    let ev = EventLoop::start(IoConfig::default(), fan).unwrap();
+    let port = serve(ev.handle(), ServerConfig::default()).await;
+    let mut fast = client(port).await;
+    let mut stalled = client(port).await;
+    // Both on the loop (an echo answered) before the first notify.
+    for ws in [&mut fast, &mut stalled] {
+        ws.send(Message::text("here")).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("here"));
+    }
+    let check = |msg: Option<Result<Message, wsx::Error>>, k: usize, who: &str| match msg {
+        Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(k)[..], "{who}: frame {k} whole"),
+        other => panic!("{who}: frame {k}, got {other:?}"),
+    };
+    // Two frames per notify: a connection has a send in the batch when it is given
+    // the second.
+    let mut k = 0;
+    while k < FRAMES {
+        let n = 2;
+        want.store(k + n, Ordering::Release);
+        ev.handle().notify();
+        for j in k..k + n {
+            let got = tokio::time::timeout(Duration::from_secs(10), fast.next()).await;
+            check(got.ok().flatten(), j, "the fast peer");
+        }
+        k += n;
+    }
+    for k in 0..FRAMES {
+        let got = tokio::time::timeout(Duration::from_secs(10), stalled.next()).await;
+        check(got.ok().flatten(), k, "the stalled peer");
+    }
+}
+
 /// `busy_for` is how long the current turn has run: long while a handler holds the
 /// loop, zero once it waits for events again.
 #[tokio::test]
