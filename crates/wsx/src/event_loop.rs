@@ -123,7 +123,11 @@ impl Conn<'_> {
     /// it (and it goes uncompressed), the socket takes the frame's bytes straight from
     /// the shared frame, and only what it does not take now is queued (written when the
     /// loop drives the connection after the handler returns). For the last frame a
-    /// fan-out gives a connection: no copy, one send.
+    /// fan-out gives a connection: no copy, one send. From [`Handler::on_notify`], on a
+    /// loop with io_uring ([`LoopConfig::uring`]), the send is queued with the others
+    /// and made with them (up to 512 in one system call, the rest when the handler
+    /// returns); the frame counts as written meanwhile ([`buffered_amount`](Self::buffered_amount)),
+    /// and what is sent to this connection after it waits behind it.
     pub fn send_shared_now(&mut self, frame: &SharedFrame) -> Result<()> {
         let io = &self.slot.io;
         let id = self.id.0;
@@ -1069,8 +1073,6 @@ impl<H: Handler> Runner<H> {
     }
 }
 
-/// Write what the socket takes now.
-/// Put slot `i` on the list of slots to drive again this turn, once.
 /// Sends of `on_notify` made together (see [`LoopConfig::uring`]): a connection with a
 /// send in the batch is not written otherwise until the batch is complete (when the
 /// handler returns, or earlier when it is full), and what the socket did not take is
@@ -1114,7 +1116,9 @@ impl Batch {
     }
 
     /// Make the sends; a connection whose socket did not take all of its send has the
-    /// rest put back in front of its output and is driven this turn.
+    /// rest put back in front of its output and is driven this turn; one whose send
+    /// failed (its socket's error, or an outcome unknown) is shut down and ended by its
+    /// drive this turn: bytes that may have gone are never sent twice.
     fn complete(&mut self, slots: &mut [Option<Slot>], again: &mut Vec<usize>) {
         if self.ring.len() == 0 {
             return;
@@ -1122,14 +1126,19 @@ impl Batch {
         let held = &mut self.held;
         self.ring.complete(|i, data, took| {
             held[i] = false;
-            // An error: nothing taken; the output's next write meets it again.
-            let took = took.unwrap_or(0);
-            if took < data.len() {
-                if let Some(Some(s)) = slots.get_mut(i) {
-                    s.conn.output().put_back(data.slice(took..));
-                    list_again(again, s, i);
+            let Some(Some(s)) = slots.get_mut(i) else {
+                return;
+            };
+            match took {
+                Ok(n) if n >= data.len() => return,
+                Ok(n) => s.conn.output().put_back(data.slice(n..)),
+                Err(_) => {
+                    // Past its deadline: the drive removes it (and tells the handler).
+                    let _ = s.io.shutdown(Shutdown::Both);
+                    s.finish = Finish::Flushing(Instant::now());
                 }
             }
+            list_again(again, s, i);
         });
     }
 }
@@ -1161,6 +1170,7 @@ impl Batch {
     }
 }
 
+/// Put slot `i` on the list of slots to drive again this turn, once.
 fn list_again(again: &mut Vec<usize>, s: &mut Slot, i: usize) {
     if !s.again {
         s.again = true;
@@ -1168,6 +1178,7 @@ fn list_again(again: &mut Vec<usize>, s: &mut Slot, i: usize) {
     }
 }
 
+/// Write what the socket takes now.
 fn write_out(s: &mut Slot) -> io::Result<()> {
     while s.conn.output_len() > 0 {
         let out = s.conn.output();

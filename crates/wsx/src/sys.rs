@@ -176,7 +176,10 @@ impl SendRing {
     }
 
     /// Make the queued sends (one system call), then hand each to `done` with its key,
-    /// its bytes and what the socket took (0 for `EAGAIN`; an error otherwise).
+    /// its bytes and what the socket took (0 for `EAGAIN`), or an error: the kernel's
+    /// for that send, or, should io_uring itself fail (not expected once the ring
+    /// exists), one saying that the send's outcome is unknown (it may have been made:
+    /// the caller must not send those bytes again on that socket).
     pub(crate) fn complete(
         &mut self,
         mut done: impl FnMut(usize, bytes::Bytes, io::Result<usize>),
@@ -187,23 +190,28 @@ impl SendRing {
         }
         let mut results: Vec<Option<i32>> = vec![None; n];
         let mut got = 0;
+        let mut failed = None;
+        // Rounds without progress (the kernel not taking the submissions, or a
+        // completion that does not come) are given up on after a few: the loop must
+        // not hang on its ring.
+        let mut idle_rounds = 0;
+        let timeout = io_uring::types::Timespec::new().nsec(10_000_000);
+        let args = io_uring::types::SubmitArgs::new().timespec(&timeout);
         while got < n {
-            match self.ring.submit_and_wait(n - got) {
+            // Hand over what the kernel has not taken; once it has taken all, wait (10
+            // ms at most) for what has not completed (nothing, normally: a
+            // `MSG_DONTWAIT` send completes during the submitting call).
+            let wait = usize::from(self.ring.submission().is_empty());
+            match self.ring.submitter().submit_with_args(wait, &args) {
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.raw_os_error() == Some(libc::ETIME) => {}
                 Err(e) => {
-                    // Not expected once the ring exists. The kernel may still read the
-                    // bytes of a send it has not completed: they are leaked rather
-                    // than freed under it, the sends reported as failed, and the ring
-                    // left alone from now on.
-                    self.broken = true;
-                    for (key, data) in self.queued.drain(..) {
-                        std::mem::forget(data.clone());
-                        done(key, data, Err(io::Error::new(e.kind(), e.to_string())));
-                    }
-                    return;
+                    failed = Some(e);
+                    break;
                 }
             }
+            let before = got;
             for cqe in self.ring.completion() {
                 if let Some(slot) = results.get_mut(cqe.user_data() as usize) {
                     if slot.replace(cqe.result()).is_none() {
@@ -211,15 +219,29 @@ impl SendRing {
                     }
                 }
             }
+            idle_rounds = if got == before { idle_rounds + 1 } else { 0 };
+            if idle_rounds > 100 {
+                failed = Some(io::Error::other("io_uring makes no progress"));
+                break;
+            }
+        }
+        if failed.is_some() {
+            // The kernel may still read the bytes of a send it has not completed: they
+            // are leaked rather than freed under it, and the ring is not used again.
+            self.broken = true;
         }
         for ((key, data), r) in self.queued.drain(..).zip(results) {
-            let r = r.unwrap_or(-libc::EIO);
-            let took = if r >= 0 {
-                Ok(r as usize)
-            } else if r == -libc::EAGAIN {
-                Ok(0)
-            } else {
-                Err(io::Error::from_raw_os_error(-r))
+            let took = match r {
+                Some(r) if r >= 0 => Ok(r as usize),
+                Some(r) if r == -libc::EAGAIN => Ok(0),
+                Some(r) => Err(io::Error::from_raw_os_error(-r)),
+                None => {
+                    std::mem::forget(data.clone());
+                    Err(io::Error::other(format!(
+                        "io_uring failed, the send's outcome is unknown: {}",
+                        failed.as_ref().map_or(String::new(), ToString::to_string)
+                    )))
+                }
             };
             done(key, data, took);
         }
@@ -229,7 +251,9 @@ impl SendRing {
 #[cfg(all(feature = "uring", target_os = "linux", not(miri)))]
 impl Drop for SendRing {
     fn drop(&mut self) {
-        self.complete(|_, _, _| {});
+        if !self.broken {
+            self.complete(|_, _, _| {});
+        }
     }
 }
 
