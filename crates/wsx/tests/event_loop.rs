@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use wsx::event_loop::{Conn, ConnId, EventLoop, Handler, LoopHandle};
+use wsx::event_loop::{Conn, ConnId, EventLoop, Handler, LoopConfig, LoopHandle};
 use wsx::{ClientConfig, CloseCode, CloseFrame, Config, IoConfig, Message, ServerConfig};
 
 /// Echoes every message; counts the connections it saw end and the most output any
@@ -321,7 +321,7 @@ async fn a_peer_that_reads_nothing_is_dropped_at_the_write_timeout() {
         }
     }
     let closed = Arc::new(Mutex::new(Vec::new()));
-    let cfg = wsx::event_loop::LoopConfig::default().write_timeout(Duration::from_millis(300));
+    let cfg = LoopConfig::default().write_timeout(Duration::from_millis(300));
     let ev = EventLoop::start_with(cfg, Flood(closed.clone())).unwrap();
     let port = serve(ev.handle(), ServerConfig::default()).await;
     let mut ws = client(port).await;
@@ -470,6 +470,16 @@ async fn what_on_notify_asks_of_a_connection_is_carried_out() {
 /// front of what was queued behind them, and it too gets every frame, intact.
 #[tokio::test]
 async fn a_fan_out_reaches_a_fast_and_a_stalled_peer_whole_and_in_order() {
+    fan_out_to_a_fast_and_a_stalled_peer(LoopConfig::default()).await;
+}
+
+/// The same without io_uring: one send each, as where the kernel has none.
+#[tokio::test]
+async fn without_io_uring_a_fan_out_reaches_both_peers_whole_and_in_order_too() {
+    fan_out_to_a_fast_and_a_stalled_peer(LoopConfig::default().uring(false)).await;
+}
+
+async fn fan_out_to_a_fast_and_a_stalled_peer(cfg: LoopConfig) {
     const FRAMES: usize = 64;
     const SIZE: usize = 256 * 1024;
     fn payload(k: usize) -> Vec<u8> {
@@ -503,7 +513,7 @@ async fn a_fan_out_reaches_a_fast_and_a_stalled_peer_whole_and_in_order() {
         want: want.clone(),
         sent: 0,
     };
-    let ev = EventLoop::start(IoConfig::default(), fan).unwrap();
+    let ev = EventLoop::start_with(cfg, fan).unwrap();
     let port = serve(ev.handle(), ServerConfig::default()).await;
     let mut fast = client(port).await;
     let mut stalled = client(port).await;
