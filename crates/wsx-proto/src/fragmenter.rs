@@ -273,6 +273,18 @@ mod tests {
         }
     }
 
+    /// Everything `out` holds, chunk by chunk (none of them empty), in order.
+    fn drain(out: &mut OutBuffer) -> Vec<u8> {
+        let mut all = Vec::new();
+        while out.has_remaining() {
+            let c = out.chunk().to_vec();
+            assert!(!c.is_empty());
+            out.advance(c.len());
+            all.extend(c);
+        }
+        all
+    }
+
     #[test]
     fn bytes_put_back_go_before_everything_queued() {
         let mut out = OutBuffer::default();
@@ -282,13 +294,7 @@ mod tests {
         out.put_back(Bytes::from_static(b"front:"));
         out.put_back(Bytes::new());
         assert_eq!(out.len(), 21);
-        let mut all = Vec::new();
-        while out.has_remaining() {
-            let n = out.chunk().len();
-            all.extend_from_slice(out.chunk());
-            out.advance(n);
-        }
-        assert_eq!(all, b"front:tail-chunk-more");
+        assert_eq!(drain(&mut out), b"front:tail-chunk-more");
     }
 
     #[test]
@@ -331,13 +337,7 @@ mod tests {
         out.push_bytes(Bytes::from_static(b"bb"));
         out.push_slice(b"c");
         out.push_bytes(Bytes::new());
-        let mut all = Vec::new();
-        while out.has_remaining() {
-            let c = out.chunk().to_vec();
-            assert!(!c.is_empty());
-            out.advance(c.len());
-            all.extend(c);
-        }
+        let all = drain(&mut out);
         assert_eq!(all, b"abbc");
     }
 }

@@ -131,23 +131,21 @@ impl Conn<'_> {
     pub fn send_shared_now(&mut self, frame: &SharedFrame) -> Result<()> {
         let io = &self.slot.io;
         let id = self.id.0;
-        let sent = match self.batch.as_deref_mut() {
+        let batch = self.batch.as_deref_mut();
+        let sent = if batch.as_ref().is_some_and(|b| b.holds(id)) {
             // A send of this connection's is in the batch: the frame waits behind it.
-            Some(batch) if batch.holds(id) => self.slot.conn.send_shared(frame),
-            // In the batch, made with the others in one system call (at the latest
-            // when the handler returns); counted as written meanwhile, and what the
-            // socket does not take is put back in front of the output then.
-            Some(batch) if batch.has_room() => self.slot.conn.send_shared_with(frame, |b| {
-                if batch.push(io, id, frame.as_bytes()) {
+            self.slot.conn.send_shared(frame)
+        } else {
+            // In the batch if there is one (made with the others in one system call, at
+            // the latest when the handler returns; counted as written meanwhile, and
+            // what the socket does not take is put back in front of the output then).
+            self.slot.conn.send_shared_with(frame, |b| {
+                if batch.is_some_and(|batch| batch.push(io, id, frame.as_bytes())) {
                     b.len()
                 } else {
                     crate::sys::send(io, b).unwrap_or(0)
                 }
-            }),
-            _ => self
-                .slot
-                .conn
-                .send_shared_with(frame, |b| crate::sys::send(io, b).unwrap_or(0)),
+            })
         };
         sent.map_err(Error::from)
     }
@@ -231,7 +229,8 @@ impl Conns<'_> {
     /// later in the same turn ([`Lent`]).
     pub fn get(&mut self, id: ConnId) -> Option<Lent<'_>> {
         if let Some(batch) = self.batch.as_deref_mut().filter(|b| !b.has_room()) {
-            batch.complete(self.slots, self.again);
+            let made = batch.complete(self.slots, self.again);
+            self.shared.count_uring_sends(made);
         }
         let slot = self.slots.get_mut(id.0)?.as_mut()?;
         if slot.finish != Finish::Running {
@@ -372,6 +371,19 @@ struct Shared {
     turn_began: AtomicU64,
     base: Instant,
     write_buffer_size: usize,
+    /// Sends made through the loop's io_uring; `NO_URING` while it has none.
+    uring_sends: AtomicU64,
+}
+
+/// [`Shared::uring_sends`] of a loop without io_uring.
+const NO_URING: u64 = u64::MAX;
+
+impl Shared {
+    fn count_uring_sends(&self, n: usize) {
+        if n > 0 {
+            self.uring_sends.fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
 }
 
 // Commands live only in the inbox until the loop's next turn; boxing the connection
@@ -459,6 +471,7 @@ impl EventLoop {
             turn_began: AtomicU64::new(0),
             base: Instant::now(),
             write_buffer_size: cfg.io.write_buffer_size,
+            uring_sends: AtomicU64::new(NO_URING),
         });
         let run = Runner {
             batch: None,
@@ -487,6 +500,9 @@ impl EventLoop {
                 let mut run = run;
                 // Made on the loop's thread, the one thread that submits to it.
                 run.batch = uring.then(Batch::new).flatten();
+                if run.batch.is_some() {
+                    run.shared.uring_sends.store(0, Ordering::Relaxed);
+                }
                 run.run()
             })?;
         Ok(EventLoop {
@@ -571,6 +587,17 @@ impl LoopHandle {
     /// Connections given to the loop and not yet ended.
     pub fn open(&self) -> usize {
         self.shared.open.load(Ordering::Acquire)
+    }
+
+    /// How many of `on_notify`'s sends went through the loop's io_uring
+    /// ([`LoopConfig::uring`]) and were taken by their sockets; `None` for a loop without
+    /// one (turned off, not built with the `uring` feature, refused by the kernel), or
+    /// whose thread has not started yet.
+    pub fn uring_sends(&self) -> Option<u64> {
+        match self.shared.uring_sends.load(Ordering::Relaxed) {
+            NO_URING => None,
+            n => Some(n),
+        }
     }
 
     fn send(&self, cmd: Command) -> io::Result<()> {
@@ -695,7 +722,8 @@ impl<H: Handler> Runner<H> {
                         };
                         self.handler.on_notify(&mut conns);
                         if let Some(batch) = &mut self.batch {
-                            batch.complete(&mut self.slots, &mut self.again);
+                            let made = batch.complete(&mut self.slots, &mut self.again);
+                            self.shared.count_uring_sends(made);
                         }
                     }
                     woke = true;
@@ -1119,13 +1147,12 @@ impl Batch {
     /// rest put back in front of its output and is driven this turn; one whose send
     /// failed (its socket's error, or an outcome unknown) is shut down and ended by its
     /// drive this turn: bytes that may have gone are never sent twice.
-    fn complete(&mut self, slots: &mut [Option<Slot>], again: &mut Vec<usize>) {
-        if self.ring.len() == 0 {
-            return;
-        }
-        let held = &mut self.held;
+    /// How many sends the sockets took (all or part of).
+    fn complete(&mut self, slots: &mut [Option<Slot>], again: &mut Vec<usize>) -> usize {
+        let (held, mut made) = (&mut self.held, 0);
         self.ring.complete(|i, data, took| {
             held[i] = false;
+            made += usize::from(took.as_ref().is_ok_and(|&n| n > 0));
             let Some(Some(s)) = slots.get_mut(i) else {
                 return;
             };
@@ -1140,6 +1167,7 @@ impl Batch {
             }
             list_again(again, s, i);
         });
+        made
     }
 }
 
@@ -1165,7 +1193,7 @@ impl Batch {
         match *self {}
     }
 
-    fn complete(&mut self, _: &mut [Option<Slot>], _: &mut Vec<usize>) {
+    fn complete(&mut self, _: &mut [Option<Slot>], _: &mut Vec<usize>) -> usize {
         match *self {}
     }
 }

@@ -150,7 +150,8 @@ impl SendRing {
     }
 
     /// Sends queued and not yet made.
-    pub(crate) fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.queued.len()
     }
 

@@ -470,17 +470,29 @@ async fn what_on_notify_asks_of_a_connection_is_carried_out() {
 /// front of what was queued behind them, and it too gets every frame, intact.
 #[tokio::test]
 async fn a_fan_out_reaches_a_fast_and_a_stalled_peer_whole_and_in_order() {
-    fan_out_to_a_fast_and_a_stalled_peer(LoopConfig::default()).await;
+    let ev = fan_out_to_a_fast_and_a_stalled_peer(LoopConfig::default()).await;
+    // Where the kernel allows io_uring, the sends went through it.
+    let allowed = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .is_ok_and(|v| v.trim() == "0");
+    if cfg!(target_os = "linux") && allowed {
+        assert!(ev.handle().uring_sends().is_some_and(|n| n > 0));
+    }
 }
 
 /// The same without io_uring: one send each, as where the kernel has none.
 #[tokio::test]
 async fn without_io_uring_a_fan_out_reaches_both_peers_whole_and_in_order_too() {
-    fan_out_to_a_fast_and_a_stalled_peer(LoopConfig::default().uring(false)).await;
+    let ev = fan_out_to_a_fast_and_a_stalled_peer(LoopConfig::default().uring(false)).await;
+    assert_eq!(ev.handle().uring_sends(), None);
 }
 
-async fn fan_out_to_a_fast_and_a_stalled_peer(cfg: LoopConfig) {
+/// [`a_fan_out_reaches_a_fast_and_a_stalled_peer_whole_and_in_order`] on a loop with
+/// `cfg`; the loop, for a look at how it sent.
+async fn fan_out_to_a_fast_and_a_stalled_peer(cfg: LoopConfig) -> EventLoop {
     const FRAMES: usize = 64;
+    // Two frames per notify: a connection has a send in the batch when it is given
+    // the second.
+    const PER_NOTIFY: usize = 2;
     const SIZE: usize = 256 * 1024;
     fn payload(k: usize) -> Vec<u8> {
         let mut p = vec![k as u8; SIZE];
@@ -526,23 +538,19 @@ async fn fan_out_to_a_fast_and_a_stalled_peer(cfg: LoopConfig) {
         Some(Ok(Message::Binary(b))) => assert!(b[..] == payload(k)[..], "{who}: frame {k} whole"),
         other => panic!("{who}: frame {k}, got {other:?}"),
     };
-    // Two frames per notify: a connection has a send in the batch when it is given
-    // the second.
-    let mut k = 0;
-    while k < FRAMES {
-        let n = 2;
-        want.store(k + n, Ordering::Release);
+    for k in (0..FRAMES).step_by(PER_NOTIFY) {
+        want.store(k + PER_NOTIFY, Ordering::Release);
         ev.handle().notify();
-        for j in k..k + n {
+        for j in k..k + PER_NOTIFY {
             let got = tokio::time::timeout(Duration::from_secs(10), fast.next()).await;
             check(got.ok().flatten(), j, "the fast peer");
         }
-        k += n;
     }
     for k in 0..FRAMES {
         let got = tokio::time::timeout(Duration::from_secs(10), stalled.next()).await;
         check(got.ok().flatten(), k, "the stalled peer");
     }
+    ev
 }
 
 /// `busy_for` is how long the current turn has run: long while a handler holds the
