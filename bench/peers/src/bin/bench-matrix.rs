@@ -12,6 +12,8 @@
 //! Servers: `wsx` (the library's echo in `echo-peer`), `wsx-loop` (the same echo on
 //! `wsx::event_loop`: the handshake on tokio, the connection a slot of the loop), `wsx-serve` (`wsx serve`'s `/echo`,
 //! through its HTTP stack and limits), `fastwebsockets`, `tungstenite`, `raw` (TCP echo),
+//! `raw-epoll` and `raw-uring` (the same TCP echo on one thread's epoll or io_uring: the
+//! kernel's part of an echo, with no server code),
 //! and `uws` (uWebSockets' `EchoServer` example, `DIR/uws-echo` as `bench/uws/build.sh`
 //! makes it) when `--uws` is given.
 
@@ -21,18 +23,20 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-const SERVERS: [&str; 7] = [
+const SERVERS: [&str; 9] = [
     "wsx",
     "wsx-loop",
     "wsx-serve",
     "fastwebsockets",
     "tungstenite",
     "raw",
+    "raw-epoll",
+    "raw-uring",
     "uws",
 ];
 
 /// The pairs whose per-repetition ratios are printed (first / second).
-const PAIRS: [(&str, &str); 7] = [
+const PAIRS: [(&str, &str); 9] = [
     ("wsx-loop", "uws"),
     ("wsx-loop", "wsx"),
     ("wsx", "fastwebsockets"),
@@ -40,6 +44,9 @@ const PAIRS: [(&str, &str); 7] = [
     ("wsx", "uws"),
     ("wsx-serve", "uws"),
     ("wsx-serve", "wsx"),
+    // What no code of a server's own can pass: the loop alone, on epoll and io_uring.
+    ("raw-epoll", "uws"),
+    ("raw-uring", "uws"),
 ];
 
 #[derive(Debug, Clone, Serialize)]
@@ -609,7 +616,7 @@ fn main() {
     }
     let mut idle: Vec<Idle> = servers
         .iter()
-        .filter(|s| **s != "raw")
+        .filter(|s| !s.starts_with("raw"))
         .map(|s| idle_memory(&bins, s, idle_n, None))
         .collect();
     for path in text("--idle-paths").iter().flat_map(|v| v.split(',')) {

@@ -1,8 +1,16 @@
 //! `echo-peer SERVER PORT`: an echo server built the way its crate's docs show, on a
-//! multi-threaded tokio runtime. SERVER: wsx | wsx-loop | tungstenite | fastwebsockets | raw.
+//! multi-threaded tokio runtime. SERVER: wsx | wsx-loop | tungstenite | fastwebsockets | raw
+//! | raw-epoll | raw-uring.
 //!
 //! `wsx-loop`: the handshake on tokio, then the connection on a `wsx::event_loop` (one
 //! thread, a slab of connection states, no task per connection).
+//!
+//! `raw`, `raw-epoll`, `raw-uring`: no WebSocket at all past the handshake, the bytes
+//! copied back as they come: on tokio (`raw`), on one thread's edge-triggered epoll
+//! (`raw-epoll`: what uWebSockets' loop does, with no code of its own: a `recv` and a
+//! `send` per message) and on one thread's io_uring (`raw-uring`: every connection's
+//! `recv` or `send` in flight in one ring, one `io_uring_enter` per turn for all of
+//! them). They bound what any server's own code can change of the CPU per message.
 
 use std::net::SocketAddr;
 
@@ -18,6 +26,11 @@ async fn main() -> std::io::Result<()> {
     let event_loop = (server == "wsx-loop")
         .then(|| wsx::event_loop::EventLoop::start(wsx::IoConfig::default(), LoopEcho))
         .transpose()?;
+    let raw_loop = match server.as_str() {
+        "raw-epoll" => Some(raw_loop::start(raw_loop::Kind::Epoll)?),
+        "raw-uring" => Some(raw_loop::start(raw_loop::Kind::Uring)?),
+        _ => None,
+    };
     loop {
         let (tcp, _) = listener.accept().await?;
         tcp.set_nodelay(true)?;
@@ -35,6 +48,11 @@ async fn main() -> std::io::Result<()> {
             "tungstenite" => tokio::spawn(tungstenite_echo(tcp)),
             "fastwebsockets" => tokio::spawn(fastwebsockets_echo(tcp)),
             "raw" => tokio::spawn(raw_echo(tcp)),
+            "raw-epoll" | "raw-uring" => {
+                let tell = raw_loop.clone().expect("started above");
+                let tcp = tcp.into_std()?;
+                tokio::task::spawn_blocking(move || raw_loop::adopt(tcp, &tell))
+            }
             other => panic!("unknown server {other}"),
         };
     }
@@ -126,8 +144,6 @@ async fn fastwebsockets_echo(tcp: TcpStream) {
 /// Raw TCP: answer the handshake, then copy bytes back unchanged (the loopback
 /// ceiling: no framing, no masking, no validation).
 async fn raw_echo(mut tcp: TcpStream) {
-    use base64::Engine as _;
-    use sha1::{Digest, Sha1};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let mut buf = vec![0u8; 64 * 1024];
@@ -141,19 +157,9 @@ async fn raw_echo(mut tcp: TcpStream) {
             break i + 4;
         }
     };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let Some(key) = head.lines().find_map(|l| {
-        l.split_once(':')
-            .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
-            .map(|(_, v)| v.trim().to_string())
-    }) else {
+    let Some(resp) = switching_protocols(&buf[..head_end]) else {
         return;
     };
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
-    let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
     if tcp.write_all(resp.as_bytes()).await.is_err() {
         return;
     }
@@ -167,6 +173,318 @@ async fn raw_echo(mut tcp: TcpStream) {
                 if tcp.write_all(&buf[..n]).await.is_err() {
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// The `101` answering a request head, if it has a `Sec-WebSocket-Key`.
+fn switching_protocols(head: &[u8]) -> Option<String> {
+    use base64::Engine as _;
+    use sha1::{Digest, Sha1};
+    let head = String::from_utf8_lossy(head);
+    let key = head.lines().find_map(|l| {
+        l.split_once(':')
+            .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+            .map(|(_, v)| v.trim().to_string())
+    })?;
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    Some(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"))
+}
+
+/// The raw echo on one thread's epoll or io_uring (`raw-epoll`, `raw-uring`).
+mod raw_loop {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+    use std::sync::mpsc;
+
+    /// Each connection's buffer: the largest message of the matrix at once.
+    const BUF: usize = 64 * 1024 + 16;
+
+    #[derive(Clone, Copy)]
+    pub enum Kind {
+        Epoll,
+        Uring,
+    }
+
+    /// How connections reach the loop: a channel and an eventfd to wake it.
+    #[derive(Clone)]
+    pub struct Tell {
+        tx: mpsc::Sender<(TcpStream, Vec<u8>)>,
+        wake: RawFd,
+        /// epoll's sockets are non-blocking; io_uring's blocking (it waits for them
+        /// itself, where a non-blocking one would have its operations fail instead).
+        nonblocking: bool,
+    }
+
+    pub fn start(kind: Kind) -> std::io::Result<Tell> {
+        // SAFETY: a plain syscall; the descriptor is owned below.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+        if efd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `efd` was just made and is owned by nothing else.
+        let owned = unsafe { OwnedFd::from_raw_fd(efd) };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || match kind {
+            Kind::Epoll => epoll_loop(owned, rx),
+            Kind::Uring => uring_loop(owned, rx),
+        });
+        let nonblocking = matches!(kind, Kind::Epoll);
+        Ok(Tell {
+            tx,
+            wake: efd,
+            nonblocking,
+        })
+    }
+
+    /// The handshake, blocking (on a blocking-pool thread), then the connection to the
+    /// loop with whatever came after the request head.
+    pub fn adopt(mut tcp: TcpStream, tell: &Tell) {
+        if tcp.set_nonblocking(false).is_err() {
+            return;
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        let mut have = 0;
+        let head_end = loop {
+            match tcp.read(&mut buf[have..]) {
+                Ok(0) | Err(_) => return,
+                Ok(n) => have += n,
+            }
+            if let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if have == buf.len() {
+                return;
+            }
+        };
+        let Some(resp) = super::switching_protocols(&buf[..head_end]) else {
+            return;
+        };
+        if tcp.write_all(resp.as_bytes()).is_err() || tcp.set_nonblocking(tell.nonblocking).is_err()
+        {
+            return;
+        }
+        let rest = buf[head_end..have].to_vec();
+        if tell.tx.send((tcp, rest)).is_ok() {
+            let one = 1u64.to_ne_bytes();
+            // SAFETY: writes 8 bytes from a live buffer to the loop's eventfd.
+            unsafe { libc::write(tell.wake, one.as_ptr().cast(), 8) };
+        }
+    }
+
+    fn drain_eventfd(efd: &OwnedFd) {
+        let mut b = [0u8; 8];
+        // SAFETY: reads 8 bytes into a live buffer.
+        unsafe { libc::read(efd.as_raw_fd(), b.as_mut_ptr().cast(), 8) };
+    }
+
+    struct EConn {
+        tcp: TcpStream,
+        /// Echoed bytes the socket has not taken yet.
+        pending: Vec<u8>,
+    }
+
+    fn epoll_loop(efd: OwnedFd, rx: mpsc::Receiver<(TcpStream, Vec<u8>)>) {
+        // SAFETY: plain syscalls on descriptors this function owns.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0, "epoll_create1");
+        let add = |fd: RawFd, token: u64, events: u32| {
+            let mut ev = libc::epoll_event { events, u64: token };
+            // SAFETY: `ev` lives through the call.
+            unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        };
+        add(efd.as_raw_fd(), u64::MAX, libc::EPOLLIN as u32);
+        let mut conns: Vec<Option<EConn>> = Vec::new();
+        let mut buf = vec![0u8; BUF];
+        let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; 1024];
+        loop {
+            // SAFETY: `events` has room for the count given.
+            let n = unsafe { libc::epoll_wait(ep, events.as_mut_ptr(), events.len() as i32, -1) };
+            for ev in events.iter().take(n.max(0) as usize) {
+                let token = ev.u64;
+                if token == u64::MAX {
+                    drain_eventfd(&efd);
+                    while let Ok((tcp, rest)) = rx.try_recv() {
+                        let fd = tcp.as_raw_fd() as usize;
+                        if conns.len() <= fd {
+                            conns.resize_with(fd + 1, || None);
+                        }
+                        let flags =
+                            libc::EPOLLIN | libc::EPOLLOUT | libc::EPOLLRDHUP | libc::EPOLLET;
+                        add(fd as RawFd, fd as u64, flags as u32);
+                        conns[fd] = Some(EConn { tcp, pending: rest });
+                        if !epoll_serve(&mut conns[fd], &mut buf) {
+                            conns[fd] = None;
+                        }
+                    }
+                    continue;
+                }
+                let fd = token as usize;
+                if !epoll_serve(&mut conns[fd], &mut buf) {
+                    // Closing the socket takes it out of the epoll set.
+                    conns[fd] = None;
+                }
+            }
+        }
+    }
+
+    /// Write what waits, then read and echo until the socket is empty or full.
+    /// `false`: the connection is over.
+    fn epoll_serve(slot: &mut Option<EConn>, buf: &mut [u8]) -> bool {
+        let Some(c) = slot else {
+            return true;
+        };
+        let fd = c.tcp.as_raw_fd();
+        if !c.pending.is_empty() {
+            match send(fd, &c.pending) {
+                Some(n) => {
+                    c.pending.drain(..n);
+                    if !c.pending.is_empty() {
+                        return true; // the rest on the next writable edge
+                    }
+                }
+                None => return false,
+            }
+        }
+        loop {
+            // SAFETY: `buf` is live and as long as said.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n == 0 {
+                return false;
+            }
+            if n < 0 {
+                return std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock;
+            }
+            let n = n as usize;
+            match send(fd, &buf[..n]) {
+                Some(m) if m < n => {
+                    c.pending.extend_from_slice(&buf[m..n]);
+                    return true;
+                }
+                Some(_) => {}
+                None => return false,
+            }
+            if n < buf.len() {
+                // A short read emptied the socket: the next bytes bring a new edge.
+                return true;
+            }
+        }
+    }
+
+    /// How much of `data` the socket took (0 when full); `None`: it failed.
+    fn send(fd: RawFd, data: &[u8]) -> Option<usize> {
+        // SAFETY: `data` is live and as long as said.
+        let n = unsafe { libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Some(n as usize);
+        }
+        (std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock).then_some(0)
+    }
+
+    struct UConn {
+        tcp: TcpStream,
+        /// The one operation in flight reads into or sends from here: boxed, so it
+        /// stays put while the list of connections grows.
+        buf: Box<[u8]>,
+        /// Sending `buf[at..len]`; receiving when `at == len`.
+        at: usize,
+        len: usize,
+    }
+
+    const RECV: u64 = 0;
+    const SEND: u64 = 1;
+    const WAKE: u64 = u64::MAX;
+
+    fn uring_loop(efd: OwnedFd, rx: mpsc::Receiver<(TcpStream, Vec<u8>)>) {
+        use io_uring::{opcode, squeue, types, IoUring};
+        let mut ring: IoUring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .build(4096)
+            .expect("io_uring");
+        let mut conns: Vec<Option<UConn>> = Vec::new();
+        let mut wake_buf = [0u8; 8];
+        let mut queued: Vec<squeue::Entry> = Vec::new();
+        let arm_wake = |buf: &mut [u8; 8]| {
+            opcode::Read::new(types::Fd(efd.as_raw_fd()), buf.as_mut_ptr(), 8)
+                .build()
+                .user_data(WAKE)
+        };
+        queued.push(arm_wake(&mut wake_buf));
+        let op = |c: &mut UConn, fd: usize| -> squeue::Entry {
+            let raw = types::Fd(c.tcp.as_raw_fd());
+            if c.at < c.len {
+                let data = &c.buf[c.at..c.len];
+                opcode::Send::new(raw, data.as_ptr(), data.len() as u32)
+                    .flags(libc::MSG_NOSIGNAL)
+                    .build()
+                    .user_data((fd as u64) << 1 | SEND)
+            } else {
+                opcode::Recv::new(raw, c.buf.as_mut_ptr(), c.buf.len() as u32)
+                    .build()
+                    .user_data((fd as u64) << 1 | RECV)
+            }
+        };
+        let mut done: Vec<(u64, i32)> = Vec::new();
+        loop {
+            for e in queued.drain(..) {
+                // SAFETY: every entry points into a connection's boxed buffer (or
+                // `wake_buf`), which is kept until the entry's completion is read: a
+                // connection is dropped only on the completion of its one operation.
+                while unsafe { ring.submission().push(&e) }.is_err() {
+                    ring.submit().expect("submit");
+                }
+            }
+            if let Err(e) = ring.submit_and_wait(1) {
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                panic!("io_uring: {e}");
+            }
+            done.extend(ring.completion().map(|c| (c.user_data(), c.result())));
+            for (data, res) in done.drain(..) {
+                if data == WAKE {
+                    while let Ok((tcp, rest)) = rx.try_recv() {
+                        let fd = tcp.as_raw_fd() as usize;
+                        if conns.len() <= fd {
+                            conns.resize_with(fd + 1, || None);
+                        }
+                        let mut c = UConn {
+                            tcp,
+                            buf: vec![0u8; BUF].into_boxed_slice(),
+                            at: 0,
+                            len: rest.len(),
+                        };
+                        c.buf[..rest.len()].copy_from_slice(&rest);
+                        queued.push(op(&mut c, fd));
+                        conns[fd] = Some(c);
+                    }
+                    queued.push(arm_wake(&mut wake_buf));
+                    continue;
+                }
+                let fd = (data >> 1) as usize;
+                let Some(c) = conns.get_mut(fd).and_then(Option::as_mut) else {
+                    continue;
+                };
+                if res <= 0 && res != -libc::EAGAIN && res != -libc::EINTR {
+                    conns[fd] = None; // EOF or an error: its one operation is done
+                    continue;
+                }
+                let res = res.max(0) as usize;
+                if data & 1 == RECV {
+                    (c.at, c.len) = (0, res);
+                } else {
+                    c.at += res;
+                    if c.at == c.len {
+                        (c.at, c.len) = (0, 0);
+                    }
+                }
+                queued.push(op(c, fd));
             }
         }
     }

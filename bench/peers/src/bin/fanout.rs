@@ -44,6 +44,9 @@
 //! `--floor-uring`: the same floor with its sends batched through io_uring (a
 //! submission per 4,096 connections instead of a `write` each): what the syscalls
 //! themselves cost of the floor.
+//!
+//! `FANOUT_LAST_RECEIPTS=FILE` appends each step's last receipts, one per publication
+//! in publishing order, to FILE (`RATE ms ms ...`): where a p99 comes from.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -1030,6 +1033,19 @@ async fn main() {
             _ => 1.0,
         };
         first_of.retain(|f| *f < f64::MAX);
+        if let Ok(path) = std::env::var("FANOUT_LAST_RECEIPTS") {
+            // Every publication's last receipt in publishing order, a line per step:
+            // which publications make the p99 (at 2/s over 12 s it is their maximum).
+            use std::io::Write;
+            let line: Vec<String> = last_receipt.iter().map(|v| format!("{v:.1}")).collect();
+            if let Ok(mut f) = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+            {
+                let _ = writeln!(f, "{rate:.0} {}", line.join(" "));
+            }
+        }
         println!(
             "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             delivered as f64 / span,
