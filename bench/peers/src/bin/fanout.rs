@@ -45,8 +45,15 @@
 //! submission per 4,096 connections instead of a `write` each): what the syscalls
 //! themselves cost of the floor.
 //!
+//! `--server-cores LIST`: `wsx serve` pinned to these cores instead of core 0 (`0,1`:
+//! two event loops, one per core, the second shared with this client).
+//!
+//! `fanout --ratios FILE`: wsx's paired ratios to each other server of the runs in FILE
+//! (each run after a line `### SERVER REP`).
+//!
 //! `FANOUT_LAST_RECEIPTS=FILE` appends each step's last receipts, one per publication
-//! in publishing order, to FILE (`RATE ms ms ...`): where a p99 comes from.
+//! in publishing order, to FILE (`RATE ms ms ...`), then their first receipts (`first
+//! RATE ms ms ...`): where a p99 comes from.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
@@ -59,6 +66,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 const KEY: &str = "fanout-bench-key-0123456789";
+
+/// The middle value (the mean of the two middle ones for an even count).
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
     if v.is_empty() {
@@ -253,6 +270,94 @@ fn send_all_uring(ring: &mut io_uring::IoUring, socks: &[std::net::TcpStream], f
             eprintln!("floor-uring: {short} sends short or failed");
         }
     }
+}
+
+/// `fanout --ratios FILE`: FILE holds runs of this program, each after a line
+/// `### SERVER REP` (as `scripts/bench --fanout` writes them); for each server beside
+/// `wsx`, per rate, the median over repetitions of wsx's ratio to it (each ratio within
+/// one repetition, whose runs were next to each other) and in how many wsx was at or
+/// below it (at or above for deliveries per second).
+fn ratios(text: &str) -> String {
+    use std::collections::BTreeMap;
+    use std::fmt::Write;
+    // (server, rep, rate) -> the row's numbers.
+    let mut rows: BTreeMap<(String, String, u64), Vec<f64>> = BTreeMap::new();
+    let mut at: Option<(String, String)> = None;
+    for line in text.lines() {
+        if let Some(head) = line.strip_prefix("### ") {
+            let mut it = head.split_whitespace();
+            at = it.next().zip(it.next()).map(|(a, b)| (a.into(), b.into()));
+            continue;
+        }
+        let Some((server, rep)) = &at else { continue };
+        let cells: Vec<&str> = line
+            .trim()
+            .trim_matches('|')
+            .split('|')
+            .map(str::trim)
+            .collect();
+        let Some(Ok(rate)) = cells.first().map(|c| c.parse::<u64>()) else {
+            continue;
+        };
+        if !line.starts_with('|') || cells.len() < 8 {
+            continue;
+        }
+        // rate, deliveries/s, delivered, pd p50, pd p99, last p50, last p99, server CPU
+        let num: Vec<f64> = cells
+            .iter()
+            .map(|c| c.parse().unwrap_or(f64::NAN))
+            .collect();
+        rows.insert((server.clone(), rep.clone(), rate), num);
+    }
+    // (column, name, lower is better)
+    let cols = [
+        (6, "last-receipt p99", true),
+        (5, "last-receipt p50", true),
+        (3, "per-delivery p50", true),
+        (7, "server CPU per delivery", true),
+        (1, "deliveries/s", false),
+    ];
+    let mut servers: Vec<&String> = rows.keys().map(|k| &k.0).collect();
+    servers.dedup();
+    let mut rates: Vec<u64> = rows.keys().map(|k| k.2).collect();
+    rates.sort();
+    rates.dedup();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\nwsx / each server, paired within each repetition: median (repetitions where wsx was at or below; at or above for deliveries/s)\n"
+    );
+    let names: Vec<&str> = cols.iter().map(|c| c.1).collect();
+    let _ = writeln!(out, "| server | publishes/s | {} |", names.join(" | "));
+    let _ = writeln!(out, "|---|---|{}", "---|".repeat(cols.len()));
+    for other in servers.iter().filter(|s| s.as_str() != "wsx") {
+        for rate in &rates {
+            let mut cells = Vec::new();
+            for (col, _, lower) in cols {
+                let mut r: Vec<f64> = rows
+                    .iter()
+                    .filter(|((s, _, k), _)| s == *other && k == rate)
+                    .filter_map(|((_, rep, _), v)| {
+                        let w = rows.get(&("wsx".to_string(), rep.clone(), *rate))?;
+                        Some(w[col] / v[col])
+                    })
+                    .filter(|x| x.is_finite())
+                    .collect();
+                if r.is_empty() {
+                    cells.push("-".to_string());
+                    continue;
+                }
+                let ahead = r
+                    .iter()
+                    .filter(|x| if lower { **x <= 1.0 } else { **x >= 1.0 })
+                    .count();
+                let n = r.len();
+                cells.push(format!("{:.2} ({ahead} of {n})", median(&mut r)));
+            }
+            let _ = writeln!(out, "| {other} | {rate} | {} |", cells.join(" | "));
+        }
+    }
+    out
 }
 
 /// Receipts recorded so far by all subscribers, over all steps (the drain waits on it).
@@ -555,6 +660,11 @@ fn cpu_time(pid: u32) -> Duration {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--ratios") {
+        let path = args.get(2).expect("--ratios FILE");
+        let text = std::fs::read_to_string(path).expect("read the runs");
+        return print!("{}", ratios(&text));
+    }
     if args.get(1).map(String::as_str) == Some("--floor-sender") {
         let port = args[2].parse().expect("port");
         let n = args[3].parse().expect("count");
@@ -619,6 +729,9 @@ async fn main() {
             words.repeat(pad / words.len() + 1)[..pad].replace('"', "'")
         )
     };
+    // `--server-cores 0,1`: `wsx serve` may run on these cores (its loops: one per
+    // core, `--workers auto`); the single-core figures are the default, core 0.
+    let server_cores = value("--server-cores").unwrap_or_else(|| "0".into());
     let node_args = |port: u16, core: &str| -> Vec<String> {
         let mut v: Vec<String> = [
             "-c",
@@ -711,7 +824,7 @@ async fn main() {
             .expect("start the floor sender")
     } else {
         Command::new("taskset")
-            .args(node_args(port, "0"))
+            .args(node_args(port, &server_cores))
             .args([
                 "--max-connections",
                 &(n + 100).to_string(),
@@ -1038,12 +1151,14 @@ async fn main() {
             // which publications make the p99 (at 2/s over 12 s it is their maximum).
             use std::io::Write;
             let line: Vec<String> = last_receipt.iter().map(|v| format!("{v:.1}")).collect();
+            let firsts: Vec<String> = first_of.iter().map(|v| format!("{v:.1}")).collect();
             if let Ok(mut f) = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(path)
             {
                 let _ = writeln!(f, "{rate:.0} {}", line.join(" "));
+                let _ = writeln!(f, "first {rate:.0} {}", firsts.join(" "));
             }
         }
         println!(
