@@ -148,22 +148,22 @@ async fn raw_echo(mut tcp: TcpStream) {
 
     let mut buf = vec![0u8; 64 * 1024];
     let mut have = 0;
-    let head_end = loop {
+    let end = loop {
         match tcp.read(&mut buf[have..]).await {
             Ok(0) | Err(_) => return,
             Ok(n) => have += n,
         }
-        if let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
+        if let Some(end) = head_end(&buf[..have]) {
+            break end;
         }
     };
-    let Some(resp) = switching_protocols(&buf[..head_end]) else {
+    let Some(resp) = switching_protocols(&buf[..end]) else {
         return;
     };
     if tcp.write_all(resp.as_bytes()).await.is_err() {
         return;
     }
-    if have > head_end && tcp.write_all(&buf[head_end..have]).await.is_err() {
+    if have > end && tcp.write_all(&buf[end..have]).await.is_err() {
         return;
     }
     loop {
@@ -180,19 +180,19 @@ async fn raw_echo(mut tcp: TcpStream) {
 
 /// The `101` answering a request head, if it has a `Sec-WebSocket-Key`.
 fn switching_protocols(head: &[u8]) -> Option<String> {
-    use base64::Engine as _;
-    use sha1::{Digest, Sha1};
     let head = String::from_utf8_lossy(head);
     let key = head.lines().find_map(|l| {
         l.split_once(':')
             .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
             .map(|(_, v)| v.trim().to_string())
     })?;
-    let mut sha = Sha1::new();
-    sha.update(key.as_bytes());
-    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    let accept = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    let accept = wsx::wsx_proto::handshake::accept_key(key.as_bytes());
     Some(format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"))
+}
+
+/// Where a request head that `buf` holds ends (after its blank line).
+fn head_end(buf: &[u8]) -> Option<usize> {
+    buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4)
 }
 
 /// The raw echo on one thread's epoll or io_uring (`raw-epoll`, `raw-uring`).
@@ -245,31 +245,35 @@ mod raw_loop {
     /// The handshake, blocking (on a blocking-pool thread), then the connection to the
     /// loop with whatever came after the request head.
     pub fn adopt(mut tcp: TcpStream, tell: &Tell) {
-        if tcp.set_nonblocking(false).is_err() {
+        // A client that never sends its head holds this thread until the timeout.
+        let timeout = Some(std::time::Duration::from_secs(10));
+        if tcp.set_nonblocking(false).is_err() || tcp.set_read_timeout(timeout).is_err() {
             return;
         }
         let mut buf = vec![0u8; 16 * 1024];
         let mut have = 0;
-        let head_end = loop {
+        let end = loop {
             match tcp.read(&mut buf[have..]) {
                 Ok(0) | Err(_) => return,
                 Ok(n) => have += n,
             }
-            if let Some(i) = buf[..have].windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
+            if let Some(end) = super::head_end(&buf[..have]) {
+                break end;
             }
             if have == buf.len() {
                 return;
             }
         };
-        let Some(resp) = super::switching_protocols(&buf[..head_end]) else {
+        let Some(resp) = super::switching_protocols(&buf[..end]) else {
             return;
         };
-        if tcp.write_all(resp.as_bytes()).is_err() || tcp.set_nonblocking(tell.nonblocking).is_err()
+        if tcp.write_all(resp.as_bytes()).is_err()
+            || tcp.set_read_timeout(None).is_err()
+            || tcp.set_nonblocking(tell.nonblocking).is_err()
         {
             return;
         }
-        let rest = buf[head_end..have].to_vec();
+        let rest = buf[end..have].to_vec();
         if tell.tx.send((tcp, rest)).is_ok() {
             let one = 1u64.to_ne_bytes();
             // SAFETY: writes 8 bytes from a live buffer to the loop's eventfd.

@@ -289,7 +289,9 @@ fn ratios(text: &str) -> String {
             at = it.next().zip(it.next()).map(|(a, b)| (a.into(), b.into()));
             continue;
         }
-        let Some((server, rep)) = &at else { continue };
+        let Some((server, rep)) = at.as_ref().filter(|_| line.starts_with('|')) else {
+            continue;
+        };
         let cells: Vec<&str> = line
             .trim()
             .trim_matches('|')
@@ -299,7 +301,7 @@ fn ratios(text: &str) -> String {
         let Some(Ok(rate)) = cells.first().map(|c| c.parse::<u64>()) else {
             continue;
         };
-        if !line.starts_with('|') || cells.len() < 8 {
+        if cells.len() < 8 {
             continue;
         }
         // rate, deliveries/s, delivered, pd p50, pd p99, last p50, last p99, server CPU
@@ -1145,13 +1147,22 @@ async fn main() {
             (Some(a), Some(b)) => b.duration_since(a).as_secs_f64().max(1e-3),
             _ => 1.0,
         };
-        first_of.retain(|f| *f < f64::MAX);
         if let Ok(path) = std::env::var("FANOUT_LAST_RECEIPTS") {
             // Every publication's last receipt in publishing order, a line per step:
             // which publications make the p99 (at 2/s over 12 s it is their maximum).
             use std::io::Write;
             let line: Vec<String> = last_receipt.iter().map(|v| format!("{v:.1}")).collect();
-            let firsts: Vec<String> = first_of.iter().map(|v| format!("{v:.1}")).collect();
+            // One per publication, `-` for one nobody received.
+            let firsts: Vec<String> = first_of
+                .iter()
+                .map(|v| {
+                    if *v < f64::MAX {
+                        format!("{v:.1}")
+                    } else {
+                        "-".into()
+                    }
+                })
+                .collect();
             if let Ok(mut f) = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -1161,6 +1172,7 @@ async fn main() {
                 let _ = writeln!(f, "first {rate:.0} {}", firsts.join(" "));
             }
         }
+        first_of.retain(|f| *f < f64::MAX);
         println!(
             "| {rate:.0} | {:.0} | {delivered}/{} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
             delivered as f64 / span,
